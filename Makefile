@@ -1,0 +1,41 @@
+# gpuledger: two commands on a fresh machine.
+#   make demo   - virtual environment + a simulated month through the whole pipeline
+#   make test   - virtual environment + the whole test suite (starts its own Kafka broker)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-unit venv kafka-jars kafka-up kafka-down bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gpuledger demo
+
+kafka-jars:
+	bash scripts/kafka.sh jars
+
+kafka-up: kafka-jars
+	bash scripts/kafka.sh up
+
+kafka-down:
+	bash scripts/kafka.sh down
+
+test: $(STAMP) kafka-jars
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit
+
+bench: $(STAMP) kafka-jars
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) gpuledger-data .kafka kafka/target
