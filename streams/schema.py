@@ -1,0 +1,175 @@
+"""Usage event, schema version 1: the public wire contract (DESIGN.md, Contracts).
+
+One event is one device (a whole GPU or one MIG instance) over one aligned interval. The
+same contract travels as JSON in Kafka messages (several events per message, one per line)
+and as JSON Lines files (``gpuledger ingest FILE``).
+
+Invariants this module holds:
+
+* ``event_id`` is a pure function of ``node``, ``device_uuid`` and ``interval_start``
+  (:func:`make_event_id`), so a re-sent interval always has the same id and dedupes.
+* Timestamps are canonical RFC 3339 UTC with a ``Z`` and whole seconds: the string that is
+  hashed into ``event_id`` is the string on the wire.
+* The accounting unit is the GPU-microsecond: :func:`to_microseconds` turns the float
+  ``gpu_seconds`` of an event into an integer once, at the edge, so every later sum is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+SCHEMA_VERSION = 1
+UNATTRIBUTED = "unattributed"
+KST = timedelta(hours=9)  # Asia/Seoul: UTC+9, no daylight saving since 1988
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+MICROSECONDS_PER_SECOND = 1_000_000
+
+
+class Flag(StrEnum):
+    """Quality flags an event may carry. Unknown flags are accepted and kept as they are."""
+
+    PARTIAL_INTERVAL = "partial_interval"
+    COUNTER_RESET = "counter_reset"
+    GPU_LOST = "gpu_lost"
+    NVML_ERROR = "nvml_error"
+    UTILISATION_FALLBACK = "utilisation_fallback"
+    SHARED_GPU = "shared_gpu"
+
+
+class RefusalReason(StrEnum):
+    """Why an input was refused. Stored in ``quarantine/`` beside the original bytes."""
+
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    BAD_SCHEMA_VERSION = "bad_schema_version"
+    BAD_TIMESTAMP = "bad_timestamp"
+    NO_TIMEZONE = "no_timezone"
+    NOT_UTC = "not_utc"
+    BAD_INTERVAL = "bad_interval"
+    NOT_ALIGNED = "not_aligned"
+    BAD_UUID = "bad_uuid"
+    BAD_FRACTION = "bad_fraction"
+    BAD_DURATION = "bad_duration"
+    BAD_BUSY = "bad_busy"
+    BAD_ENERGY = "bad_energy"
+    BAD_SAMPLES = "bad_samples"
+    BAD_EVENT_ID = "bad_event_id"
+    EMPTY_FIELD = "empty_field"
+    UNKNOWN_ENTITY = "unknown_entity"
+    UNKNOWN_PROJECT = "unknown_project"
+    PROJECT_OF_OTHER_ENTITY = "project_of_other_entity"
+
+
+# field name -> (python types accepted, nullable). Order is the wire order.
+FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "schema_version": ((int,), False),
+    "event_id": ((str,), False),
+    "site": ((str,), False),
+    "node": ((str,), False),
+    "gpu_uuid": ((str,), False),
+    "device_uuid": ((str,), False),
+    "gpu_model": ((str,), False),
+    "mig_profile": ((str,), True),
+    "gpu_fraction": ((float, int), False),
+    "entity": ((str,), False),
+    "project": ((str,), False),
+    "job_id": ((str,), True),
+    "interval_start": ((str,), False),
+    "interval_end": ((str,), False),
+    "gpu_seconds": ((float, int), False),
+    "busy_gpu_seconds": ((float, int), False),
+    "energy_joules": ((float, int), True),
+    "samples": ((int,), False),
+    "expected_samples": ((int,), False),
+    "flags": ((list,), False),
+}
+
+
+def make_event_id(node: str, device_uuid: str, interval_start: str) -> str:
+    """The deterministic id of one device's interval: 32 hex chars of SHA-256.
+
+    The same ``(node, device_uuid, interval_start)`` always gives the same id, which is
+    what lets the consumer drop a re-sent event instead of counting it twice.
+    """
+    digest = hashlib.sha256(f"{node}\x1f{device_uuid}\x1f{interval_start}".encode())
+    return digest.hexdigest()[:32]
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Canonical wire form of an instant: RFC 3339 UTC, whole seconds, ``Z``."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: pass an aware UTC datetime")
+    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse a canonical wire timestamp; raises ``ValueError`` on anything else."""
+    return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+
+
+def to_microseconds(seconds: float) -> int:
+    """Seconds (float) to whole microseconds, rounded half to even, once, at the edge."""
+    return round(seconds * MICROSECONDS_PER_SECOND)
+
+
+def kst_period(moment: datetime) -> str:
+    """The KST calendar month (``YYYY-MM``) an instant falls in.
+
+    15:00 UTC on the last day of a month is already 00:00 KST on the 1st of the next.
+    """
+    return (moment.astimezone(UTC) + KST).strftime("%Y-%m")
+
+
+def kst_date(moment: datetime) -> str:
+    """The KST calendar date (``YYYY-MM-DD``) an instant falls in."""
+    return (moment.astimezone(UTC) + KST).strftime("%Y-%m-%d")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """One device's usage over one aligned interval (schema version 1)."""
+
+    event_id: str
+    site: str
+    node: str
+    gpu_uuid: str
+    device_uuid: str
+    gpu_model: str
+    mig_profile: str | None
+    gpu_fraction: float
+    entity: str
+    project: str
+    job_id: str | None
+    interval_start: str
+    interval_end: str
+    gpu_seconds: float
+    busy_gpu_seconds: float
+    energy_joules: float | None
+    samples: int
+    expected_samples: int
+    flags: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire object, fields in contract order."""
+        out = {name: getattr(self, name) for name in FIELDS}
+        out["flags"] = list(self.flags)
+        return out
+
+    def to_json(self) -> str:
+        """One JSON line (no trailing newline), compact, keys in contract order."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UsageEvent:
+        """Build from a wire object that has already passed validation."""
+        kwargs = {name: data[name] for name in FIELDS}
+        kwargs["flags"] = tuple(data["flags"])
+        return cls(**kwargs)
