@@ -50,6 +50,7 @@ RAW_PARTITIONS = ("period", "date")
 QUARANTINE = pa.schema(
     [
         ("period", pa.string()),  # KST month of interval_start when readable, else "unknown"
+        ("quarantine_id", pa.string()),  # SHA-256 (32 hex) of the raw line: a re-sent line is kept once
         ("reason_code", pa.string()),
         ("reason", pa.string()),
         ("source", pa.string()),  # where it came from: "file.jsonl:12", "gpu.usage.v1/0@1234"

@@ -1,0 +1,70 @@
+"""Column-wise shaping of accepted events: raw rows and hourly usage per device.
+
+Intervals divide the hour and are aligned (validation guarantees it), so every event lies in
+exactly one UTC hour, which is also exactly one KST hour (UTC+9, no daylight saving).
+``period`` and ``date`` are the KST month and date of that hour: 15:00 UTC on the last day of
+a month is already the 1st of the next month in Korea.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from streams.schema import MICROSECONDS_PER_SECOND
+
+KST_OFFSET = pl.duration(hours=9)
+
+HOURLY_KEYS = [
+    "period",
+    "date",
+    "hour_start",
+    "site",
+    "node",
+    "entity",
+    "project",
+    "job_id",
+    "gpu_uuid",
+    "device_uuid",
+    "gpu_model",
+    "mig_profile",
+    "gpu_fraction",
+]
+
+
+def _micro(column: str) -> pl.Expr:
+    """Seconds (float) to integer microseconds, rounded half to even once."""
+    return (pl.col(column) * MICROSECONDS_PER_SECOND).round(0, mode="half_to_even").cast(pl.Int64)
+
+
+def to_raw(accepted: pl.DataFrame) -> pl.DataFrame:
+    """Accepted, validated rows (with ``_interval_start``/``_interval_end``) as ``raw/`` rows."""
+    kst = pl.col("_interval_start") + KST_OFFSET
+    return accepted.with_columns(
+        period=kst.dt.strftime("%Y-%m"),
+        date=kst.dt.strftime("%Y-%m-%d"),
+        interval_start=pl.col("_interval_start"),
+        interval_end=pl.col("_interval_end"),
+        gpu_microseconds=_micro("gpu_seconds"),
+        busy_gpu_microseconds=_micro("busy_gpu_seconds"),
+        flags=pl.col("flags").fill_null([]),
+    )
+
+
+def hourly(raw: pl.DataFrame) -> pl.DataFrame:
+    """Raw rows summed per KST hour × device × owner (``usage_hourly/`` rows), sorted."""
+    partial = pl.col("flags").list.contains("partial_interval").cast(pl.Int64)
+    return (
+        raw.with_columns(hour_start=pl.col("interval_start").dt.truncate("1h"))
+        .group_by(HOURLY_KEYS)
+        .agg(
+            gpu_microseconds=pl.col("gpu_microseconds").sum(),
+            busy_gpu_microseconds=pl.col("busy_gpu_microseconds").sum(),
+            energy_joules=pl.when(pl.col("energy_joules").is_not_null().any())
+            .then(pl.col("energy_joules").sum()),
+            events=pl.len().cast(pl.Int64),
+            partial_events=partial.sum(),
+            samples=pl.col("samples").sum().cast(pl.Int64),
+            expected_samples=pl.col("expected_samples").sum().cast(pl.Int64),
+        )
+        .sort(HOURLY_KEYS, nulls_last=True)
+    )

@@ -1,0 +1,372 @@
+"""The bus on Apache Kafka, through kafka-python 3.x (the only module that imports it).
+
+:class:`KafkaBus` makes producers and consumers that keep the contract of
+:mod:`streams.bus`:
+
+* producers send with ``acks='all'``, idempotence and zstd; the key is the node, so one
+  node's messages stay in order in one partition; many events travel in one message;
+* consumers read in a consumer group with auto-commit off: the position moves only through
+  :meth:`KafkaConsumer.commit`, which the stream consumer calls after the Parquet write;
+* the topics are created if missing, with the partitions and retention of
+  :class:`~gpuledger.settings.KafkaSettings`;
+* kafka-python's errors never leave this module: a broker that cannot be reached becomes
+  :class:`~streams.errors.BusUnavailable` (retryable: the collector spools), wrong settings or
+  refused credentials :class:`~streams.errors.BusConfigError`.
+
+Secrets (the SASL password) go only into kafka-python's configuration; no ``repr``, log line
+or error message here contains them.
+
+A producer connects lazily, on its first send: a collector that starts while the broker is
+down still starts, and spools (``collectors/spool.py``) until the broker is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import kafka.errors as kerr
+from kafka import KafkaAdminClient, KafkaConsumer as _KConsumer, KafkaProducer as _KProducer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from streams.bus import BusRecord, RevokeCallback
+from streams.errors import BusConfigError, BusUnavailable, StreamError
+
+if TYPE_CHECKING:  # settings live in the shell; the bus only reads them
+    from gpuledger.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+#: Largest message a producer may send, and the topics' ``max.message.bytes``. One message is
+#: a node's batch (``DirectPublisher`` caps it at 5,000 events, about 2.5 MB of JSON before
+#: zstd); the broker's 1 MiB default would refuse it.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_BATCH_BYTES = 1024 * 1024
+_CONFIG_ERRORS = (
+    kerr.AuthorizationError,
+    kerr.SaslAuthenticationFailedError,
+    kerr.KafkaConfigurationError,
+    kerr.UnsupportedVersionError,
+    kerr.MessageSizeTooLargeError,
+    kerr.RecordListTooLargeError,
+    kerr.InvalidTopicError,
+    kerr.InvalidReplicationFactorError,
+    kerr.InvalidPartitionsError,
+    kerr.PolicyViolationError,
+)
+_TOPIC_EXISTS = kerr.TopicAlreadyExistsError.errno
+
+
+def _translate(exc: BaseException, doing: str) -> StreamError:
+    """A kafka-python error as ours: configuration problems apart, everything is retryable."""
+    if isinstance(exc, _CONFIG_ERRORS):
+        return BusConfigError(f"Kafka refused {doing}: {exc}")
+    if isinstance(exc, (ValueError, TypeError, AssertionError)):
+        return BusConfigError(f"invalid Kafka settings while {doing}: {exc}")
+    return BusUnavailable(f"Kafka unavailable while {doing}: {exc}")
+
+
+def client_config(settings: KafkaSettings) -> dict[str, Any]:
+    """The connection part of kafka-python's configuration (holds the secret: never log it)."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in settings.bootstrap.split(",") if s.strip()],
+        "security_protocol": settings.security_protocol,
+        "api_version": None,  # auto: negotiate with the broker
+    }
+    if settings.sasl_mechanism is not None:
+        config["sasl_mechanism"] = settings.sasl_mechanism
+        config["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            config["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    if settings.ssl_cafile is not None:
+        config["ssl_cafile"] = str(settings.ssl_cafile)
+    return config
+
+
+class KafkaBus:
+    """Producers and consumers on one Kafka cluster (see the module docstring).
+
+    ``connect_timeout_s`` bounds how long a call waits for an unreachable broker before it
+    raises :class:`BusUnavailable`; ``session_timeout_s`` is how soon the group notices a
+    consumer that died without leaving (a SIGKILLed process) and hands its partitions on.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        client_id: str = "gpuledger",
+        connect_timeout_s: float = 10.0,
+        session_timeout_s: float = 10.0,
+        delivery_timeout_s: float = 60.0,
+    ):
+        if not client_config(settings)["bootstrap_servers"]:
+            raise BusConfigError("Kafka bootstrap address is empty (GPULEDGER_KAFKA_BOOTSTRAP)")
+        self.settings = settings
+        self.client_id = client_id
+        self.connect_timeout_s = connect_timeout_s
+        self.session_timeout_s = session_timeout_s
+        self.delivery_timeout_s = delivery_timeout_s
+        self._known_topics: set[str] = set()
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"KafkaBus(bootstrap={s.bootstrap!r}, security_protocol={s.security_protocol!r})"
+
+    # -- topics -------------------------------------------------------------------------
+
+    def ensure_topics(self, topics: Iterable[str] | None = None) -> None:
+        """Create the topics if missing (default: the usage and quarantine topics).
+
+        Partitions, replication factor and retention come from the settings; a topic that
+        exists is left as it is (its partitions are never changed here).
+        """
+        s = self.settings
+        wanted = list(topics) if topics is not None else [s.usage_topic, s.quarantine_topic]
+        missing = [t for t in wanted if t not in self._known_topics]
+        if not missing:
+            return
+        admin = None
+        try:
+            admin = KafkaAdminClient(
+                client_id=f"{self.client_id}-admin",
+                bootstrap_timeout_ms=int(self.connect_timeout_s * 1000),
+                request_timeout_ms=int(max(self.connect_timeout_s, 5.0) * 1000),
+                **client_config(s),
+            )
+            existing = set(admin.list_topics())
+            to_create = {
+                name: {
+                    "num_partitions": s.partitions,
+                    "replication_factor": s.replication_factor,
+                    "configs": {
+                        "retention.ms": str(s.retention_ms),
+                        "max.message.bytes": str(MAX_MESSAGE_BYTES),
+                    },
+                }
+                for name in missing
+                if name not in existing
+            }
+            if to_create:
+                result = admin.create_topics(to_create, raise_errors=False)
+                for topic in result["topics"]:
+                    code = topic["error_code"]
+                    if code not in (0, _TOPIC_EXISTS):
+                        raise kerr.for_code(code)(topic.get("error_message") or topic["name"])
+                admin.wait_for_topics(list(to_create), timeout_ms=int(self.connect_timeout_s * 1000))
+                log.info("created Kafka topics %s", ", ".join(sorted(to_create)))
+        except kerr.KafkaError as exc:
+            raise _translate(exc, f"creating topics {', '.join(missing)}") from exc
+        finally:
+            if admin is not None:
+                admin.close()
+        self._known_topics.update(missing)
+
+    # -- the Bus protocol ---------------------------------------------------------------
+
+    def producer(self, topic: str) -> KafkaProducer:
+        """A producer for ``topic``; it connects (and creates the topic) on its first send."""
+        return KafkaProducer(self, topic)
+
+    def consumer(
+        self, topic: str, group: str, on_revoke: RevokeCallback | None = None
+    ) -> KafkaConsumer:
+        """A consumer of ``topic`` in ``group``, from the earliest offset when none is committed."""
+        self.ensure_topics([topic])
+        return KafkaConsumer(self, topic, group, on_revoke)
+
+
+class KafkaProducer:
+    """:class:`streams.bus.Producer` on Kafka: ``acks='all'``, idempotent, zstd, key = node.
+
+    :meth:`flush` checks the outcome of every message sent since the last flush: it returns
+    only when each one is acknowledged by the broker, otherwise it raises, and the caller
+    (the spool) keeps the messages and sends them again. Duplicates that this can create are
+    harmless: every event carries its ``event_id`` and the consumer dedupes.
+    """
+
+    def __init__(self, bus: KafkaBus, topic: str):
+        self._bus = bus
+        self.topic = topic
+        self._producer: _KProducer | None = None
+        self._pending: list[Any] = []
+
+    def __repr__(self) -> str:
+        return f"KafkaProducer(topic={self.topic!r}, bus={self._bus!r})"
+
+    def _client(self) -> _KProducer:
+        if self._producer is None:
+            bus, s = self._bus, self._bus.settings
+            bus.ensure_topics([self.topic])
+            try:
+                self._producer = _KProducer(
+                    client_id=f"{bus.client_id}-producer",
+                    acks="all",
+                    enable_idempotence=True,
+                    compression_type="zstd",
+                    linger_ms=s.linger_ms,
+                    batch_size=_BATCH_BYTES,
+                    max_request_size=MAX_MESSAGE_BYTES,
+                    buffer_memory=64 * 1024 * 1024,
+                    max_block_ms=int(bus.connect_timeout_s * 1000),
+                    bootstrap_timeout_ms=int(bus.connect_timeout_s * 1000),
+                    delivery_timeout_ms=int(bus.delivery_timeout_s * 1000),
+                    request_timeout_ms=int(min(30.0, bus.delivery_timeout_s / 2) * 1000),
+                    **client_config(s),
+                )
+            except kerr.KafkaError as exc:
+                raise _translate(exc, f"connecting a producer for {self.topic}") from exc
+            except (ValueError, TypeError, AssertionError) as exc:
+                raise _translate(exc, f"configuring a producer for {self.topic}") from exc
+        return self._producer
+
+    def send(self, key: str, value: bytes) -> None:
+        producer = self._client()
+        try:
+            self._pending.append(producer.send(self.topic, value=value, key=key.encode()))
+        except kerr.KafkaError as exc:
+            raise _translate(exc, f"sending to {self.topic}") from exc
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        if self._producer is None:
+            if self._pending:  # pragma: no cover - cannot happen: sends create the client
+                raise BusUnavailable("producer lost its connection before flushing")
+            return
+        pending, self._pending = self._pending, []
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except kerr.KafkaError as exc:
+            raise _translate(exc, f"flushing {len(pending)} messages to {self.topic}") from exc
+        failures = [f.exception for f in pending if f.failed()]
+        if failures:
+            first = failures[0]
+            err = _translate(first, f"delivering {len(failures)} of {len(pending)} messages to {self.topic}")
+            raise err from first
+        unfinished = sum(1 for f in pending if not f.is_done)
+        if unfinished:  # flush returned early: treat as not delivered
+            raise BusUnavailable(f"{unfinished} messages to {self.topic} not acknowledged in time")
+
+    def close(self) -> None:
+        if self._producer is not None:
+            try:
+                self.flush()
+            finally:
+                self._producer.close(timeout=self._bus.connect_timeout_s)
+                self._producer = None
+
+
+class _RevokeListener(ConsumerRebalanceListener):
+    def __init__(self, on_revoke: RevokeCallback | None):
+        self._on_revoke = on_revoke
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        partitions = sorted(tp.partition for tp in revoked)
+        if partitions:
+            log.info("partitions revoked: %s", partitions)
+        if self._on_revoke is not None and partitions:
+            self._on_revoke(partitions)
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+
+class KafkaConsumer:
+    """:class:`streams.bus.Consumer` on Kafka: a group member that commits only when told.
+
+    Rebalances happen inside :meth:`poll_batch` (kafka-python's poll); the stream consumer
+    writes and commits each batch before it polls again, so nothing uncommitted is held when
+    ``on_revoke`` is called, and the partition's next owner resumes at the last commit.
+    """
+
+    def __init__(self, bus: KafkaBus, topic: str, group: str, on_revoke: RevokeCallback | None):
+        self._bus = bus
+        self.topic = topic
+        self.group = group
+        s = bus.settings
+        try:
+            self._consumer = _KConsumer(
+                client_id=f"{bus.client_id}-consumer",
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+                fetch_max_bytes=64 * 1024 * 1024,
+                session_timeout_ms=int(bus.session_timeout_s * 1000),
+                heartbeat_interval_ms=int(max(1.0, bus.session_timeout_s / 4) * 1000),
+                bootstrap_timeout_ms=int(bus.connect_timeout_s * 1000),
+                **client_config(s),
+            )
+            self._consumer.subscribe([topic], listener=_RevokeListener(on_revoke))
+        except kerr.KafkaError as exc:
+            raise _translate(exc, f"connecting a consumer of {topic} in group {group}") from exc
+        except (ValueError, TypeError, AssertionError) as exc:
+            raise _translate(exc, f"configuring a consumer of {topic}") from exc
+        self._joined = False
+
+    def __repr__(self) -> str:
+        return f"KafkaConsumer(topic={self.topic!r}, group={self.group!r}, bus={self._bus!r})"
+
+    def _poll(self, timeout_s: float, max_records: int) -> list[BusRecord]:
+        try:
+            polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except kerr.KafkaError as exc:
+            raise _translate(exc, f"polling {self.topic}") from exc
+        out: list[BusRecord] = []
+        for tp in sorted(polled, key=lambda tp: tp.partition):
+            out.extend(
+                BusRecord(r.topic, r.partition, r.offset, r.key, r.value) for r in polled[tp]
+            )
+        return out
+
+    def _wait_for_assignment(self, timeout_s: float) -> list[BusRecord]:
+        """The first poll joins the group; wait for it so that ``--until-idle`` does not read
+        "no records yet" as "idle". Bounded: a member with no partitions goes on after it."""
+        deadline = time.monotonic() + max(timeout_s, self._bus.session_timeout_s * 3)
+        while time.monotonic() < deadline:
+            records = self._poll(0.1, 1)
+            if records or self._consumer.assignment():
+                self._joined = True
+                return records
+        self._joined = True
+        return []
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> list[BusRecord]:
+        """Up to ``max_records`` records: waits up to ``timeout_s`` for the first, then takes
+        whatever else is already fetched, so batches are large when the topic has a backlog."""
+        records: list[BusRecord] = []
+        if not self._joined:
+            records = self._wait_for_assignment(timeout_s)
+        if not records:
+            records = self._poll(timeout_s, max_records)
+        while records and len(records) < max_records:
+            more = self._poll(0.0, max_records - len(records))
+            if not more:
+                break
+            records.extend(more)
+        return records
+
+    def commit(self, next_offsets: Mapping[int, int]) -> None:
+        if not next_offsets:
+            return
+        offsets = {
+            TopicPartition(self.topic, partition): OffsetAndMetadata(offset, "", -1)
+            for partition, offset in next_offsets.items()
+        }
+        try:
+            self._consumer.commit(offsets=offsets)
+        except kerr.KafkaError as exc:
+            # The batch is already in Parquet; its records come again and are deduplicated.
+            raise _translate(exc, f"committing offsets of {self.topic}") from exc
+
+    def assigned_partitions(self) -> Sequence[int]:
+        """The partitions this member holds now (for diagnostics and tests)."""
+        return sorted(tp.partition for tp in self._consumer.assignment())
+
+    def close(self) -> None:
+        try:
+            self._consumer.close(autocommit=False)
+        except kerr.KafkaError as exc:  # leaving the group failed: the session times out
+            log.warning("closing the consumer of %s: %s", self.topic, exc)

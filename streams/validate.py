@@ -1,0 +1,329 @@
+"""Decoding and validating usage events, column-wise with Polars.
+
+Two paths give the same verdicts:
+
+* the fast path decodes a whole message (JSON Lines) with ``polars.read_ndjson`` under the
+  declared wire schema;
+* when that fails (a line that is not JSON, a field of the wrong type), the slow path parses
+  that message line by line with ``json.loads``, refuses the lines that are not well-typed
+  events, and hands the rest to the same column-wise rules.
+
+:func:`check_rules` holds every semantic rule of schema v1 once, as Polars expressions, and
+returns the first rule each row breaks (``reason_code``) with a sentence naming the value
+(``reason``). Registry checks (entity and project known, project belongs to the entity) take
+an :class:`Accounts` so that ``streams`` never imports ``accounting``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+from collections.abc import Mapping, Sequence
+
+import polars as pl
+
+from streams.schema import FIELDS, SCHEMA_VERSION, UNATTRIBUTED, RefusalReason, make_event_id
+
+WIRE_SCHEMA: dict[str, pl.DataType] = {
+    "schema_version": pl.Int64(),
+    "event_id": pl.String(),
+    "site": pl.String(),
+    "node": pl.String(),
+    "gpu_uuid": pl.String(),
+    "device_uuid": pl.String(),
+    "gpu_model": pl.String(),
+    "mig_profile": pl.String(),
+    "gpu_fraction": pl.Float64(),
+    "entity": pl.String(),
+    "project": pl.String(),
+    "job_id": pl.String(),
+    "interval_start": pl.String(),
+    "interval_end": pl.String(),
+    "gpu_seconds": pl.Float64(),
+    "busy_gpu_seconds": pl.Float64(),
+    "energy_joules": pl.Float64(),
+    "samples": pl.Int64(),
+    "expected_samples": pl.Int64(),
+    "flags": pl.List(pl.String()),
+}
+assert list(WIRE_SCHEMA) == list(FIELDS)
+
+EPSILON_SECONDS = 1e-6  # float slack when comparing seconds
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Accounts:
+    """Who may be billed: known entities and, per project, the entity that owns it."""
+
+    entities: frozenset[str]
+    project_entity: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refused:
+    """An input refused before it became a typed row (not JSON, wrong type …)."""
+
+    source: str
+    raw: str
+    reason_code: RefusalReason
+    reason: str
+
+
+def line_id(raw: str) -> str:
+    """Identity of a refused line: re-sending the same bytes is kept once in quarantine."""
+    return hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def decode_messages(
+    messages: Sequence[tuple[str, bytes]],
+) -> tuple[pl.DataFrame, list[Refused]]:
+    """Decode ``(source, JSON Lines bytes)`` messages into one typed frame plus early refusals.
+
+    The frame has the wire columns plus ``_source`` (``<message source>#<line>``) and
+    ``_raw`` (only filled for rows that came through the slow path; the fast path leaves it
+    null and :func:`raw_lines` recovers it for the rare refused row).
+    """
+    frames: list[pl.DataFrame] = []
+    refused: list[Refused] = []
+    for source, payload in messages:
+        frame = _fast(source, payload)
+        if frame is None:
+            frame, bad = _slow(source, payload)
+            refused.extend(bad)
+        if frame.height:
+            frames.append(frame)
+    if not frames:
+        return _empty(), refused
+    return pl.concat(frames, how="vertical"), refused
+
+
+def _empty() -> pl.DataFrame:
+    schema = dict(WIRE_SCHEMA) | {"_source": pl.String(), "_raw": pl.String()}
+    return pl.DataFrame(schema=schema)
+
+
+def _fast(source: str, payload: bytes) -> pl.DataFrame | None:
+    lines = payload.count(b"\n") + (0 if payload.endswith(b"\n") else 1)
+    if not payload.strip():
+        return _empty()
+    try:
+        frame = pl.read_ndjson(io.BytesIO(payload), schema=WIRE_SCHEMA)
+    except Exception:  # any decode problem: the slow path finds the line and says why
+        return None
+    if frame.height != lines:  # blank lines: positions would not match, take the slow path
+        return None
+    return frame.with_columns(
+        _source=pl.format("{}#{}", pl.lit(source), pl.int_range(1, frame.height + 1)),
+        _raw=pl.lit(None, dtype=pl.String()),
+    )
+
+
+def _slow(source: str, payload: bytes) -> tuple[pl.DataFrame, list[Refused]]:
+    rows: list[dict] = []
+    refused: list[Refused] = []
+    for number, raw_bytes in enumerate(payload.split(b"\n"), start=1):
+        if not raw_bytes.strip():
+            continue
+        raw = raw_bytes.decode("utf-8", "replace")
+        where = f"{source}#{number}"
+        try:
+            obj = json.loads(raw_bytes)
+        except ValueError as exc:
+            refused.append(Refused(where, raw, RefusalReason.NOT_JSON, f"not JSON: {exc}"))
+            continue
+        if not isinstance(obj, dict):
+            refused.append(
+                Refused(where, raw, RefusalReason.NOT_AN_OBJECT, "a usage event must be a JSON object")
+            )
+            continue
+        problem = _type_problem(obj)
+        if problem:
+            refused.append(Refused(where, raw, *problem))
+            continue
+        row = {name: obj.get(name) for name in WIRE_SCHEMA}
+        row["_source"], row["_raw"] = where, raw
+        rows.append(row)
+    schema = dict(WIRE_SCHEMA) | {"_source": pl.String(), "_raw": pl.String()}
+    return pl.DataFrame(rows, schema=schema, strict=False), refused
+
+
+def _type_problem(obj: dict) -> tuple[RefusalReason, str] | None:
+    missing = [name for name, (_, nullable) in FIELDS.items() if not nullable and obj.get(name) is None]
+    if missing:
+        return RefusalReason.MISSING_FIELD, f"missing or null: {', '.join(missing)}"
+    wrong = []
+    for name, (types, _) in FIELDS.items():
+        value = obj.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            wrong.append(f"{name} is {type(value).__name__}")
+        elif name == "flags" and not all(isinstance(f, str) for f in value):
+            wrong.append("flags must be strings")
+    if wrong:
+        return RefusalReason.WRONG_TYPE, "wrong type: " + "; ".join(wrong)
+    return None
+
+
+_TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
+_NAIVE_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$"
+_OFFSET_PATTERN = r"[+-]\d{2}:?\d{2}$"
+
+
+def _ts_rule(column: str) -> list[tuple[pl.Expr, RefusalReason, pl.Expr]]:
+    text = pl.col(column)
+    return [
+        (
+            text.str.contains(_NAIVE_PATTERN),
+            RefusalReason.NO_TIMEZONE,
+            pl.format(f"{column} {{}} has no timezone; send RFC 3339 UTC like 2026-11-01T00:00:00Z", text),
+        ),
+        (
+            text.str.contains(_OFFSET_PATTERN),
+            RefusalReason.NOT_UTC,
+            pl.format(f"{column} {{}} is not UTC; send it with a Z (2026-11-01T00:00:00Z)", text),
+        ),
+        (
+            pl.col(f"_{column}").is_null(),
+            RefusalReason.BAD_TIMESTAMP,
+            pl.format(f"{column} {{}} is not an RFC 3339 UTC timestamp (YYYY-MM-DDTHH:MM:SSZ)", text),
+        ),
+    ]
+
+
+def _parse_ts(column: str) -> pl.Expr:
+    text = pl.col(column)
+    parsed = text.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%SZ", strict=False)
+    return pl.when(text.str.contains(_TS_PATTERN)).then(parsed).dt.replace_time_zone("UTC")
+
+
+def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
+    """Add ``interval_start_ts``/``interval_end_ts`` (UTC), ``reason_code`` and ``reason``.
+
+    ``reason_code`` is null for a valid row, else the first rule broken, in the order below.
+    """
+    length_s = (pl.col("_interval_end") - pl.col("_interval_start")).dt.total_seconds()
+    start_epoch = pl.col("_interval_start").dt.epoch("s")
+    limit = length_s * pl.col("gpu_fraction") + EPSILON_SECONDS
+    required = [name for name, (_, nullable) in FIELDS.items() if not nullable]
+    any_missing = pl.any_horizontal([pl.col(n).is_null() for n in required])
+    missing_names = pl.concat_str(
+        [pl.when(pl.col(n).is_null()).then(pl.lit(n + " ")) for n in required], ignore_nulls=True
+    )
+    empty = pl.any_horizontal(
+        [pl.col(n).str.strip_chars() == "" for n in ("site", "node", "entity", "project", "gpu_model")]
+    )
+    known_entities = list(accounts.entities)
+    projects = pl.DataFrame(
+        {"project": list(accounts.project_entity), "_owner": list(accounts.project_entity.values())},
+        schema={"project": pl.String(), "_owner": pl.String()},
+    )
+    rules: list[tuple[pl.Expr, RefusalReason, pl.Expr]] = [
+        (any_missing, RefusalReason.MISSING_FIELD, pl.format("missing or null: {}", missing_names)),
+        (
+            pl.col("schema_version") != SCHEMA_VERSION,
+            RefusalReason.BAD_SCHEMA_VERSION,
+            pl.format("schema_version {} is not supported (expected 1)", pl.col("schema_version")),
+        ),
+        (empty, RefusalReason.EMPTY_FIELD, pl.lit("site, node, entity, project and gpu_model must not be empty")),
+        *_ts_rule("interval_start"),
+        *_ts_rule("interval_end"),
+        (
+            (length_s <= 0) | (3600 % length_s.clip(1) != 0),
+            RefusalReason.BAD_INTERVAL,
+            pl.format("interval of {} s: it must be positive and divide an hour", length_s),
+        ),
+        (
+            start_epoch % length_s.clip(1) != 0,
+            RefusalReason.NOT_ALIGNED,
+            pl.format("interval_start {} is not aligned to its {} s interval", pl.col("interval_start"), length_s),
+        ),
+        (
+            ~pl.col("gpu_uuid").str.starts_with("GPU-")
+            | ~((pl.col("device_uuid") == pl.col("gpu_uuid")) | pl.col("device_uuid").str.starts_with("MIG-")),
+            RefusalReason.BAD_UUID,
+            pl.format(
+                "gpu_uuid must be a GPU-… UUID and device_uuid that UUID or a MIG-… UUID (got {}, {})",
+                pl.col("gpu_uuid"),
+                pl.col("device_uuid"),
+            ),
+        ),
+        (
+            (pl.col("gpu_fraction") <= 0)
+            | (pl.col("gpu_fraction") > 1)
+            | ((pl.col("device_uuid") == pl.col("gpu_uuid")) & (pl.col("gpu_fraction") != 1)),
+            RefusalReason.BAD_FRACTION,
+            pl.format("gpu_fraction {} must be in (0, 1], and 1 for a whole GPU", pl.col("gpu_fraction")),
+        ),
+        (
+            (pl.col("gpu_seconds") < 0) | (pl.col("gpu_seconds") > limit) | pl.col("gpu_seconds").is_nan(),
+            RefusalReason.BAD_DURATION,
+            pl.format(
+                "gpu_seconds {} is negative or more than the {} s interval × gpu_fraction {}",
+                pl.col("gpu_seconds"),
+                length_s,
+                pl.col("gpu_fraction"),
+            ),
+        ),
+        (
+            (pl.col("busy_gpu_seconds") < 0)
+            | (pl.col("busy_gpu_seconds") > pl.col("gpu_seconds") + EPSILON_SECONDS)
+            | pl.col("busy_gpu_seconds").is_nan(),
+            RefusalReason.BAD_BUSY,
+            pl.format("busy_gpu_seconds {} must be between 0 and gpu_seconds {}", pl.col("busy_gpu_seconds"), pl.col("gpu_seconds")),
+        ),
+        (
+            (pl.col("energy_joules") < 0) | pl.col("energy_joules").is_nan(),
+            RefusalReason.BAD_ENERGY,
+            pl.format("energy_joules {} must not be negative", pl.col("energy_joules")),
+        ),
+        (
+            (pl.col("samples") < 0)
+            | (pl.col("expected_samples") < 1)
+            | (pl.col("samples") > pl.col("expected_samples")),
+            RefusalReason.BAD_SAMPLES,
+            pl.format("samples {} / expected_samples {} are inconsistent", pl.col("samples"), pl.col("expected_samples")),
+        ),
+        (
+            pl.col("event_id") != pl.col("_expected_id"),
+            RefusalReason.BAD_EVENT_ID,
+            pl.format("event_id {} is not the hash of node, device_uuid and interval_start", pl.col("event_id")),
+        ),
+        (
+            ~pl.col("entity").is_in(known_entities),
+            RefusalReason.UNKNOWN_ENTITY,
+            pl.format("entity {} is not in the registry", pl.col("entity")),
+        ),
+        (
+            (pl.col("project") != UNATTRIBUTED) & pl.col("_owner").is_null(),
+            RefusalReason.UNKNOWN_PROJECT,
+            pl.format("project {} is not in the registry", pl.col("project")),
+        ),
+        (
+            (pl.col("project") != UNATTRIBUTED) & (pl.col("_owner") != pl.col("entity")),
+            RefusalReason.PROJECT_OF_OTHER_ENTITY,
+            pl.format("project {} belongs to {}, not to {}", pl.col("project"), pl.col("_owner"), pl.col("entity")),
+        ),
+    ]
+    code = pl.lit(None, dtype=pl.String())
+    reason = pl.lit(None, dtype=pl.String())
+    for condition, rule_code, message in reversed(rules):
+        hit = condition.fill_null(False)
+        code = pl.when(hit).then(pl.lit(str(rule_code))).otherwise(code)
+        reason = pl.when(hit).then(message).otherwise(reason)
+    expected_ids = [
+        make_event_id(n, d, s) if n is not None and d is not None and s is not None else None
+        for n, d, s in zip(frame["node"], frame["device_uuid"], frame["interval_start"], strict=True)
+    ]
+    return (
+        frame.with_columns(
+            _interval_start=_parse_ts("interval_start"),
+            _interval_end=_parse_ts("interval_end"),
+            _expected_id=pl.Series(expected_ids, dtype=pl.String()),
+        )
+        .join(projects, on="project", how="left", maintain_order="left")
+        .with_columns(reason_code=code, reason=reason)
+        .drop("_owner", "_expected_id")
+    )
