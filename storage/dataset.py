@@ -10,12 +10,12 @@ through ``pyarrow.fs`` tomorrow)::
 A :class:`Transaction` makes several files appear together or not at all:
 
 1. every file is written complete under ``_staging/<batch>/``;
-2. the journal entry listing ``staging → final`` moves is written atomically: the commit
-   point;
-3. the moves are done and the journal entry removed.
+2. the journal entry listing ``staging → final`` moves (and any files the batch replaces,
+   to delete — compaction uses this) is written atomically: the commit point;
+3. the moves are done, then the deletes, and the journal entry removed.
 
-:meth:`Store.recover` finishes the moves of every journaled batch and deletes staging left
-by a batch that never reached its journal. Readers glob ``*.parquet`` under a dataset and so
+:meth:`Store.recover` finishes the moves and deletes of every journaled batch and deletes
+staging left by a batch that never reached its journal. Readers glob ``*.parquet`` under a dataset and so
 only ever see files of committed batches. File names derive from the batch id, which the
 caller derives from content, so a replayed batch overwrites instead of duplicating.
 """
@@ -156,8 +156,9 @@ class Store:
                 continue
             batch_id = posixpath.basename(entry)[: -len(".json")]
             journaled.add(batch_id)
-            moves = json.loads(self.read_bytes(entry))["moves"]
-            self._apply_moves(moves)
+            record = json.loads(self.read_bytes(entry))
+            self._apply_moves(record["moves"])
+            self._apply_deletes(record.get("deletes", []))
             self._fs.delete_file(entry)
             completed += 1
         for entry in self._list(self.path(_STAGING)):
@@ -177,6 +178,12 @@ class Store:
             elif not self.exists(final):
                 raise StorageError(f"journaled file vanished before its move: {staged}")
 
+    def _apply_deletes(self, paths: Iterable[str]) -> None:
+        """Redo-safe: a path already gone is what a finished delete looks like."""
+        for path in paths:
+            if self.exists(path):
+                self._fs.delete_file(path)
+
 
 class Transaction:
     """Files staged together and committed all at once (see the module docstring)."""
@@ -187,6 +194,7 @@ class Transaction:
         self._store = store
         self.batch_id = batch_id
         self._moves: list[tuple[str, str]] = []
+        self._deletes: list[str] = []
         self._staging = store.path(_STAGING, batch_id)
 
     def stage(
@@ -217,16 +225,35 @@ class Transaction:
             finals.append(final)
         return finals
 
+    def delete(self, path: str) -> None:
+        """Delete ``path`` as part of this batch: after its moves, at commit, journaled.
+
+        The file stays visible until the commit, and once the journal entry is written the
+        delete is redone by :meth:`Store.recover` after a crash: a reader never sees the
+        replaced files and their replacement missing together. A path the batch moves a file
+        to cannot also be deleted.
+        """
+        if path in {final for _, final in self._moves}:
+            raise StorageError(f"{path} is written by batch {self.batch_id}; it cannot be deleted too")
+        if path not in self._deletes:
+            self._deletes.append(path)
+
     def commit(self) -> None:
-        """Journal the moves (commit point), apply them, drop the journal entry."""
-        if not self._moves:
+        """Journal the moves and deletes (commit point), apply them, drop the journal entry."""
+        if not self._moves and not self._deletes:
             return
+        if set(self._deletes) & {final for _, final in self._moves}:
+            raise StorageError(f"batch {self.batch_id} would delete a file it writes")
         journal = self._store.path(_JOURNAL, f"{self.batch_id}.json")
-        payload = json.dumps({"batch": self.batch_id, "moves": self._moves}).encode()
-        self._store.write_bytes_atomic(journal, payload)
+        record: dict[str, object] = {"batch": self.batch_id, "moves": self._moves}
+        if self._deletes:
+            record["deletes"] = self._deletes
+        self._store.write_bytes_atomic(journal, json.dumps(record).encode())
         self._store._apply_moves(self._moves)
+        self._store._apply_deletes(self._deletes)
         self._store._fs.delete_file(journal)
-        self._store._fs.delete_dir(self._staging)
+        if self._store.exists(self._staging):
+            self._store._fs.delete_dir(self._staging)
 
 
 def _fsync_local(fs: pafs.FileSystem, path: str) -> None:
