@@ -1,0 +1,357 @@
+"""Scheduled jobs: hourly compaction, a daily compliance snapshot, the monthly close.
+
+``gpuledger schedule`` runs APScheduler 3.x (a :class:`BlockingScheduler`) whose jobs live in
+a SQLAlchemy SQLite job store under ``<data-dir>/scheduler/jobs.sqlite``, so a restarted
+scheduler keeps its jobs. Cron triggers run on the KST calendar (``Asia/Seoul``): compaction
+at minute 5 of every hour, the compliance snapshot at 00:30 daily, the monthly close on the
+1st at 01:00.
+
+The monthly close does **not** trust APScheduler's misfire handling (its default grace of one
+second silently skips a run missed during downtime). Every run of the close job — and one run
+at start, before the scheduler starts — asks :func:`accounting.close.due_months` which months
+are due, skips those already sealed, and closes the rest oldest first, under a lock file so
+two schedulers can never close at once. A month therefore closes exactly once however many
+times the job fires, and a month missed during downtime closes at the next start.
+
+Jobs are stored by reference (``accounting.scheduler:monthly_close_job``) with plain
+arguments (paths and the reference of the clock), never pickled closures. The clock is
+passed in: every job function takes ``now`` (or a clock reference that gives it).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.util import ref_to_obj
+
+from storage.compaction import COMPACTABLE, CompactionResult, compact_dataset
+from storage.dataset import Store
+from storage.manifest import sealed_periods
+
+log = logging.getLogger(__name__)
+
+KST = ZoneInfo("Asia/Seoul")
+JOB_STORE = "scheduler/jobs.sqlite"
+CLOSE_LOCK = "scheduler/close.lock"
+MONTHLY_CLOSE_ID = "monthly-close"
+COMPACTION_ID = "hourly-compaction"
+SNAPSHOT_ID = "daily-compliance-snapshot"
+DEFAULT_CLOCK = "accounting.scheduler:utc_now"
+DEFAULT_CLOSER = "accounting.scheduler:RegistryCloser"
+_FIXED = "fixed:"
+
+
+def utc_now() -> datetime:
+    """The real clock (the default ``clock_ref`` of stored jobs)."""
+    return datetime.now(UTC)
+
+
+def resolve_clock(ref: str) -> Callable[[], datetime]:
+    """A clock from its stored reference: ``module:function``, or ``fixed:<ISO 8601 instant>``.
+
+    The fixed form lets a stored job (which can hold only plain arguments) run at a chosen
+    instant: tests, and re-running a missed close "as of" a date by hand.
+    """
+    if ref.startswith(_FIXED):
+        instant = datetime.fromisoformat(ref[len(_FIXED) :])
+        if instant.tzinfo is None:
+            raise ValueError(f"clock {ref!r} needs a timezone")
+        return lambda: instant
+    return ref_to_obj(ref)
+
+
+class Closer(Protocol):
+    """What the close job needs from :mod:`accounting.close` (a twin in tests)."""
+
+    def due_months(self, store: Store, now: datetime) -> list[str]: ...
+
+    def close_month(self, store: Store, period: str, *, signing_key: Path | None) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryCloser:
+    """The real :class:`Closer`: :mod:`accounting.close` with the registry loaded from a file."""
+
+    registry_path: Path
+
+    def due_months(self, store: Store, now: datetime) -> list[str]:
+        from accounting.close import due_months
+
+        return list(due_months(store, now))
+
+    def close_month(self, store: Store, period: str, *, signing_key: Path | None) -> object:
+        from accounting.close import close_month
+        from accounting.registry import load_registry
+
+        return close_month(store, load_registry(self.registry_path), period, signing_key=signing_key)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRun:
+    """What one run of the close job did."""
+
+    now: datetime
+    due: tuple[str, ...]
+    closed: tuple[str, ...]
+    skipped_sealed: tuple[str, ...] = field(default=())
+    locked_out: bool = False
+
+
+@contextmanager
+def close_lock(data_dir: Path) -> Iterator[bool]:
+    """Hold ``<data-dir>/scheduler/close.lock`` (``flock``, non-blocking); yields False if held.
+
+    A kernel lock, not a marker file: it is released when the holder dies, so a crashed
+    scheduler never blocks the next close. (The scheduler is local by nature: its job store
+    is SQLite on the same disk.)
+    """
+    path = Path(data_dir) / CLOSE_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                yield False
+                return
+            raise
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def run_due_closes(
+    store: Store,
+    closer: Closer,
+    now: datetime,
+    *,
+    data_dir: Path,
+    signing_key: Path | None = None,
+) -> CloseRun:
+    """Close every month due at ``now`` and not sealed yet, oldest first, exactly once.
+
+    Idempotent: a month with a manifest is closed (the close seals last), so running this
+    again, or from a second scheduler, closes nothing twice. If another process holds the
+    close lock this run does nothing and says so (``locked_out``); that process closes.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must carry a timezone")
+    with close_lock(data_dir) as held:
+        if not held:
+            log.warning("another process is closing; this run leaves it to them")
+            return CloseRun(now, (), (), locked_out=True)
+        due = sorted(closer.due_months(store, now))
+        sealed = set(sealed_periods(store))
+        closed, skipped = [], []
+        for period in due:
+            if period in sealed:
+                skipped.append(period)
+                continue
+            log.info("closing %s (due at %s)", period, now.isoformat())
+            closer.close_month(store, period, signing_key=signing_key)
+            closed.append(period)
+        return CloseRun(now, tuple(due), tuple(closed), tuple(skipped))
+
+
+def run_compaction(store: Store, now: datetime) -> list[CompactionResult]:
+    """Compact every finished KST day of ``raw/`` and ``usage_hourly/`` (not today's)."""
+    today = now.astimezone(KST).date().isoformat()
+    results: list[CompactionResult] = []
+    for dataset in COMPACTABLE:
+        results.extend(compact_dataset(store, dataset, before_date=today))
+    return results
+
+
+# -- the stored jobs (module-level, referenced by name, plain arguments) --------------------
+def monthly_close_job(
+    data_dir: str,
+    registry: str,
+    signing_key: str | None = None,
+    clock_ref: str = DEFAULT_CLOCK,
+    closer_ref: str = DEFAULT_CLOSER,
+) -> list[str]:
+    clock = resolve_clock(clock_ref)
+    run = run_due_closes(
+        Store(data_dir),
+        ref_to_obj(closer_ref)(Path(registry)),
+        clock(),
+        data_dir=Path(data_dir),
+        signing_key=Path(signing_key) if signing_key else None,
+    )
+    return list(run.closed)
+
+
+def compaction_job(data_dir: str, clock_ref: str = DEFAULT_CLOCK) -> int:
+    clock = resolve_clock(clock_ref)
+    return len(run_compaction(Store(data_dir), clock()))
+
+
+def compliance_snapshot_job(data_dir: str, registry: str, clock_ref: str = DEFAULT_CLOCK) -> str | None:
+    """The month-to-date compliance view, written by :mod:`accounting.compliance`.
+
+    Calls ``accounting.compliance.snapshot(store, registry, now)`` when the accounting room
+    provides it; until then the job logs that there is nothing to run.
+    """
+    clock = resolve_clock(clock_ref)
+    from accounting.registry import load_registry
+
+    try:
+        from accounting import compliance
+    except ImportError:
+        compliance = None
+    snapshot = getattr(compliance, "snapshot", None)
+    if snapshot is None:
+        log.warning("accounting.compliance.snapshot is not available; no snapshot taken")
+        return None
+    return snapshot(Store(data_dir), load_registry(Path(registry)), clock())
+
+
+# -- the scheduler --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
+    data_dir: Path
+    registry: Path
+    signing_key: Path | None = None
+    clock_ref: str = DEFAULT_CLOCK
+    closer_ref: str = DEFAULT_CLOSER
+    close_hour: int = 1
+    close_minute: int = 0
+    timezone: ZoneInfo = KST
+
+
+def job_store_url(data_dir: Path) -> str:
+    path = (Path(data_dir) / JOB_STORE).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def configure(
+    scheduler: BaseScheduler,
+    config: ScheduleConfig,
+    *,
+    triggers: dict[str, BaseTrigger] | None = None,
+) -> BaseScheduler:
+    """Add the job store and the three jobs (fixed ids, replaced on restart, never doubled).
+
+    Every job has ``coalesce=True``, ``misfire_grace_time=None`` and one instance at a time;
+    the close does not depend on that (it looks up what is due) but it avoids a burst of
+    catch-up runs. ``triggers`` overrides a job's trigger by id (tests fire them quickly).
+    """
+    tz = config.timezone
+    chosen: dict[str, BaseTrigger] = {
+        COMPACTION_ID: CronTrigger(minute=5, timezone=tz),
+        SNAPSHOT_ID: CronTrigger(hour=0, minute=30, timezone=tz),
+        MONTHLY_CLOSE_ID: CronTrigger(day=1, hour=config.close_hour, minute=config.close_minute, timezone=tz),
+    }
+    chosen.update(triggers or {})
+    scheduler.configure(
+        jobstores={"default": SQLAlchemyJobStore(url=job_store_url(config.data_dir))},
+        job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
+        timezone=tz,
+    )
+    data_dir = str(Path(config.data_dir).absolute())
+    common: dict[str, Any] = {"replace_existing": True}
+    scheduler.add_job(
+        "accounting.scheduler:compaction_job",
+        chosen[COMPACTION_ID],
+        id=COMPACTION_ID,
+        name="hourly compaction of raw/ and usage_hourly/",
+        kwargs={"data_dir": data_dir, "clock_ref": config.clock_ref},
+        **common,
+    )
+    scheduler.add_job(
+        "accounting.scheduler:compliance_snapshot_job",
+        chosen[SNAPSHOT_ID],
+        id=SNAPSHOT_ID,
+        name="daily compliance snapshot",
+        kwargs={"data_dir": data_dir, "registry": str(Path(config.registry).absolute()), "clock_ref": config.clock_ref},
+        **common,
+    )
+    scheduler.add_job(
+        "accounting.scheduler:monthly_close_job",
+        chosen[MONTHLY_CLOSE_ID],
+        id=MONTHLY_CLOSE_ID,
+        name="monthly close (every due month, exactly once)",
+        kwargs={
+            "data_dir": data_dir,
+            "registry": str(Path(config.registry).absolute()),
+            "signing_key": str(Path(config.signing_key).absolute()) if config.signing_key else None,
+            "clock_ref": config.clock_ref,
+            "closer_ref": config.closer_ref,
+        },
+        **common,
+    )
+    return scheduler
+
+
+def catch_up(config: ScheduleConfig) -> CloseRun:
+    """The close run done at start: closes what was missed while the scheduler was down."""
+    clock = resolve_clock(config.clock_ref)
+    return run_due_closes(
+        Store(config.data_dir),
+        ref_to_obj(config.closer_ref)(Path(config.registry)),
+        clock(),
+        data_dir=Path(config.data_dir),
+        signing_key=config.signing_key,
+    )
+
+
+def serve(config: ScheduleConfig, *, on_start: Callable[[CloseRun], None] | None = None) -> None:
+    """Catch up, then run the :class:`BlockingScheduler` until interrupted (``gpuledger schedule``)."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    run = catch_up(config)
+    if on_start is not None:
+        on_start(run)
+    scheduler = configure(BlockingScheduler(), config)
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
+
+
+def next_runs(scheduler: BaseScheduler) -> Sequence[tuple[str, datetime | None]]:
+    """(job id, next fire time) of each job, for the CLI to print."""
+    return [(job.id, job.next_run_time) for job in scheduler.get_jobs()]
+
+
+def month_start_kst(period: str) -> datetime:
+    """First instant of a KST month (handy for clocks in tests and docs)."""
+    year, month = (int(x) for x in period.split("-"))
+    return datetime(year, month, 1, tzinfo=KST)
+
+
+__all__ = [
+    "CloseRun",
+    "Closer",
+    "RegistryCloser",
+    "ScheduleConfig",
+    "catch_up",
+    "close_lock",
+    "configure",
+    "month_start_kst",
+    "run_compaction",
+    "run_due_closes",
+    "serve",
+]
