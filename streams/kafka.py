@@ -210,7 +210,6 @@ class KafkaProducer:
                     linger_ms=s.linger_ms,
                     batch_size=_BATCH_BYTES,
                     max_request_size=MAX_MESSAGE_BYTES,
-                    buffer_memory=64 * 1024 * 1024,
                     max_block_ms=int(bus.connect_timeout_s * 1000),
                     bootstrap_timeout_ms=int(bus.connect_timeout_s * 1000),
                     delivery_timeout_ms=int(bus.delivery_timeout_s * 1000),

@@ -1,0 +1,119 @@
+"""A real Apache Kafka broker for the integration tier, started once per session.
+
+The broker is the one ``make kafka-up`` gives (``scripts/kafka.sh``), here in a temporary
+home with OS-assigned ports. A broker that does not start FAILS the tests that need it with
+the tail of its log: these tests never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "kafka.sh"
+
+
+def _free_port() -> int:
+    """A port the OS just handed out (bind to port 0), free again once the socket closes."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class KafkaBroker:
+    """A single-node broker in ``home``; ``stop()`` and ``start()`` keep its data."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        port = _free_port()
+        controller_port = _free_port()
+        while controller_port == port:
+            controller_port = _free_port()
+        self.port = port
+        self.bootstrap = f"127.0.0.1:{port}"
+        self._env = {
+            **os.environ,
+            "KAFKA_HOME_DIR": str(home),
+            "KAFKA_PORT": str(port),
+            "KAFKA_CONTROLLER_PORT": str(controller_port),
+            "KAFKA_HEAP_OPTS": "-Xmx512m -Xms128m",
+            "KAFKA_START_TIMEOUT_S": "120",
+        }
+
+    def _run(self, command: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(SCRIPT), command],
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def log_tail(self, lines: int = 60) -> str:
+        log = self.home / "broker.log"
+        if not log.exists():
+            return "(no broker log)"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+    def start(self) -> None:
+        try:
+            done = self._run("up", timeout_s=300)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"Kafka broker start timed out\n{self.log_tail()}", pytrace=False)
+        if done.returncode != 0 or done.stdout.strip() != self.bootstrap:
+            pytest.fail(
+                f"Kafka broker failed to start (exit {done.returncode}):\n{done.stdout}\n"
+                f"{done.stderr}\n--- broker log ---\n{self.log_tail()}",
+                pytrace=False,
+            )
+
+    def stop(self) -> None:
+        done = self._run("down", timeout_s=60)
+        if done.returncode != 0:
+            pytest.fail(f"Kafka broker did not stop: {done.stderr}", pytrace=False)
+
+    def is_running(self) -> bool:
+        return self._run("status", timeout_s=10).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-broker"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
+    """The bootstrap address; restarts the shared broker if an earlier test left it down."""
+    if not kafka_broker.is_running():
+        kafka_broker.start()
+    return kafka_broker.bootstrap
+
+
+def _slug(request: pytest.FixtureRequest) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60].strip("-")
+
+
+@pytest.fixture
+def kafka_topic(request: pytest.FixtureRequest) -> str:
+    """A fresh topic name per test (the bus creates it)."""
+    return f"test.{_slug(request)}.{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def kafka_group(request: pytest.FixtureRequest) -> str:
+    """A fresh consumer group per test."""
+    return f"group-{_slug(request)}-{uuid.uuid4().hex[:8]}"
