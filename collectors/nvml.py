@@ -128,9 +128,11 @@ class NvmlReader:
         except (pynvml.NVMLError, NvmlCallTimeout) as exc:
             raise _unavailable(pynvml, exc) from exc
         if count == 0:
+            self.close()
             raise NvmlUnavailable(f"NVML (driver {self.driver_version}) sees no GPU on this node")
         self._discover(count)
         if not self._gpus:
+            self.close()
             raise NvmlUnavailable(f"none of the {count} GPUs NVML reports could be read")
         log.info(
             "nvml opened",
