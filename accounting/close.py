@@ -1,0 +1,284 @@
+"""The monthly close of a KST calendar month: billing ledger, compliance ledger, seal.
+
+::
+
+    close_month(store, registry, "2026-11")
+      usage_hourly/period=2026-11 ──► hourly by owner ──► billing (usage lines)
+      usage_hourly/period<2026-11 ──► re-priced − billed so far ──► billing (correction lines)
+      quarantine/period=2026-11 (not replayed into raw/) ──► compliance (quarantined, breaches)
+      ──► ledgers/compliance/period=2026-11/compliance.parquet
+      ──► ledgers/billing/period=2026-11/billing.parquet      (its existence = "closed")
+      ──► storage.manifest.seal_period(...)                    (manifests/2026-11.json)
+
+Invariants:
+
+* a closed period's files are never rewritten: closing it again is a no-op that says so
+  (:attr:`CloseResult.already_closed`), and re-sealing only happens if the seal is missing;
+* the same inputs give byte-identical files (rows sorted, schemas declared, no wall clock);
+* billing ledgers are the record of what was billed: the next close reads them to turn late
+  usage into ``correction`` lines, so nothing is billed twice and nothing is lost;
+* a month older than the newest closed month cannot be closed (the manifest chain is in
+  month order); its usage is billed as corrections by the next close instead.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from accounting.billing import BillingLine, billed_so_far, billing_lines, gpu_hours, price_usage
+from accounting.compliance import ComplianceRow, compliance_rows
+from accounting.errors import CloseError
+from accounting.registry import NATIONAL, Registry
+from accounting.schemas import BILLING, COMPLIANCE
+from accounting.usage import (
+    kst_period_of,
+    parse_month,
+    quarantined,
+    scan_earlier,
+    scan_month,
+    usage_periods,
+    with_kst_calendar,
+)
+from storage import manifest
+from storage.dataset import Store
+
+Progress = Callable[[str], None]
+BILLING_DIR = "ledgers/billing"
+COMPLIANCE_DIR = "ledgers/compliance"
+_PERIOD_DIR = re.compile(r"period=(\d{4}-\d{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class EntityTotals:
+    """One entity's figures for the close's summary (``ALL`` is the national total)."""
+
+    entity: str
+    allocated_gpus: int
+    capacity_gpu_hours: Decimal
+    reported_gpu_hours: Decimal
+    idle_gpu_hours: Decimal
+    unreported_gpu_hours: Decimal
+    billed_gpu_hours: Decimal  # usage + corrections billed by this close
+    amount_krw: Decimal  # usage + corrections billed by this close
+
+
+@dataclass(frozen=True, slots=True)
+class CloseResult:
+    period: str
+    files: tuple[str, ...]
+    totals: dict[str, EntityTotals] = field(default_factory=dict)
+    already_closed: bool = False
+    billing_lines: int = 0
+    correction_lines: int = 0
+    manifest_sha256: str | None = None
+    sealed: bool = False
+
+    @property
+    def message(self) -> str:
+        if self.already_closed:
+            return (
+                f"{self.period} was closed already; its ledgers are unchanged "
+                "(late usage is billed as corrections by the next close)"
+            )
+        return f"closed {self.period}: {self.billing_lines} billing lines ({self.correction_lines} corrections)"
+
+
+def billing_path(store: Store, period: str) -> str:
+    return store.path(BILLING_DIR, f"period={period}", "billing.parquet")
+
+
+def compliance_path(store: Store, period: str) -> str:
+    return store.path(COMPLIANCE_DIR, f"period={period}", "compliance.parquet")
+
+
+def closed_periods(store: Store) -> list[str]:
+    """Periods whose billing ledger exists (written last by a close: the closed marker)."""
+    found = []
+    for path in store.files(BILLING_DIR):
+        match = _PERIOD_DIR.search(posixpath.dirname(path))
+        if match and posixpath.basename(path) == "billing.parquet":
+            found.append(match[1])
+    return sorted(found)
+
+
+def due_months(store: Store, now: datetime) -> list[str]:
+    """Months that ended before ``now`` (KST), have usage, and are not closed; oldest first.
+
+    Months older than the newest closed month are not due: they can no longer be closed and
+    their usage is billed as corrections by the next close.
+    """
+    current = kst_period_of(now)
+    closed = closed_periods(store)
+    newest = closed[-1] if closed else ""
+    return [p for p in usage_periods(store) if p < current and p not in closed and p > newest]
+
+
+def close_month(
+    store: Store,
+    registry: Registry,
+    period: str,
+    *,
+    signing_key: Path | None = None,
+    progress: Progress | None = None,
+) -> CloseResult:
+    """Close ``period`` (``YYYY-MM``, KST): write both ledgers and seal them.
+
+    Raises :class:`CloseError` for a bad month, a month older than one already closed, or
+    usage that has no rate card (listing every gap).
+    """
+    say = progress or (lambda _msg: None)
+    month = parse_month(period)
+    closed = closed_periods(store)
+    if period in closed:
+        return _already_closed(store, period, signing_key, say)
+    if closed and period < closed[-1]:
+        raise CloseError(
+            f"cannot close {period}: {closed[-1]} is closed already (months close in order); "
+            f"usage of {period} is billed as corrections by the next close"
+        )
+
+    say(f"reading usage of {period}")
+    hourly, oversubscribed = scan_month(store, period)
+    earlier = [p for p in usage_periods(store) if p < period]
+    say(f"re-reading {len(earlier)} earlier period(s) for corrections")
+    earlier_hourly = scan_earlier(store, earlier)
+    say("reading quarantine")
+    quarantine = quarantined(store, period)
+
+    say("pricing")
+    month_hourly = with_kst_calendar(hourly)
+    all_hourly = with_kst_calendar(pl.concat([earlier_hourly, hourly]))
+    daily = all_hourly.group_by(["period", "date", "entity", "project", "gpu_model"]).agg(
+        pl.col("gpu_microseconds").sum()
+    ).sort(["period", "date", "entity", "project", "gpu_model"])
+    priced = price_usage(daily, registry)
+    billed = billed_so_far(_earlier_billing_rows(store, closed))
+    lines = billing_lines(period, priced, billed, registry.rounding)
+    rows = compliance_rows(month, registry, month_hourly, oversubscribed, quarantine)
+
+    say("writing ledgers")
+    comp_file = compliance_path(store, period)
+    bill_file = billing_path(store, period)
+    store.write_parquet_atomic(comp_file, _table([r.as_row() for r in rows], COMPLIANCE))
+    store.write_parquet_atomic(bill_file, _table([ln.as_row() for ln in lines], BILLING))
+
+    totals = _totals(lines, rows)
+    files = (bill_file, comp_file)
+    digest, sealed = _seal(store, period, files, totals, signing_key, say)
+    corrections = sum(1 for ln in lines if ln.corrects_period is not None)
+    return CloseResult(period, files, totals, False, len(lines), corrections, digest, sealed)
+
+
+def read_close(store: Store, period: str) -> CloseResult:
+    """The result of an earlier close, rebuilt from its ledgers (for summaries and re-sealing)."""
+    bill_file, comp_file = billing_path(store, period), compliance_path(store, period)
+    if not store.exists(bill_file):
+        raise CloseError(f"{period} is not closed")
+    bill = store.read_table(bill_file).to_pylist()
+    comp = store.read_table(comp_file).to_pylist() if store.exists(comp_file) else []
+    totals = _totals_from_rows(bill, comp)
+    corrections = sum(1 for r in bill if r["corrects_period"] is not None)
+    return CloseResult(period, (bill_file, comp_file), totals, True, len(bill), corrections)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _already_closed(store: Store, period: str, signing_key: Path | None, say: Progress) -> CloseResult:
+    say(f"{period} is closed already: nothing rewritten")
+    result = read_close(store, period)
+    digest, sealed = None, False
+    if not store.exists(manifest.manifest_path(store, period)):
+        # A close that stopped between its ledgers and its seal: finish the seal.
+        digest, sealed = _seal(store, period, result.files, result.totals, signing_key, say)
+    return CloseResult(
+        period, result.files, result.totals, True, result.billing_lines, result.correction_lines, digest, sealed
+    )
+
+
+def _earlier_billing_rows(store: Store, closed: list[str]) -> list[dict]:
+    rows: list[dict] = []
+    for period in closed:
+        rows.extend(store.read_table(billing_path(store, period)).to_pylist())
+    return rows
+
+
+def _table(rows: list[dict[str, object]], schema: pa.Schema) -> pa.Table:
+    if not rows:
+        return schema.empty_table()
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _totals(lines: list[BillingLine], rows: list[ComplianceRow]) -> dict[str, EntityTotals]:
+    bill = [ln.as_row() for ln in lines]
+    comp = [r.as_row() for r in rows]
+    return _totals_from_rows(bill, comp)
+
+
+def _totals_from_rows(bill: list[dict], comp: list[dict]) -> dict[str, EntityTotals]:
+    amounts: dict[str, Decimal] = {}
+    micro: dict[str, int] = {}
+    for row in bill:
+        for entity in (row["entity"], NATIONAL):
+            amounts[entity] = amounts.get(entity, Decimal(0)) + Decimal(row["amount_krw"])
+            micro[entity] = micro.get(entity, 0) + int(row["gpu_microseconds"])
+    figures: dict[str, dict[str, Decimal | int]] = {}
+    for row in comp:
+        acc = figures.setdefault(row["entity"], {"alloc": 0, "cap": Decimal(0), "rep": Decimal(0), "idle": Decimal(0), "unrep": Decimal(0)})
+        acc["alloc"] += row["allocated_gpus"]
+        acc["cap"] += row["capacity_gpu_hours"]
+        acc["rep"] += row["reported_gpu_hours"]
+        acc["idle"] += row["idle_gpu_hours"]
+        acc["unrep"] += row["unreported_gpu_hours"]
+    totals = {}
+    for entity in sorted(set(amounts) | set(figures)):
+        f = figures.get(entity, {"alloc": 0, "cap": Decimal(0), "rep": Decimal(0), "idle": Decimal(0), "unrep": Decimal(0)})
+        totals[entity] = EntityTotals(
+            entity=entity,
+            allocated_gpus=int(f["alloc"]),
+            capacity_gpu_hours=Decimal(f["cap"]),
+            reported_gpu_hours=Decimal(f["rep"]),
+            idle_gpu_hours=Decimal(f["idle"]),
+            unreported_gpu_hours=Decimal(f["unrep"]),
+            billed_gpu_hours=gpu_hours(micro.get(entity, 0)),
+            amount_krw=amounts.get(entity, Decimal(0)),
+        )
+    return totals
+
+
+def seal_totals(totals: dict[str, EntityTotals]) -> dict[str, str]:
+    """The period's totals as the manifest records them (decimal strings)."""
+    out: dict[str, str] = {}
+    for entity, t in totals.items():
+        out[f"amount_krw.{entity}"] = str(t.amount_krw)
+        out[f"billed_gpu_hours.{entity}"] = str(t.billed_gpu_hours)
+        out[f"reported_gpu_hours.{entity}"] = str(t.reported_gpu_hours)
+        out[f"capacity_gpu_hours.{entity}"] = str(t.capacity_gpu_hours)
+    return out
+
+
+def _seal(
+    store: Store,
+    period: str,
+    files: tuple[str, ...],
+    totals: dict[str, EntityTotals],
+    signing_key: Path | None,
+    say: Progress,
+) -> tuple[str | None, bool]:
+    """Seal the period with ``storage.manifest.seal_period`` (the audit room's manifest)."""
+    say("sealing")
+    inputs = [f for ds in ("usage_hourly", "quarantine") for f in _period_inputs(store, ds, period)]
+    digest = manifest.seal_period(store, period, [*files, *inputs], seal_totals(totals), signing_key)
+    return digest, True
+
+
+def _period_inputs(store: Store, dataset: str, period: str) -> list[str]:
+    marker = f"/period={period}/"
+    return [p for p in store.files(dataset) if marker in p]

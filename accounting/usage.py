@@ -1,0 +1,250 @@
+"""Reading the consumer's datasets for a close: the one place accounting runs Polars over them.
+
+Everything here is lazy and streaming and returns *small* frames (per hour × owner, per
+GPU-hour that breaks the wall-clock rule, per quarantine reason), so a month of 260,000 GPUs
+(~187M ``usage_hourly`` rows) closes in bounded memory. The close works from these frames;
+billing and compliance then only do exact decimal arithmetic on a few thousand rows.
+
+Months are KST calendar months. KST is UTC+9 with no daylight saving, so a KST month is the
+UTC interval ``[first day 00:00 KST, next month's first day 00:00 KST)``, i.e. it begins at
+15:00 UTC on the last day of the previous month.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+
+from accounting.errors import CloseError
+from storage.dataset import Store
+from storage.schemas import QUARANTINE, RAW_EVENTS, USAGE_HOURLY
+
+KST_OFFSET = timedelta(hours=9)
+MICROSECONDS_PER_HOUR = 3_600_000_000
+UNATTRIBUTED = "unattributed"
+_PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_PERIOD_DIR = re.compile(r"/period=(\d{4}-\d{2})/")
+
+# Per-hour usage of one owner: the grain the close works at (small: hours × owners).
+HOURLY_OWNER_KEYS = ["hour_start", "entity", "project", "gpu_model"]
+
+
+@dataclass(frozen=True, slots=True)
+class Month:
+    """A KST calendar month."""
+
+    period: str
+    first_day: date
+    last_day: date
+
+    @property
+    def days(self) -> int:
+        return (self.last_day - self.first_day).days + 1
+
+    @property
+    def hours(self) -> int:
+        return self.days * 24
+
+    @property
+    def start_utc(self) -> datetime:
+        return datetime.combine(self.first_day, datetime.min.time(), UTC) - KST_OFFSET
+
+    @property
+    def end_utc(self) -> datetime:
+        return datetime.combine(self.last_day + timedelta(days=1), datetime.min.time(), UTC) - KST_OFFSET
+
+
+def parse_month(period: str) -> Month:
+    match = _PERIOD.match(period)
+    if not match:
+        raise CloseError(f"bad month {period!r}: expected YYYY-MM (a KST calendar month)")
+    year, month = int(match[1]), int(match[2])
+    first = date(year, month, 1)
+    nxt = date(year + (month == 12), month % 12 + 1, 1)
+    return Month(period, first, nxt - timedelta(days=1))
+
+
+def kst_period_of(moment: datetime) -> str:
+    """The KST month an aware instant falls in (15:00 UTC on the 31st is the 1st in Seoul)."""
+    if moment.tzinfo is None:
+        raise CloseError("naive datetime: pass an aware instant")
+    return (moment.astimezone(UTC) + KST_OFFSET).strftime("%Y-%m")
+
+
+def usage_periods(store: Store) -> list[str]:
+    """Periods that hold any committed ``usage_hourly`` file, sorted (from the Hive paths)."""
+    found = set()
+    for path in store.files("usage_hourly"):
+        match = _PERIOD_DIR.search(path)
+        if match:
+            found.add(match[1])
+    return sorted(found)
+
+
+def period_files(store: Store, dataset: str, period: str) -> list[str]:
+    marker = f"/period={period}/"
+    return [p for p in store.files(dataset) if marker in p]
+
+
+def hourly_by_owner(usage: pl.LazyFrame) -> pl.LazyFrame:
+    """Usage summed per UTC hour × entity × project × GPU model (exact integer sums).
+
+    ``usage_hourly`` may hold several rows for one hour and device (one per consumer batch),
+    and MIG instances are separate devices whose ``gpu_microseconds`` already carry their
+    ``gpu_fraction``: a plain sum is the right answer for both.
+    """
+    return usage.group_by(HOURLY_OWNER_KEYS).agg(
+        gpu_microseconds=pl.col("gpu_microseconds").sum(),
+        busy_gpu_microseconds=pl.col("busy_gpu_microseconds").sum(),
+    )
+
+
+def oversubscribed_gpu_hours(usage: pl.LazyFrame) -> pl.LazyFrame:
+    """Physical GPU-hours whose devices report more GPU-time than the hour has (invariant 2).
+
+    Returns one row per entity × GPU model with the number of such GPU-hours.
+    """
+    per_gpu_hour = usage.group_by(["gpu_uuid", "hour_start"]).agg(
+        gpu_microseconds=pl.col("gpu_microseconds").sum(),
+        entity=pl.col("entity").min(),
+        gpu_model=pl.col("gpu_model").min(),
+    )
+    return (
+        per_gpu_hour.filter(pl.col("gpu_microseconds") > MICROSECONDS_PER_HOUR)
+        .group_by(["entity", "gpu_model"])
+        .agg(oversubscribed_gpu_hours=pl.len())
+    )
+
+
+def scan_month(store: Store, period: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One pass over a month of ``usage_hourly``: (hourly by owner, oversubscribed GPU-hours).
+
+    The month is read one KST day partition at a time, so the per-GPU-hour check never holds
+    more than a day of GPU-hours (~6M at programme scale) in memory.
+    """
+    days = sorted({_day_dir(p) for p in period_files(store, "usage_hourly", period)})
+    owners: list[pl.DataFrame] = []
+    over: list[pl.DataFrame] = []
+    for day in days:
+        lazy = store.scan(f"usage_hourly/period={period}/date={day}", USAGE_HOURLY).select(
+            "hour_start", "entity", "project", "gpu_model", "gpu_uuid", "gpu_microseconds", "busy_gpu_microseconds"
+        )
+        a, b = pl.collect_all([hourly_by_owner(lazy), oversubscribed_gpu_hours(lazy)])
+        owners.append(a)
+        over.append(b)
+    return _concat_owner(owners), _concat_over(over)
+
+
+def scan_earlier(store: Store, periods: list[str]) -> pl.DataFrame:
+    """Hourly-by-owner usage of earlier periods (for corrections), one period at a time."""
+    frames = []
+    for period in periods:
+        lazy = store.scan(f"usage_hourly/period={period}", USAGE_HOURLY).select(
+            "hour_start", "entity", "project", "gpu_model", "gpu_microseconds", "busy_gpu_microseconds"
+        )
+        frames.append(hourly_by_owner(lazy).collect())
+    return _concat_owner(frames)
+
+
+def quarantined(store: Store, period: str) -> pl.DataFrame:
+    """Quarantined GPU-time of ``period`` per entity × GPU model × reason.
+
+    A refused event whose ``event_id`` is in ``raw/`` has been replayed (the registry was
+    amended) and is billed from ``usage_hourly`` now, so it no longer counts as quarantined.
+    A line re-sent several times is counted once (by ``event_id``, else by ``quarantine_id``).
+    """
+    files = period_files(store, "quarantine", period)
+    if not files:
+        return _empty_quarantine()
+    rows = store.scan(f"quarantine/period={period}", QUARANTINE).collect()
+    if rows.height == 0:
+        return _empty_quarantine()
+    ids = rows.get_column("event_id").drop_nulls().unique().to_list()
+    replayed: list[str] = []
+    if ids:
+        replayed = (
+            store.scan(f"raw/period={period}", RAW_EVENTS)
+            .filter(pl.col("event_id").is_in(ids))
+            .select("event_id")
+            .unique()
+            .collect()
+            .get_column("event_id")
+            .to_list()
+        )
+    identity = pl.coalesce(
+        pl.col("event_id"),
+        pl.col("quarantine_id") if "quarantine_id" in rows.columns else pl.col("raw"),
+    )
+    kept = (
+        rows.filter(pl.col("event_id").is_null() | ~pl.col("event_id").is_in(replayed))
+        .with_columns(_identity=identity)
+        .sort(["_identity", "reason_code"])
+        .unique(subset="_identity", keep="first", maintain_order=True)
+    )
+    return (
+        kept.with_columns(
+            entity=pl.col("entity").fill_null("unknown"),
+            gpu_model=pl.col("gpu_model").fill_null("unknown"),
+            gpu_microseconds=pl.col("gpu_microseconds").fill_null(0),
+        )
+        .group_by(["entity", "gpu_model", "reason_code"])
+        .agg(gpu_microseconds=pl.col("gpu_microseconds").sum(), events=pl.len())
+        .sort(["entity", "gpu_model", "reason_code"])
+    )
+
+
+def with_kst_calendar(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add ``period`` and ``date`` (KST) of ``hour_start`` to a by-owner frame."""
+    kst = pl.col("hour_start") + pl.duration(hours=9)
+    return frame.with_columns(period=kst.dt.strftime("%Y-%m"), date=kst.dt.date())
+
+
+def _day_dir(path: str) -> str:
+    match = re.search(r"/date=([^/]+)/", path)
+    if not match:
+        raise CloseError(f"usage file outside a date partition: {path}")
+    return match[1]
+
+
+_OWNER_SCHEMA = {
+    "hour_start": pl.Datetime("us", "UTC"),
+    "entity": pl.String,
+    "project": pl.String,
+    "gpu_model": pl.String,
+    "gpu_microseconds": pl.Int64,
+    "busy_gpu_microseconds": pl.Int64,
+}
+
+
+def _concat_owner(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    if not frames:
+        return pl.DataFrame(schema=_OWNER_SCHEMA)
+    combined = pl.concat([f.select(list(_OWNER_SCHEMA)).cast(_OWNER_SCHEMA) for f in frames])
+    return hourly_by_owner(combined.lazy()).collect().sort(HOURLY_OWNER_KEYS)
+
+
+def _concat_over(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    schema = {"entity": pl.String, "gpu_model": pl.String, "oversubscribed_gpu_hours": pl.Int64}
+    if not frames:
+        return pl.DataFrame(schema=schema)
+    combined = pl.concat([f.cast(schema) for f in frames])
+    return (
+        combined.group_by(["entity", "gpu_model"])
+        .agg(pl.col("oversubscribed_gpu_hours").sum())
+        .sort(["entity", "gpu_model"])
+    )
+
+
+def _empty_quarantine() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            "entity": pl.String,
+            "gpu_model": pl.String,
+            "reason_code": pl.String,
+            "gpu_microseconds": pl.Int64,
+            "events": pl.UInt32,
+        }
+    )
