@@ -196,7 +196,7 @@ def parse_registry(data: Mapping[str, Any], *, source: str) -> Registry:
     """Validate an already-parsed TOML document (see :func:`load_registry`)."""
     v = _Validator()
     for key in sorted(set(data) - _TOP_KEYS):
-        v.problem(f"unknown top-level key [{key}]")
+        v.problem(f"unknown top-level key {key!r}")
     rounding, thresholds = _billing_and_thresholds(v, data)
     entities = _entities(v, data.get("entities"))
     projects = _projects(v, data.get("projects"), entities)
@@ -285,34 +285,34 @@ class _Validator:
 
 
 def _billing_and_thresholds(v: _Validator, data: Mapping[str, Any]) -> tuple[RoundingRule | None, Thresholds]:
-    billing = v.table(data.get("billing"), "[billing]") or {}
-    v.unknown_keys(billing, {"currency", "rounding"}, "[billing]")
+    billing = v.table(data.get("billing"), "billing") or {}
+    v.unknown_keys(billing, {"currency", "rounding"}, "billing")
     currency = billing.get("currency", "KRW")
     if currency != "KRW":
-        v.problem(f"[billing].currency: only KRW is supported, got {currency!r}")
+        v.problem(f"billing.currency: only KRW is supported, got {currency!r}")
     rounding = None
     raw_rule = billing.get("rounding")
     if raw_rule is None:
-        v.problem("[billing].rounding: missing (one of truncate, half_up, half_even)")
+        v.problem("billing.rounding: missing (one of truncate, half_up, half_even)")
     else:
         try:
             rounding = RoundingRule(raw_rule)
         except ValueError:
             choices = ", ".join(r.value for r in RoundingRule)
-            v.problem(f"[billing].rounding: unknown rounding rule {raw_rule!r} (one of {choices})")
-    comp = v.table(data.get("compliance"), "[compliance]") or {}
-    v.unknown_keys(comp, {"under_use_below", "low_coverage_below"}, "[compliance]")
+            v.problem(f"billing.rounding: unknown rounding rule {raw_rule!r} (one of {choices})")
+    comp = v.table(data.get("compliance"), "compliance") or {}
+    v.unknown_keys(comp, {"under_use_below", "low_coverage_below"}, "compliance")
     under = comp.get("under_use_below", Decimal("0.30"))
     cover = comp.get("low_coverage_below", Decimal("0.90"))
-    under_d = v.decimal(under, "[compliance].under_use_below", lo=Decimal(0), hi=Decimal(1))
-    cover_d = v.decimal(cover, "[compliance].low_coverage_below", lo=Decimal(0), hi=Decimal(1))
+    under_d = v.decimal(under, "compliance.under_use_below", lo=Decimal(0), hi=Decimal(1))
+    cover_d = v.decimal(cover, "compliance.low_coverage_below", lo=Decimal(0), hi=Decimal(1))
     return rounding, Thresholds(under_d or Decimal(0), cover_d or Decimal(0))
 
 
 def _entities(v: _Validator, raw: Any) -> dict[str, Entity]:
-    table = v.table(raw, "[entities]")
+    table = v.table(raw, "entities")
     if not table:
-        v.problem("[entities]: no entity defined")
+        v.problem("entities: no entity defined")
         return {}
     entities: dict[str, Entity] = {}
     for name, body in table.items():
@@ -339,7 +339,7 @@ def _entities(v: _Validator, raw: Any) -> dict[str, Entity]:
 
 def _allocations(v: _Validator, raw: Any, where: str) -> list[Allocation]:
     if not isinstance(raw, list):
-        v.problem(f"{where}.allocations: must be an array of tables ([[{where}.allocations]])")
+        v.problem(f"{where}.allocations: must be an array of tables")
         return []
     allocations: list[Allocation] = []
     for i, item in enumerate(raw):
@@ -367,7 +367,7 @@ def _allocations(v: _Validator, raw: Any, where: str) -> list[Allocation]:
 
 
 def _projects(v: _Validator, raw: Any, entities: Mapping[str, Entity]) -> dict[str, Project]:
-    table = v.table(raw, "[projects]") or {}
+    table = v.table(raw, "projects") or {}
     projects: dict[str, Project] = {}
     for name, body in table.items():
         where = f"projects.{name}"
@@ -392,10 +392,10 @@ def _projects(v: _Validator, raw: Any, entities: Mapping[str, Entity]) -> dict[s
 
 def _rates(v: _Validator, raw: Any, entities: Mapping[str, Entity]) -> list[RateCard]:
     if raw is None:
-        v.problem("[[rates]]: no rate card defined")
+        v.problem("rates: no rate card defined")
         return []
     if not isinstance(raw, list):
-        v.problem("rates: must be an array of tables ([[rates]])")
+        v.problem("rates: must be an array of tables")
         return []
     cards: list[RateCard] = []
     for i, item in enumerate(raw):
