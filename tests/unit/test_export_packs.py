@@ -1,0 +1,132 @@
+"""Finance and auditor packs: totals equal the ledger, and the README's SQL re-derives them."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+import zipfile
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from accounting.export import ExportError, export_month
+from storage.dataset import Store
+from storage.errors import IntegrityError
+from storage.manifest import generate_keypair
+from tests.unit.audit_month_fixture import PERIOD, build_month
+
+pytestmark = pytest.mark.unit
+
+
+def _blocks(readme: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", readme, flags=re.S)
+
+
+def _xlsx_numbers(path: Path, sheet: int) -> list[str]:
+    """Numeric cell values of a worksheet, read from the XLSX zip (an independent reader)."""
+    with zipfile.ZipFile(path) as archive:
+        xml = archive.read(f"xl/worksheets/sheet{sheet}.xml").decode()
+    return re.findall(r"<c r=\"[A-Z]+\d+\"(?: s=\"\d+\")?><v>([^<]*)</v></c>", xml)
+
+
+def test_finance_pack_totals_equal_the_ledger(tmp_path: Path) -> None:
+    # given the hand-worked month of audit_month_fixture, closed and sealed
+    store = build_month(tmp_path / "data")
+    # when it is exported
+    result = export_month(store, PERIOD, tmp_path / "out")
+    pack = tmp_path / "out" / PERIOD
+    # then the summary says gov 9,001 KRW (7,001 usage + 2,000 correction) and samsung 925 KRW
+    with (pack / "finance" / "summary.csv").open() as handle:
+        summary = {row["entity"]: row for row in csv.DictReader(handle)}
+    assert summary["gov"]["usage_krw"] == "7001"
+    assert summary["gov"]["correction_krw"] == "2000"
+    assert summary["gov"]["total_krw"] == "9001"
+    assert summary["samsung"]["total_krw"] == "925"
+    # and each statement equals the ledger read independently (DuckDB on the data dir)
+    ledger = dict(
+        duckdb.sql(
+            f"SELECT entity, sum(amount_krw) FROM read_parquet('{tmp_path}/data/ledgers/billing/*/*.parquet')"
+            " GROUP BY entity"
+        ).fetchall()
+    )
+    assert {e: Decimal(r["total_krw"]) for e, r in summary.items()} == ledger
+    for entity in ("gov", "samsung"):
+        with (pack / "finance" / f"statement-{entity}.csv").open() as handle:
+            lines = list(csv.DictReader(handle))
+        assert sum(Decimal(line["amount_krw"]) for line in lines) == ledger[entity]
+        assert all(line["entity"] == entity for line in lines)
+    gov_lines = list(csv.DictReader((pack / "finance" / "statement-gov.csv").read_text().splitlines()))
+    assert [line["charge_class"] for line in gov_lines] == ["correction", "usage"]
+    assert gov_lines[1]["gpu_hours"] == "3.500000" and gov_lines[1]["rate_krw_per_gpu_hour"] == "2000.50"
+    # and the workbook holds whole won as exact integers: total sheet = 9001
+    total_sheet = _xlsx_numbers(pack / "finance" / "statement-gov.xlsx", 2)
+    assert total_sheet[-3:] == ["7001", "2000", "9001"]
+    assert "7001" in _xlsx_numbers(pack / "finance" / "statement-gov.xlsx", 1)
+    assert [t.total_krw for t in result.totals] == [Decimal(9001), Decimal(925)]
+
+
+def test_auditor_pack_readme_sql_rederives_every_total(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given an exported, signed month
+    keys = tmp_path / "keys"
+    generate_keypair(keys / "seal.pem", keys / "seal.pub.pem")
+    store = build_month(tmp_path / "data", signing_key=keys / "seal.pem")
+    export_month(store, PERIOD, tmp_path / "out")
+    auditor = tmp_path / "out" / PERIOD / "auditor"
+    readme = (auditor / "README.md").read_text()
+    sql = _blocks(readme, "sql")
+    assert len(sql) == 4  # totals, line amounts, usage vs billed, compliance vs usage
+    # when an auditor runs the README's queries from the pack directory
+    monkeypatch.chdir(auditor)
+    con = duckdb.connect()
+    totals = con.sql(sql[0]).fetchall()
+    # then the first gives the ledger's statement totals, the others find no difference
+    assert [(e, usage, corr, total) for e, _, usage, corr, total in totals] == [
+        ("gov", Decimal(7001), Decimal(2000), Decimal(9001)),
+        ("samsung", Decimal(925), Decimal(0), Decimal(925)),
+    ]
+    for query in sql[1:]:
+        assert con.sql(query).fetchall() == [], query
+    # and the Polars block runs as written
+    (python_block,) = _blocks(readme, "python")
+    exec(compile(python_block, "README.md", "exec"), {})  # noqa: S102 - the README is ours
+    # and every copied file hashes to its manifest entry
+    for line in (auditor / "SHA256SUMS").read_text().splitlines():
+        digest, rel = line.split("  ", 1)
+        assert hashlib.sha256((auditor / rel).read_bytes()).hexdigest() == digest
+    assert (auditor / "manifests" / f"{PERIOD}.json.sig").stat().st_size == 64
+    assert pq.read_metadata(auditor / "ledgers/billing/period=2026-11/billing.parquet").num_rows == 3
+
+
+def test_the_readme_sql_notices_a_wrong_amount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the line check is not vacuous: a ledger line off by one won is returned
+    store = build_month(tmp_path / "data")
+    export_month(store, PERIOD, tmp_path / "out")
+    auditor = tmp_path / "out" / PERIOD / "auditor"
+    query = _blocks((auditor / "README.md").read_text(), "sql")[1]
+    path = auditor / "ledgers/billing/period=2026-11/billing.parquet"
+    table = pq.read_table(path)
+    amounts = table["amount_krw"].to_pylist()
+    amounts[0] += 1
+    import pyarrow as pa
+
+    table = table.set_column(table.schema.get_field_index("amount_krw"), "amount_krw", pa.array(amounts, table.schema.field("amount_krw").type))
+    pq.write_table(table, path)
+    monkeypatch.chdir(auditor)
+    assert len(duckdb.sql(query).fetchall()) == 1
+
+
+def test_export_refuses_an_unsealed_or_altered_month(tmp_path: Path) -> None:
+    store = Store(tmp_path / "empty")
+    with pytest.raises(ExportError, match="not closed"):
+        export_month(store, PERIOD, tmp_path / "out")
+    store = build_month(tmp_path / "data")
+    ledger = tmp_path / "data/ledgers/billing/period=2026-11/billing.parquet"
+    raw = bytearray(ledger.read_bytes())
+    raw[100] ^= 0x01
+    ledger.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="does not match"):
+        export_month(store, PERIOD, tmp_path / "out2")
