@@ -165,3 +165,68 @@ def ledger(store: Store, kind: str, period: str, where: str = "true") -> list[di
 
 def total(rows: list[dict], column: str) -> Decimal:
     return sum((Decimal(r[column]) for r in rows), Decimal(0))
+
+
+# A small registry for golden months: two GPUs per pool so every figure can be worked by hand.
+# gov's B200 rate changes on 2026-11-16 (KST): 4000 → 4200 KRW per GPU-hour, 50 % off for
+# universities and 30 % off for start-ups.
+GOLDEN_REGISTRY = """
+[billing]
+rounding = "truncate"
+
+[compliance]
+under_use_below = 0.30
+low_coverage_below = 0.90
+
+[entities.gov]
+state_pool = true
+[[entities.gov.allocations]]
+gpu_model = "NVIDIA B200"
+count = 2
+effective_from = 2026-01-01
+
+[entities.samsung]
+[[entities.samsung.allocations]]
+gpu_model = "NVIDIA B200"
+count = 2
+effective_from = 2026-01-01
+
+[projects.snu-llm]
+entity = "gov"
+class = "university"
+
+[projects.upstage-pretrain]
+entity = "gov"
+class = "startup"
+
+[projects.samsung-foundry-ai]
+entity = "samsung"
+
+[[rates]]
+entity = "gov"
+gpu_model = "NVIDIA B200"
+krw_per_gpu_hour = 4000
+effective_from = 2026-01-01
+effective_to = 2026-11-15
+discounts = { university = 50, startup = 30 }
+
+[[rates]]
+entity = "gov"
+gpu_model = "NVIDIA B200"
+krw_per_gpu_hour = 4200
+effective_from = 2026-11-16
+discounts = { university = 50, startup = 30 }
+
+[[rates]]
+entity = "samsung"
+gpu_model = "NVIDIA B200"
+krw_per_gpu_hour = 4500
+effective_from = 2026-01-01
+"""
+
+
+def golden_registry(rounding: str = "truncate"):
+    from accounting.registry import loads_registry
+
+    text = GOLDEN_REGISTRY.replace('rounding = "truncate"', f'rounding = "{rounding}"')
+    return loads_registry(text, source="golden-registry.toml")
