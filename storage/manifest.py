@@ -384,7 +384,7 @@ def _unsealed_files(store: Store, sealed: Mapping[str, str]) -> tuple[list[Diffe
             if rel in sealed:
                 continue
             if directory.split("/", 1)[0] in INPUT_DATASETS:
-                notes.append(f"{rel}: arrived after {period} was sealed (late data for the next close)")
+                notes.append(f"{rel}: unsealed file beside {period}'s sealed inputs (late data, billed as corrections by a later close)")
             else:
                 differences.append(
                     Difference(DifferenceKind.EXTRA_FILE, period, rel, "unsealed file in a sealed partition")

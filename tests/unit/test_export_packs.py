@@ -130,3 +130,39 @@ def test_export_refuses_an_unsealed_or_altered_month(tmp_path: Path) -> None:
     ledger.write_bytes(bytes(raw))
     with pytest.raises(IntegrityError, match="does not match"):
         export_month(store, PERIOD, tmp_path / "out2")
+
+
+def test_readme_sql_agrees_with_a_real_close_with_a_rate_change_and_a_correction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from acct_given import golden_registry, hours, usage, write_usage
+
+    from accounting.close import close_month
+
+    # given November usage across gov's mid-month rate change, closed; then a late November
+    # hour and December usage, and December closed (the late hour becomes a correction)
+    store = Store(tmp_path / "data")
+    b200 = "NVIDIA B200"
+    rows = hours("2026-11-15T01:00", 10, entity="gov", project="snu-llm", gpu_model=b200, gpu_uuid="GPU-1")
+    rows += hours("2026-11-16T01:00", 6, entity="gov", project="snu-llm", gpu_model=b200, gpu_uuid="GPU-1")
+    rows += hours("2026-11-02T00:00", 5, entity="gov", project="unattributed", gpu_model=b200, gpu_uuid="GPU-2")
+    rows += [usage("2026-11-10T03:00", "samsung", "samsung-foundry-ai", b200, "GPU-9", gpu_us=2_057_142_900, busy_us=1)]
+    write_usage(store, rows, "b1")
+    registry = golden_registry()
+    close_month(store, registry, "2026-11")
+    write_usage(store, [usage("2026-11-20T03:00", "gov", "snu-llm", b200, "GPU-1")], "late")
+    write_usage(store, hours("2026-12-03T00:00", 4, entity="gov", project="snu-llm", gpu_model=b200, gpu_uuid="GPU-1"), "b2")
+    close_month(store, registry, "2026-12")
+    # when both months are exported
+    for period in ("2026-11", "2026-12"):
+        result = export_month(store, period, tmp_path / "out", registry=registry)
+        auditor = tmp_path / "out" / period / "auditor"
+        sql = _blocks((auditor / "README.md").read_text(), "sql")
+        monkeypatch.chdir(auditor)
+        # then the README's totals query gives the exported totals and the checks find nothing
+        got = {e: total for e, _, _, _, total in duckdb.sql(sql[0]).fetchall()}
+        assert got == {t.entity: t.total_krw for t in result.totals if t.total_krw or t.entity in got}
+        for query in sql[1:]:
+            assert duckdb.sql(query).fetchall() == [], (period, query)
+    december = list(csv.DictReader((tmp_path / "out/2026-12/finance/statement-gov.csv").read_text().splitlines()))
+    assert [line["charge_class"] for line in december] == ["correction", "usage"]
