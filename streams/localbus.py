@@ -74,14 +74,17 @@ class LocalProducer:
     def __init__(self, log_path: Path):
         self._path = log_path
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._known_valid_end = 0  # every byte before this is complete, checked records
 
     def send(self, key: str, value: bytes) -> None:
         key_bytes = key.encode()
         lengths = struct.pack(">II", len(key_bytes), len(value))
         crc = zlib.crc32(lengths + key_bytes + value)
-        self._pending.append(_MAGIC + struct.pack(">I", crc) + lengths + key_bytes + value)
-        if sum(len(p) for p in self._pending) > 8 * 1024 * 1024:
+        record = _MAGIC + struct.pack(">I", crc) + lengths + key_bytes + value
+        self._pending.append(record)
+        self._pending_bytes += len(record)
+        if self._pending_bytes > 8 * 1024 * 1024:
             self.flush()
 
     def flush(self, timeout_s: float | None = None) -> None:
@@ -103,6 +106,7 @@ class LocalProducer:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         self._pending.clear()
+        self._pending_bytes = 0
 
     def close(self) -> None:
         self.flush()

@@ -85,6 +85,10 @@ def decode_messages(
     ``_raw`` (only filled for rows that came through the slow path; the fast path leaves it
     null and :func:`raw_lines` recovers it for the rare refused row).
     """
+    messages = [(source, payload) for source, payload in messages if payload.strip()]
+    whole = _fast_all(messages)
+    if whole is not None:
+        return whole, []
     frames: list[pl.DataFrame] = []
     refused: list[Refused] = []
     for source, payload in messages:
@@ -99,15 +103,38 @@ def decode_messages(
     return pl.concat(frames, how="vertical"), refused
 
 
+def _line_count(payload: bytes) -> int:
+    return payload.count(b"\n") + (0 if payload.endswith(b"\n") else 1)
+
+
+def _fast_all(messages: Sequence[tuple[str, bytes]]) -> pl.DataFrame | None:
+    """All messages in one ``read_ndjson`` call (the common case: nothing wrong anywhere)."""
+    if not messages:
+        return _empty()
+    counts = [_line_count(payload) for _, payload in messages]
+    buffer = b"\n".join(payload.rstrip(b"\n") for _, payload in messages)
+    try:
+        frame = pl.read_ndjson(io.BytesIO(buffer), schema=WIRE_SCHEMA)
+    except Exception:  # some message is bad: find it message by message
+        return None
+    if frame.height != sum(counts):
+        return None
+    message = pl.Series("_message", [source for source, _ in messages]).repeat_by(
+        pl.Series(counts, dtype=pl.UInt32())
+    ).explode()
+    return frame.with_columns(message).with_columns(
+        _source=pl.format("{}#{}", pl.col("_message"), pl.int_range(1, pl.len() + 1).over("_message")),
+        _raw=pl.lit(None, dtype=pl.String()),
+    ).drop("_message")
+
+
 def _empty() -> pl.DataFrame:
     schema = dict(WIRE_SCHEMA) | {"_source": pl.String(), "_raw": pl.String()}
     return pl.DataFrame(schema=schema)
 
 
 def _fast(source: str, payload: bytes) -> pl.DataFrame | None:
-    lines = payload.count(b"\n") + (0 if payload.endswith(b"\n") else 1)
-    if not payload.strip():
-        return _empty()
+    lines = _line_count(payload)
     try:
         frame = pl.read_ndjson(io.BytesIO(payload), schema=WIRE_SCHEMA)
     except Exception:  # any decode problem: the slow path finds the line and says why

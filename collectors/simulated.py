@@ -1,0 +1,138 @@
+"""A simulated fleet: the twin of NVML for the demo and the tests.
+
+Deterministic for a seed. Each node has 8 GPUs of one model and belongs to one entity's pool;
+some GPUs are split into MIG instances; every GPU runs a schedule of jobs (projects of its
+entity) separated by idle gaps with no owner. One node can go silent for a window (no samples
+at all: it shows up as unreported capacity, never as zero-filled usage).
+
+:class:`SimulatedNode` implements ``DeviceReader`` and ``Attributor`` at once: it knows which
+job owns each GPU at any time, as the real collector learns from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from collections.abc import Mapping, Sequence
+
+from collectors.device import DeviceInfo, DeviceSample, Owner
+from streams.schema import UNATTRIBUTED
+
+# (profile, slices) over a maximum of 7 slices: one B200 split 3 + 2 + 1 + 1
+MIG_LAYOUT: tuple[tuple[str, int], ...] = (("3g.90gb", 3), ("2g.45gb", 2), ("1g.23gb", 1), ("1g.23gb", 1))
+MIG_MAX_SLICES = 7
+IDLE_WATTS = {"NVIDIA B200": 150.0, "NVIDIA GB200": 170.0, "NVIDIA H100 80GB HBM3": 80.0}
+PEAK_WATTS = {"NVIDIA B200": 1000.0, "NVIDIA GB200": 1200.0, "NVIDIA H100 80GB HBM3": 700.0}
+
+
+def _uuid(prefix: str, *parts: object) -> str:
+    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).hexdigest()
+    return f"{prefix}-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    start_s: float
+    end_s: float
+    project: str
+    job_id: str
+    utilisation_percent: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeSpec:
+    name: str
+    entity: str
+    gpu_model: str
+    gpus: int = 8
+    mig_gpus: int = 0  # how many of its GPUs are split with MIG_LAYOUT
+    silent_from_s: float | None = None
+    silent_to_s: float | None = None
+
+
+class SimulatedNode:
+    """One node's devices, jobs and energy counters over ``[start_s, end_s)``."""
+
+    def __init__(
+        self,
+        spec: NodeSpec,
+        projects: Sequence[str],
+        start_s: float,
+        end_s: float,
+        seed: int = 7,
+    ):
+        self.spec = spec
+        rng = random.Random(f"{seed}/{spec.name}")
+        self.devices: list[DeviceInfo] = []
+        self._jobs: dict[str, list[Job]] = {}
+        self._energy_mj: dict[str, float] = {}
+        for index in range(spec.gpus):
+            gpu_uuid = _uuid("GPU", spec.name, index)
+            if index < spec.mig_gpus:
+                for slot, (profile, slices) in enumerate(MIG_LAYOUT):
+                    self.devices.append(
+                        DeviceInfo(gpu_uuid, _uuid("MIG", spec.name, index, slot), spec.gpu_model,
+                                   profile, slices / MIG_MAX_SLICES)
+                    )
+            else:
+                self.devices.append(DeviceInfo(gpu_uuid, gpu_uuid, spec.gpu_model))
+            self._energy_mj[gpu_uuid] = rng.uniform(1e9, 5e9)
+        for device in self.devices:
+            self._jobs[device.device_uuid] = _schedule(rng, projects, start_s, end_s, spec.name)
+
+    def _job_at(self, device: DeviceInfo, timestamp_s: float) -> Job | None:
+        for job in self._jobs[device.device_uuid]:
+            if job.start_s <= timestamp_s < job.end_s:
+                return job
+        return None
+
+    def silent(self, timestamp_s: float) -> bool:
+        spec = self.spec
+        return (
+            spec.silent_from_s is not None
+            and spec.silent_to_s is not None
+            and spec.silent_from_s <= timestamp_s < spec.silent_to_s
+        )
+
+    def sample(self, timestamp_s: float, period_s: float = 10.0) -> list[DeviceSample]:
+        """One sample per device; nothing while the node is silent."""
+        if self.silent(timestamp_s):
+            return []
+        model = self.spec.gpu_model
+        idle, peak = IDLE_WATTS.get(model, 100.0), PEAK_WATTS.get(model, 700.0)
+        jobs = [(device, self._job_at(device, timestamp_s)) for device in self.devices]
+        util_by_gpu: dict[str, float] = {}
+        for device, job in jobs:
+            util = job.utilisation_percent if job else 0.0
+            util_by_gpu[device.gpu_uuid] = util_by_gpu.get(device.gpu_uuid, 0.0) + util * device.gpu_fraction
+        for gpu, util in util_by_gpu.items():
+            self._energy_mj[gpu] += (idle + (peak - idle) * util / 100.0) * period_s * 1000.0
+        return [
+            DeviceSample(
+                device=device,
+                timestamp_s=timestamp_s,
+                utilisation_percent=job.utilisation_percent if job else 0.0,
+                energy_millijoules=int(self._energy_mj[device.gpu_uuid]),
+                pids=(1000 + (abs(hash(job.job_id)) % 30000),) if job else (),
+            )
+            for device, job in jobs
+        ]
+
+    def owner(self, sample: DeviceSample) -> Owner:
+        job = self._job_at(sample.device, sample.timestamp_s)
+        if job is None:
+            return Owner(self.spec.entity, UNATTRIBUTED, None)
+        return Owner(self.spec.entity, job.project, job.job_id)
+
+
+def _schedule(rng: random.Random, projects: Sequence[str], start_s: float, end_s: float, node: str) -> list[Job]:
+    jobs: list[Job] = []
+    t = start_s + rng.uniform(0, 6 * 3600)
+    while t < end_s:
+        length = rng.uniform(4 * 3600, 72 * 3600)
+        project = rng.choice(list(projects))
+        job_id = f"slurm:{rng.randrange(100000, 999999)}"
+        jobs.append(Job(t, min(t + length, end_s), project, job_id, rng.uniform(35.0, 98.0)))
+        t += length + rng.expovariate(1 / (8 * 3600))
+    return jobs

@@ -1,0 +1,177 @@
+"""The ``gpuledger`` command line: parse, build settings, call a library function.
+
+Commands owned by other modules are added by their ``register(app)``:
+``cli_collect`` (collect), ``cli_accounting`` (close, registry), ``cli_audit`` (verify,
+export, report, schedule, keys).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gpuledger import __version__, cli_accounting, cli_audit, cli_collect
+from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, console, out, run_command, settings_from
+from gpuledger.settings import Settings
+
+app = typer.Typer(
+    name="gpuledger",
+    help="GPU-hour accounting: NVML collectors → bus → Parquet → monthly billing and compliance ledgers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"gpuledger {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """gpuledger: one trusted record of who used how many GPU-hours."""
+
+
+@app.command()
+def demo(
+    data_dir: DataDirOpt = None,
+    registry: RegistryOpt = None,
+    bus: BusOpt = None,
+    month: Annotated[
+        str | None, typer.Option("--month", help="KST month to simulate (default: the last complete month).")
+    ] = None,
+    nodes_per_entity: Annotated[int, typer.Option(help="8-GPU nodes per entity in the simulated fleet.")] = 8,
+) -> None:
+    """Simulate a month of a GPU fleet through the whole pipeline, close it, print the summary."""
+
+    def body() -> None:
+        from gpuledger import demo as demo_mod
+        from gpuledger.summary import print_close_summary
+        from gpuledger.wiring import make_bus, make_store, make_stream_consumer, registry_from
+
+        settings = settings_from(data_dir or Path("gpuledger-data/demo"), registry, bus)
+        reg = registry_from(settings)
+        demo_mod.prepare_data_dir(Path(settings.data_dir))
+        period = month or demo_mod.previous_month(datetime.now(UTC))
+        plan = demo_mod.plan(reg, period, nodes_per_entity)
+        store = make_store(settings)
+        the_bus = make_bus(settings)
+        from collectors.publish import DirectPublisher
+
+        publisher = DirectPublisher(the_bus.producer(settings.kafka.usage_topic))
+        consumer = make_stream_consumer(settings, reg, the_bus, store)
+        devices = sum(s.gpus + s.mig_gpus * 3 for s in plan.nodes)
+        console.print(
+            f"Simulating {period} (KST): {len(plan.nodes)} nodes, {devices} devices, "
+            f"{plan.interval_s // 60}-minute events, bus={settings.bus}, data in {settings.data_dir}"
+        )
+        started = time.perf_counter()
+        with _progress() as progress:
+            task = progress.add_task("collect → bus → consume", total=(plan.end_s - plan.start_s) // 86400)
+            published, totals = demo_mod.simulate(
+                plan,
+                reg,
+                publisher,
+                lambda: consumer.run(until_idle=True, idle_polls=1),
+                on_day=lambda day, days, n: progress.update(task, completed=day, description=f"day {day}/{days}: {n:,} events"),
+            )
+        console.print(
+            f"Published {published:,} events; consumer accepted {totals.accepted:,}, "
+            f"refused {totals.refused:,}, duplicates dropped {totals.duplicates:,}."
+        )
+        from accounting.close import close_month
+
+        result = close_month(store, reg, period)
+        print_close_summary(store, period, result)
+        console.print(f"Done in {time.perf_counter() - started:.1f} s. Data under {Path(settings.data_dir).absolute()}")
+
+    run_command(body)
+
+
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(help="JSON Lines file of usage events (schema v1), '-' for stdin.")],
+    data_dir: DataDirOpt = None,
+    registry: RegistryOpt = None,
+    bus: BusOpt = None,
+    lines_per_message: Annotated[int, typer.Option(help="Events per bus message.")] = 5000,
+) -> None:
+    """Publish a JSON Lines file of events onto the bus (the consumer validates and stores them)."""
+
+    def body() -> None:
+        from gpuledger.ingest import ingest_file
+        from gpuledger.wiring import accounts_of, make_bus, registry_from
+
+        settings = settings_from(data_dir, registry, bus)
+        accounts = accounts_of(registry_from(settings))
+        the_bus = make_bus(settings)
+        report = ingest_file(file, the_bus.producer(settings.kafka.usage_topic), accounts, lines_per_message)
+        reasons = ", ".join(f"{code} ×{n}" for code, n in sorted(report.refusals.items()))
+        out.print(
+            f"ingest {file}: {report.lines:,} lines published to {settings.kafka.usage_topic} "
+            f"({settings.bus}); {report.valid:,} valid, {report.refused:,} will be refused"
+            + (f" ({reasons})" if reasons else "")
+        )
+
+    run_command(body)
+
+
+@app.command()
+def consume(
+    data_dir: DataDirOpt = None,
+    registry: RegistryOpt = None,
+    bus: BusOpt = None,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="Drain what is on the bus, then exit.")] = False,
+) -> None:
+    """Run the stream consumer: validate, dedupe, aggregate and write Parquet, then commit offsets."""
+
+    def body() -> None:
+        from gpuledger.wiring import make_bus, make_store, make_stream_consumer, registry_from
+
+        settings = settings_from(data_dir, registry, bus)
+        reg = registry_from(settings)
+        consumer = make_stream_consumer(settings, reg, make_bus(settings), make_store(settings))
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        totals = consumer.run(until_idle=until_idle, idle_polls=settings.consumer.idle_polls, stop=stop)
+        out.print(
+            f"consume: {totals.accepted:,} events accepted, {totals.refused:,} refused (kept in quarantine/), "
+            f"{totals.duplicates:,} duplicates dropped, in {totals.batches} batches"
+        )
+
+    run_command(body)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+
+
+cli_collect.register(app)
+cli_accounting.register(app)
+cli_audit.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Building the real parts from settings: the only place that knows which implementation is used.
+
+Nothing here holds business logic; each function turns settings into one object of a room.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from accounting.registry import Registry, load_registry
+from gpuledger.settings import Settings
+from storage.dataset import Store
+from streams.bus import Bus
+from streams.consumer import StreamConsumer
+from streams.pipeline import BatchProcessor
+from streams.validate import Accounts
+
+
+def make_store(settings: Settings) -> Store:
+    return Store(settings.data_dir)
+
+
+def make_bus(settings: Settings) -> Bus:
+    """The bus named by ``settings.bus``: the embedded local log, or Kafka."""
+    if settings.bus == "kafka":
+        from streams.kafka import KafkaBus  # kafka-python is imported only when asked for
+
+        return KafkaBus(settings.kafka)
+    from streams.localbus import LocalBus
+
+    return LocalBus(Path(settings.data_dir) / "bus")
+
+
+def registry_from(settings: Settings) -> Registry:
+    return load_registry(settings.registry)
+
+
+def accounts_of(registry: Registry) -> Accounts:
+    """What the stream consumer needs of the registry: who exists and who owns which project."""
+    return Accounts(
+        entities=frozenset(registry.entities),
+        project_entity={name: p.entity for name, p in registry.projects.items()},
+    )
+
+
+def make_stream_consumer(settings: Settings, registry: Registry, bus: Bus, store: Store) -> StreamConsumer:
+    """A consumer of the usage topic in the configured group, writing into ``store``.
+
+    Crash recovery runs first: batches journaled before a crash are completed, half-staged
+    ones dropped, so the consumer starts from a consistent store.
+    """
+    store.recover()
+    topic = settings.kafka.usage_topic
+    quarantine = bus.producer(settings.kafka.quarantine_topic)
+    return StreamConsumer(
+        bus.consumer(topic, settings.kafka.consumer_group),
+        BatchProcessor(store, accounts_of(registry)),
+        quarantine_producer=quarantine,
+        max_batch_records=settings.consumer.max_batch_records,
+        poll_timeout_s=settings.consumer.poll_timeout_s,
+    )
