@@ -1,7 +1,184 @@
-"""Placeholder: commands of this module are registered by the room that owns them."""
+"""``gpuledger collect``: the agent that runs on every GPU node.
+
+The command parses options, builds the settings, and calls :func:`run_collect`, which wires
+the parts (NVML reader, attribution, integrator, spooling publisher, metrics endpoint) and
+runs :class:`collectors.agent.CollectorAgent` until SIGTERM/SIGINT or the bound given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from prometheus_client import CollectorRegistry
+
+from collectors.agent import CollectorAgent, JsonLogFormatter, RunStats
+from collectors.attribution import ProcAttributor
+from collectors.integrate import IntervalIntegrator
+from collectors.metrics import CollectorMetrics, serve
+from collectors.nvml import NvmlReader
+from collectors.spool import SpoolingPublisher
+from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, out, run_command, settings_from
+from gpuledger.settings import Settings, StaticOwner
+
+log = logging.getLogger("gpuledger.collector")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CollectOptions:
+    simulate: bool = False
+    once: bool = False
+    duration_s: float | None = None
+    metrics: bool = True
+
+
+@contextlib.contextmanager
+def _nvml(simulate: bool, node: str) -> Iterator[None]:
+    """Real NVML, or the fake library over a normal 8-GPU node whose counters follow the clock."""
+    if not simulate:
+        yield
+        return
+    from collectors.fakenvml import installed, scenarios
+
+    scenario = scenarios.normal_node(node)
+    scenario.clock = time.time
+    with installed(scenario):
+        yield
+
+
+def _static_owner(settings: Settings, project_entity: dict[str, str], simulate: bool) -> StaticOwner | None:
+    owner = settings.collector.static_owner
+    if owner is None and simulate and project_entity:
+        project = sorted(project_entity)[0]
+        owner = StaticOwner(entity=project_entity[project], project=project)
+        log.info("simulate: usage without a job goes to the first registry project",
+                 extra={"entity": owner.entity, "project": owner.project})
+    return owner
+
+
+def run_collect(settings: Settings, options: CollectOptions) -> RunStats:
+    """Wire the collector from ``settings`` and run it; returns the run's statistics."""
+    from gpuledger.wiring import make_bus, registry_from
+
+    c = settings.collector
+    registry = registry_from(settings)
+    project_entity = {name: p.entity for name, p in registry.projects.items()}
+    attributor = ProcAttributor(c.proc_root, _static_owner(settings, project_entity, options.simulate), project_entity)
+    integrator = IntervalIntegrator(c.site, c.node, c.interval_s, c.sample_period_s, attributor)
+    metrics_registry = CollectorRegistry()
+    metrics = CollectorMetrics(metrics_registry)
+    server = None
+    with _nvml(options.simulate, c.node), NvmlReader(timeout_s=c.nvml_timeout_s) as reader:
+        publisher = SpoolingPublisher(
+            make_bus(settings).producer(settings.kafka.usage_topic), settings.spool_dir, c.spool_max_bytes
+        )
+        try:
+            if options.metrics:
+                server, port = serve(metrics_registry, c.metrics_port)
+                log.info("metrics endpoint", extra={"url": f"http://0.0.0.0:{port}/metrics"})
+            agent = CollectorAgent(
+                reader, integrator, publisher, node=c.node, sample_period_s=c.sample_period_s,
+                metrics=metrics, spool_depth=lambda: (publisher.backlog_bytes, publisher.backlog_messages),
+            )
+            with _stop_on_signals(agent):
+                return agent.run(duration_s=options.duration_s, max_rounds=1 if options.once else None)
+        finally:
+            publisher.close()
+            if server is not None:
+                server.shutdown()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(agent: CollectorAgent) -> Iterator[None]:
+    """SIGTERM and SIGINT end the loop gracefully (the open interval is published)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("stopping on signal", extra={"signal": signal.Signals(signum).name})
+        agent.stop()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger("gpuledger")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    for name in ("collectors", "streams"):
+        logging.getLogger(name).handlers[:] = [handler]
+        logging.getLogger(name).setLevel(level.upper())
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app."""
+    """Add ``collect`` to the main app."""
+
+    @app.command()
+    def collect(
+        data_dir: DataDirOpt = None,
+        registry: RegistryOpt = None,
+        bus: BusOpt = None,
+        simulate: Annotated[
+            bool, typer.Option("--simulate", help="Read a fake NVML (a normal 8-GPU node) instead of the GPUs.")
+        ] = False,
+        sample_period: Annotated[
+            float | None, typer.Option("--sample-period", help="Seconds between samples (default 10).", show_default=False)
+        ] = None,
+        interval: Annotated[
+            int | None, typer.Option("--interval", help="Event interval in seconds; divides 3600 (default 60).", show_default=False)
+        ] = None,
+        metrics_port: Annotated[
+            int | None, typer.Option("--metrics-port", help="Prometheus /metrics port (default 9400; 0: any free port).", show_default=False)
+        ] = None,
+        no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Do not serve Prometheus metrics.")] = False,
+        once: Annotated[bool, typer.Option("--once", help="Take one sample, publish it as a partial interval, exit.")] = False,
+        duration: Annotated[
+            float | None, typer.Option("--duration", help="Run this many seconds, then stop as on SIGTERM.", show_default=False)
+        ] = None,
+        node: Annotated[str | None, typer.Option("--node", help="Node name in events (default: host name).", show_default=False)] = None,
+        site: Annotated[str | None, typer.Option("--site", help="Data-centre name in events (default: local).", show_default=False)] = None,
+        proc_root: Annotated[
+            Path | None, typer.Option("--proc-root", help="Process table to attribute GPUs from (default /proc).", show_default=False)
+        ] = None,
+        log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    ) -> None:
+        """Sample this node's GPUs, turn the samples into usage events, and publish them (spooled)."""
+        _configure_logging(log_level)
+
+        def body() -> RunStats:
+            settings = settings_from(data_dir, registry, bus)
+            given = {
+                "sample_period_s": sample_period, "interval_s": interval, "metrics_port": metrics_port,
+                "node": node, "site": site, "proc_root": proc_root,
+            }
+            updates = {k: v for k, v in given.items() if v is not None}
+            if updates:
+                from gpuledger.settings import CollectorSettings, SettingsError
+
+                try:
+                    collector = CollectorSettings.model_validate(settings.collector.model_dump() | updates)
+                except ValueError as exc:
+                    raise SettingsError(f"invalid collector options: {exc}") from exc
+                settings = settings.model_copy(update={"collector": collector})
+            return run_collect(settings, CollectOptions(simulate, once, duration, not no_metrics))
+
+        stats = run_command(body)
+        out.print(
+            f"collect: {stats.rounds} rounds, {stats.samples} device samples, "
+            f"{stats.events_published} events published, {stats.events_pending} pending",
+            highlight=False,
+        )
