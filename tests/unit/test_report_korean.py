@@ -1,0 +1,86 @@
+"""The monthly report: Korean text renders, charts and page carry the ledger's figures."""
+
+from __future__ import annotations
+
+import base64
+import re
+import struct
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from accounting.report import ReportError, entity_figures, render_report, top_projects
+from accounting.export import BILLING_DIR, COMPLIANCE_DIR, read_ledger
+from accounting.schemas import BILLING, COMPLIANCE
+from storage.dataset import Store
+from tests.unit.audit_month_fixture import PERIOD, build_month
+
+pytestmark = pytest.mark.unit
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_MAGIC
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_renders_korean_charts_and_a_self_contained_page(tmp_path: Path) -> None:
+    # given the hand-worked closed month (gov 9,001 KRW, samsung 925 KRW)
+    store = build_month(tmp_path / "data")
+    # when the report is drawn (any missing-glyph warning would fail: warnings are errors here)
+    result = render_report(store, PERIOD, tmp_path / "reports")
+    out = tmp_path / "reports" / PERIOD
+    # then three PNG charts of a readable size and one HTML page exist
+    assert sorted(result.files) == sorted(
+        ["usage-by-entity.png", "utilisation-coverage.png", "top-projects.png", "report.html"]
+    )
+    for name in result.files[:3]:
+        width, height = _png_size((out / name).read_bytes())
+        assert width > 500 and height > 200
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "<title>GPU 사용 보고서 — 2026-11</title>" in page
+    # the page embeds every chart (no external file, no network)
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(embedded) == 3
+    assert all(base64.b64decode(e)[:8] == PNG_MAGIC for e in embedded)
+    assert "http" not in page
+    # and carries the ledger's figures: gov 9,001 KRW, the national 9,926 KRW, gov's breaches
+    assert "<td>gov</td>" in page and "9,001" in page and "9,926" in page
+    assert "low_coverage, under_use" in page
+    assert "snu-llm" in page
+
+
+def test_figures_are_summed_exactly_from_the_ledgers(tmp_path: Path) -> None:
+    store = build_month(tmp_path / "data")
+    compliance = read_ledger(store, COMPLIANCE_DIR, PERIOD, COMPLIANCE)
+    billing = read_ledger(store, BILLING_DIR, PERIOD, BILLING)
+    figures = {f.entity: f for f in entity_figures(compliance, billing)}
+    # gov: 3 GPUs × 720 h capacity, 3.6 h reported of which 2 h busy → utilisation 55.5556 %
+    assert figures["gov"].capacity_gpu_hours == Decimal("2160")
+    assert figures["gov"].utilisation == Decimal("0.555556")
+    assert figures["gov"].amount_krw == Decimal("9001")
+    assert figures["ALL"].amount_krw == Decimal("9926")
+    # top projects by billed GPU-hours: snu-llm 4.5 h (3.5 usage + 1 correction) first
+    assert top_projects(billing)[0] == ("gov", "snu-llm", Decimal("4.500000"), Decimal("9001"))
+
+
+def test_a_font_without_hangul_is_an_error_not_empty_boxes(tmp_path: Path) -> None:
+    # the guard is real: drawing Hangul with DejaVu Sans only raises the missing-glyph warning
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib import pyplot
+
+    from accounting.report import _save
+
+    figure, axes = pyplot.subplots()
+    axes.set_title("GPU 사용 보고서")
+    with matplotlib.rc_context({"font.family": "DejaVu Sans"}), pytest.raises(ReportError, match="would not render"):
+        _save(pyplot, figure)
+
+
+def test_no_ledgers_no_report(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="close the month first"):
+        render_report(Store(tmp_path), PERIOD)
