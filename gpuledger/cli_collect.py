@@ -112,16 +112,24 @@ def _stop_on_signals(agent: CollectorAgent) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _configure_logging(level: str) -> None:
+@contextlib.contextmanager
+def _json_logs(level: str) -> Iterator[None]:
+    """Structured logs (one JSON object per line on stderr) for the duration of the command."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger("gpuledger")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-    for name in ("collectors", "streams"):
-        logging.getLogger(name).handlers[:] = [handler]
-        logging.getLogger(name).setLevel(level.upper())
+    loggers = [logging.getLogger(name) for name in ("gpuledger", "collectors", "streams")]
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.handlers[:] = [handler]
+        lg.setLevel(level.upper())
+        lg.propagate = False
+    try:
+        yield
+    finally:
+        for lg, handlers, lvl, propagate in saved:
+            lg.handlers[:] = handlers
+            lg.setLevel(lvl)
+            lg.propagate = propagate
 
 
 def register(app: typer.Typer) -> None:
@@ -157,8 +165,6 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
     ) -> None:
         """Sample this node's GPUs, turn the samples into usage events, and publish them (spooled)."""
-        _configure_logging(log_level)
-
         def body() -> RunStats:
             settings = settings_from(data_dir, registry, bus)
             given = {
@@ -176,7 +182,8 @@ def register(app: typer.Typer) -> None:
                 settings = settings.model_copy(update={"collector": collector})
             return run_collect(settings, CollectOptions(simulate, once, duration, not no_metrics))
 
-        stats = run_command(body)
+        with _json_logs(log_level):
+            stats = run_command(body)
         out.print(
             f"collect: {stats.rounds} rounds, {stats.samples} device samples, "
             f"{stats.events_published} events published, {stats.events_pending} pending",
