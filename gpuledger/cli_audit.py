@@ -1,7 +1,157 @@
-"""Placeholder: commands of this module are registered by the room that owns them."""
+"""Audit commands: ``verify``, ``export``, ``report``, ``schedule``, ``keys generate``.
+
+Thin: parse, build settings, call :mod:`storage.manifest` or :mod:`accounting`, print.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, console, out, run_command, settings_from
+from storage.dataset import Store
+
+keys_app = typer.Typer(help="Ed25519 keys that sign period manifests.", no_args_is_help=True)
+
+MonthOpt = Annotated[str, typer.Option("--month", help="KST calendar month, YYYY-MM (closed already).")]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", help="Directory to write into (default: under the data dir).", show_default=False),
+]
+SigningKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--signing-key", help="Ed25519 private key (PEM) that signs the manifests of scheduled closes."),
+]
+
+
+def verify(
+    data_dir: DataDirOpt = None,
+    registry: RegistryOpt = None,
+    bus: BusOpt = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option("--public-key", help="Ed25519 public key (PEM); with it every manifest signature is checked."),
+    ] = None,
+) -> None:
+    """Re-hash every sealed file, re-count rows, walk the manifest chain; exit 1 naming every difference."""
+    from storage.manifest import verify as verify_store
+
+    def body() -> None:
+        settings = settings_from(data_dir, registry, bus)
+        report = verify_store(Store(settings.data_dir), public_key=public_key)
+        for note in report.notes:
+            console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+        for difference in report.differences:
+            out.print(str(difference), markup=False, highlight=False, soft_wrap=True)
+        summary = (
+            f"{len(report.periods)} period(s), {report.files_checked} file(s), "
+            f"{report.signatures_checked} signature(s) checked"
+        )
+        if not report.ok:
+            console.print(f"verify FAILED: {len(report.differences)} difference(s); {summary}", markup=False)
+            raise typer.Exit(1)
+        out.print(f"verify ok: {summary}", markup=False)
+
+    run_command(body)
+
+
+def export(
+    month: MonthOpt,
+    out_dir: OutOpt = None,
+    data_dir: DataDirOpt = None,
+    registry: RegistryOpt = None,
+    bus: BusOpt = None,
+) -> None:
+    """Write the finance pack (CSV/XLSX statements in KRW) and the auditor pack of a closed month."""
+    from accounting.export import export_month
+    from accounting.registry import load_registry
+
+    def body() -> None:
+        settings = settings_from(data_dir, registry, bus)
+        reg = load_registry(settings.registry)
+        result = export_month(
+            Store(settings.data_dir), month, out_dir, registry=reg, registry_file=settings.registry
+        )
+        for total in result.totals:
+            out.print(f"{total.entity:<12} {total.total_krw:>20,} KRW", markup=False, highlight=False)
+        out.print(f"finance pack: {result.out_dir / 'finance'}", markup=False, highlight=False)
+        out.print(f"auditor pack: {result.out_dir / 'auditor'} (see README.md)", markup=False, highlight=False)
+
+    run_command(body)
+
+
+def report(
+    month: MonthOpt,
+    out_dir: OutOpt = None,
+    data_dir: DataDirOpt = None,
+    registry: RegistryOpt = None,
+    bus: BusOpt = None,
+) -> None:
+    """Draw the month's charts (PNG) and a self-contained HTML page (GPU 사용 보고서)."""
+    from accounting.registry import load_registry
+    from accounting.report import render_report
+
+    def body() -> None:
+        settings = settings_from(data_dir, registry, bus)
+        reg = load_registry(settings.registry) if Path(settings.registry).exists() else None
+        result = render_report(Store(settings.data_dir), month, out_dir, registry=reg)
+        for name in result.files:
+            out.print(str(result.out_dir / name), markup=False, highlight=False)
+
+    run_command(body)
+
+
+def schedule(
+    data_dir: DataDirOpt = None,
+    registry: RegistryOpt = None,
+    bus: BusOpt = None,
+    signing_key: SigningKeyOpt = None,
+    close_hour: Annotated[int, typer.Option("--close-hour", min=0, max=23, help="KST hour of the monthly close on the 1st.")] = 1,
+) -> None:
+    """Run the scheduled jobs (hourly compaction, daily compliance snapshot, monthly close) until stopped.
+
+    At start it closes every month that is due and not closed yet (exactly once), then keeps
+    its jobs in <data-dir>/scheduler/jobs.sqlite.
+    """
+    from accounting.scheduler import ScheduleConfig, serve
+
+    def body() -> None:
+        settings = settings_from(data_dir, registry, bus)
+        config = ScheduleConfig(
+            data_dir=settings.data_dir, registry=settings.registry, signing_key=signing_key, close_hour=close_hour
+        )
+
+        def started(run) -> None:
+            closed = ", ".join(run.closed) or "nothing due"
+            console.print(f"catch-up close: {closed}; scheduler running (Ctrl-C stops)", markup=False)
+
+        serve(config, on_start=started)
+
+    run_command(body)
+
+
+def generate(
+    private: Annotated[Path, typer.Option("--private", help="Where to write the private key (PEM, mode 0600).")],
+    public: Annotated[Path, typer.Option("--public", help="Where to write the public key (PEM) for auditors.")],
+) -> None:
+    """Generate an Ed25519 key pair for signing manifests (refuses to overwrite a private key)."""
+    from storage.manifest import generate_keypair
+
+    def body() -> None:
+        generate_keypair(private, public)
+        out.print(f"private key: {private} (keep it; pass --signing-key)\npublic key:  {public} (give it to auditors)",
+                  markup=False, highlight=False)
+
+    run_command(body)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app."""
+    """Add ``verify``, ``export``, ``report``, ``schedule`` and ``keys generate`` to the main app."""
+    app.command(name="verify")(verify)
+    app.command(name="export")(export)
+    app.command(name="report")(report)
+    app.command(name="schedule")(schedule)
+    keys_app.command(name="generate")(generate)
+    app.add_typer(keys_app, name="keys")
