@@ -189,3 +189,29 @@ def test_stored_job_function_runs_the_twin_by_reference(tmp_path: Path) -> None:
         str(tmp_path), str(tmp_path / "r.toml"), clock_ref="fixed:2026-12-01T00:00:00+09:00", closer_ref=TWIN
     )
     assert closed == ["2026-10", "2026-11"]
+
+
+def test_real_close_restarted_across_the_boundary_closes_november_once(tmp_path: Path) -> None:
+    from acct_given import GOLDEN_REGISTRY, hours, write_usage
+
+    from accounting.scheduler import RegistryCloser
+
+    # given the real accounting.close, a registry file, and November usage
+    registry = tmp_path / "registry.toml"
+    registry.write_text(GOLDEN_REGISTRY)
+    data = tmp_path / "data"
+    store = Store(data)
+    write_usage(store, hours("2026-11-29T00:00", 3, entity="gov", project="snu-llm", gpu_model="NVIDIA B200",
+                             gpu_uuid="GPU-1"), "b1")
+    closer = RegistryCloser(registry)
+    # when the scheduler runs on 30 November, then restarts on 2 December (catch-up + a fire)
+    assert run_due_closes(store, closer, datetime(2026, 11, 30, 23, tzinfo=KST), data_dir=data).closed == ()
+    first = run_due_closes(store, closer, datetime(2026, 12, 2, 9, tzinfo=KST), data_dir=data)
+    ledger = (data / "ledgers/billing/period=2026-11/billing.parquet").read_bytes()
+    second = run_due_closes(store, closer, datetime(2026, 12, 2, 9, tzinfo=KST), data_dir=data)
+    # then November closed once; the second run found nothing due and rewrote nothing
+    assert first.closed == ("2026-11",)
+    assert second.closed == () and second.due == ()
+    assert (data / "ledgers/billing/period=2026-11/billing.parquet").read_bytes() == ledger
+    assert sealed_periods(store) == ["2026-11"]
+    assert verify(store).ok
