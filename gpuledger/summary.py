@@ -42,9 +42,9 @@ def entity_summary(store: Store, period: str) -> pl.DataFrame:
 
 def print_close_summary(store: Store, period: str, result: Any = None) -> None:
     summary = entity_summary(store, period)
-    table = Table(title=f"gpuledger close {period} (KST month)")
-    for name in ("entity", "allocated GPU-h", "used GPU-h", "busy GPU-h", "idle GPU-h", "unreported GPU-h", "amount KRW"):
-        table.add_column(name, justify="left" if name == "entity" else "right")
+    table = Table(title=f"gpuledger close {period} (KST month), GPU-hours and KRW", padding=(0, 1))
+    for name in ("entity", "allocated", "used", "busy", "idle", "unreported", "amount ₩"):
+        table.add_column(name, justify="left" if name == "entity" else "right", no_wrap=True)
     total = Decimal(0)
     for row in summary.iter_rows(named=True):
         amount = row["amount_krw"] or Decimal(0)
@@ -56,10 +56,10 @@ def print_close_summary(store: Store, period: str, result: Any = None) -> None:
             _h(row["busy_gpu_hours"]),
             _h(row["idle_gpu_hours"]),
             _h(row["unreported_gpu_hours"]),
-            f"₩{amount:,.0f}",
+            f"{amount:,.0f}",
         )
     table.add_section()
-    table.add_row("total", "", "", "", "", "", f"₩{total:,.0f}")
+    table.add_row("total", "", "", "", "", "", f"{total:,.0f}")
     out.print(table)
     out.print(f"billing ledger:    {store.path('ledgers', 'billing', f'period={period}')}")
     out.print(f"compliance ledger: {store.path('ledgers', 'compliance', f'period={period}')}")
@@ -69,4 +69,4 @@ def print_close_summary(store: Store, period: str, result: Any = None) -> None:
 
 
 def _h(value: Decimal | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"
+    return "-" if value is None else f"{value:,.0f}"
