@@ -158,6 +158,76 @@ def consume(
     run_command(body)
 
 
+quarantine_app = typer.Typer(help="Inspect and replay refused events.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(
+    data_dir: DataDirOpt = None,
+    registry: RegistryOpt = None,
+    bus: BusOpt = None,
+    month: Annotated[str | None, typer.Option("--month", help="Only events of this KST month (YYYY-MM).")] = None,
+) -> None:
+    """Re-check events refused for an unknown entity or project against the registry as it is now.
+
+    Events that now pass are stored exactly once (replaying twice changes nothing); the rest stay
+    in quarantine. Usage of a closed month is billed as corrections by the next close.
+    """
+
+    def body() -> None:
+        from gpuledger.wiring import accounts_of, make_store, registry_from
+        from streams.pipeline import BatchProcessor
+        from streams.replay import replay_quarantine
+
+        settings = settings_from(data_dir, registry, bus)
+        store = make_store(settings)
+        store.recover()
+        results = replay_quarantine(store, BatchProcessor(store, accounts_of(registry_from(settings))), period=month)
+        accepted = sum(r.accepted for r in results)
+        still = sum(r.refused for r in results)
+        out.print(f"quarantine replay: {accepted:,} events accepted now, {still:,} still refused (kept in quarantine/)")
+
+    run_command(body)
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    data_dir: DataDirOpt = None,
+    registry: RegistryOpt = None,
+    bus: BusOpt = None,
+    month: Annotated[str | None, typer.Option("--month", help="Only this KST month (YYYY-MM, or 'unknown').")] = None,
+) -> None:
+    """Count refused lines per period and reason (the lines themselves are in quarantine/)."""
+
+    def body() -> None:
+        import polars as pl
+        from rich.table import Table
+
+        from gpuledger.wiring import make_store
+
+        store = make_store(settings_from(data_dir, registry, bus))
+        files = store.files("quarantine")
+        table = Table(title="quarantine")
+        for name in ("period", "reason", "lines", "GPU-hours"):
+            table.add_column(name, justify="right" if name in ("lines", "GPU-hours") else "left")
+        if files:
+            frame = pl.scan_parquet(files)
+            if month:
+                frame = frame.filter(pl.col("period") == month)
+            counts = (
+                frame.group_by("period", "reason_code")
+                .agg(pl.len().alias("lines"), pl.col("gpu_microseconds").sum().alias("us"))
+                .sort("period", "reason_code")
+                .collect()
+            )
+            for period, reason, lines, micros in counts.iter_rows():
+                table.add_row(period, reason, f"{lines:,}", f"{(micros or 0) / 3.6e9:,.3f}")
+        out.print(table)
+
+    run_command(body)
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console

@@ -1,0 +1,52 @@
+"""Bringing quarantined events back once the registry is amended (``gpuledger quarantine replay``).
+
+A refused line is kept in ``quarantine/`` with its original text. Replaying feeds those texts
+through the same :class:`~streams.pipeline.BatchProcessor` as the live stream, with the
+registry as it is now:
+
+* lines that now pass land in ``raw/`` and ``usage_hourly/`` — exactly once, because the
+  processor drops event ids already stored (replaying twice changes nothing);
+* lines that still fail stay in quarantine as they were (their ``quarantine_id`` is known, so
+  no second copy is written).
+
+Compliance counts a quarantined event only while its ``event_id`` is absent from ``raw/``, so a
+replayed event moves from "quarantined" to "reported" without anything being rewritten. Usage
+of a month already closed is billed as corrections by the next close.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from storage.dataset import Store
+from streams.pipeline import BatchProcessor, BatchResult
+
+REPLAYABLE = ("unknown_entity", "unknown_project", "project_of_other_entity")
+
+
+def replay_quarantine(
+    store: Store,
+    processor: BatchProcessor,
+    *,
+    period: str | None = None,
+    reasons: tuple[str, ...] = REPLAYABLE,
+    batch_lines: int = 50_000,
+) -> list[BatchResult]:
+    """Re-process quarantined lines refused for ``reasons`` (registry problems by default)."""
+    files = store.files("quarantine")
+    if not files:
+        return []
+    rows = pl.scan_parquet(files).filter(pl.col("reason_code").is_in(list(reasons)))
+    if period is not None:
+        rows = rows.filter(pl.col("period") == period)
+    raw_files = store.files("raw")
+    if raw_files:
+        stored = pl.scan_parquet(raw_files).select("event_id")
+        rows = rows.join(stored, on="event_id", how="anti")
+    lines = rows.select("source", "raw").sort("source").collect()
+    results = []
+    for start in range(0, lines.height, batch_lines):
+        chunk = lines.slice(start, batch_lines)
+        messages = [(f"replay:{source}", raw.encode()) for source, raw in chunk.iter_rows()]
+        results.append(processor.process(messages))
+    return results
