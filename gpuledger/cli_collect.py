@@ -20,6 +20,8 @@ from typing import Annotated
 import typer
 from prometheus_client import CollectorRegistry
 
+from accounting.registry import load_registry
+
 from collectors.agent import CollectorAgent, JsonLogFormatter, RunStats
 from collectors.attribution import ProcAttributor
 from collectors.integrate import IntervalIntegrator
@@ -28,6 +30,7 @@ from collectors.nvml import NvmlReader
 from collectors.spool import SpoolingPublisher
 from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, out, run_command, settings_from
 from gpuledger.settings import Settings, StaticOwner
+from streams.bus import Bus
 
 log = logging.getLogger("gpuledger.collector")
 
@@ -64,12 +67,25 @@ def _static_owner(settings: Settings, project_entity: dict[str, str], simulate: 
     return owner
 
 
+def _bus(settings: Settings) -> Bus:
+    """The configured bus, importing only what it needs.
+
+    Same choice as ``gpuledger.wiring.make_bus``, repeated here because the wiring module
+    pulls in the consumer side (Polars, pyarrow: ~60 MiB) that a node agent never uses.
+    """
+    if settings.bus == "kafka":
+        from streams.kafka import KafkaBus
+
+        return KafkaBus(settings.kafka)
+    from streams.localbus import LocalBus
+
+    return LocalBus(Path(settings.data_dir) / "bus")
+
+
 def run_collect(settings: Settings, options: CollectOptions) -> RunStats:
     """Wire the collector from ``settings`` and run it; returns the run's statistics."""
-    from gpuledger.wiring import make_bus, registry_from
-
     c = settings.collector
-    registry = registry_from(settings)
+    registry = load_registry(settings.registry)
     project_entity = {name: p.entity for name, p in registry.projects.items()}
     attributor = ProcAttributor(c.proc_root, _static_owner(settings, project_entity, options.simulate), project_entity)
     integrator = IntervalIntegrator(c.site, c.node, c.interval_s, c.sample_period_s, attributor)
@@ -78,7 +94,7 @@ def run_collect(settings: Settings, options: CollectOptions) -> RunStats:
     server = None
     with _nvml(options.simulate, c.node), NvmlReader(timeout_s=c.nvml_timeout_s) as reader:
         publisher = SpoolingPublisher(
-            make_bus(settings).producer(settings.kafka.usage_topic), settings.spool_dir, c.spool_max_bytes
+            _bus(settings).producer(settings.kafka.usage_topic), settings.spool_dir, c.spool_max_bytes
         )
         try:
             if options.metrics:
@@ -189,3 +205,19 @@ def register(app: typer.Typer) -> None:
             f"{stats.events_published} events published, {stats.events_pending} pending",
             highlight=False,
         )
+
+
+def main() -> None:
+    """``python -m gpuledger.cli_collect [OPTIONS]``: the ``collect`` command on its own.
+
+    Same options as ``gpuledger collect``; it imports only the collector side, so the agent's
+    memory stays small on every node (the full CLI also loads the consumer side's Polars and
+    pyarrow). The systemd unit and the container entrypoint use it.
+    """
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+    app(prog_name="gpuledger-collect")
+
+
+if __name__ == "__main__":
+    main()
