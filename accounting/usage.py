@@ -102,10 +102,31 @@ def hourly_by_owner(usage: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def gpu_hour_key() -> pl.Expr:
+    """A 64-bit hash of (``gpu_uuid``, ``hour_start``): a cheap group key for the first pass.
+
+    Two GPU-hours may collide on it; a collision can only *add* a candidate (sums over the
+    colliding rows are larger), so the exact second pass keeps the check exact.
+    """
+    hour = pl.col("hour_start").dt.epoch("s").cast(pl.UInt64)
+    return (pl.col("gpu_uuid").hash(0x5EED) ^ hour.hash(0x1CE)).alias("_gpu_hour")
+
+
+def oversubscription_candidates(usage: pl.LazyFrame) -> pl.LazyFrame:
+    """Hash keys of GPU-hours whose devices may report more GPU-time than the hour has."""
+    return (
+        usage.group_by(gpu_hour_key())
+        .agg(gpu_microseconds=pl.col("gpu_microseconds").sum())
+        .filter(pl.col("gpu_microseconds") > MICROSECONDS_PER_HOUR)
+        .select("_gpu_hour")
+    )
+
+
 def oversubscribed_gpu_hours(usage: pl.LazyFrame) -> pl.LazyFrame:
     """Physical GPU-hours whose devices report more GPU-time than the hour has (invariant 2).
 
-    Returns one row per entity × GPU model with the number of such GPU-hours.
+    Exact (string keys). Returns one row per entity × GPU model with the number of such
+    GPU-hours. :func:`scan_month` runs it only on the rows of hash candidates.
     """
     per_gpu_hour = usage.group_by(["gpu_uuid", "hour_start"]).agg(
         gpu_microseconds=pl.col("gpu_microseconds").sum(),
@@ -115,7 +136,7 @@ def oversubscribed_gpu_hours(usage: pl.LazyFrame) -> pl.LazyFrame:
     return (
         per_gpu_hour.filter(pl.col("gpu_microseconds") > MICROSECONDS_PER_HOUR)
         .group_by(["entity", "gpu_model"])
-        .agg(oversubscribed_gpu_hours=pl.len())
+        .agg(oversubscribed_gpu_hours=pl.len().cast(pl.Int64))
     )
 
 
@@ -123,7 +144,8 @@ def scan_month(store: Store, period: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One pass over a month of ``usage_hourly``: (hourly by owner, oversubscribed GPU-hours).
 
     The month is read one KST day partition at a time, so the per-GPU-hour check never holds
-    more than a day of GPU-hours (~6M at programme scale) in memory.
+    more than a day of GPU-hours (~6M at programme scale) in memory. The check groups on a
+    64-bit hash of the GPU-hour first and re-checks only the candidates on exact keys.
     """
     days = sorted({_day_dir(p) for p in period_files(store, "usage_hourly", period)})
     owners: list[pl.DataFrame] = []
@@ -132,9 +154,11 @@ def scan_month(store: Store, period: str) -> tuple[pl.DataFrame, pl.DataFrame]:
         lazy = store.scan(f"usage_hourly/period={period}/date={day}", USAGE_HOURLY).select(
             "hour_start", "entity", "project", "gpu_model", "gpu_uuid", "gpu_microseconds", "busy_gpu_microseconds"
         )
-        a, b = pl.collect_all([hourly_by_owner(lazy), oversubscribed_gpu_hours(lazy)])
-        owners.append(a)
-        over.append(b)
+        by_owner, candidates = pl.collect_all([hourly_by_owner(lazy), oversubscription_candidates(lazy)])
+        owners.append(by_owner)
+        if candidates.height:
+            suspects = lazy.filter(gpu_hour_key().is_in(candidates.get_column("_gpu_hour").implode()))
+            over.append(oversubscribed_gpu_hours(suspects).collect())
     return _concat_owner(owners), _concat_over(over)
 
 
