@@ -6,6 +6,9 @@ scheduler keeps its jobs. Cron triggers run on the KST calendar (``Asia/Seoul``)
 at minute 5 of every hour, the compliance snapshot at 00:30 daily, the monthly close on the
 1st at 01:00.
 
+The daily snapshot writes the month-to-date compliance view to
+``snapshots/compliance/period=…/as_of=….parquet`` (a progress view, not a ledger).
+
 The monthly close does **not** trust APScheduler's misfire handling (its default grace of one
 second silently skips a run missed during downtime). Every run of the close job — and one run
 at start, before the scheduler starts — asks :func:`accounting.close.due_months` which months
@@ -27,7 +30,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -36,8 +39,11 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+import pyarrow as pa
 from apscheduler.util import ref_to_obj
 
+from accounting.registry import Registry
+from accounting.schemas import COMPLIANCE
 from storage.compaction import COMPACTABLE, CompactionResult, compact_dataset
 from storage.dataset import Store
 from storage.manifest import sealed_periods
@@ -50,6 +56,7 @@ CLOSE_LOCK = "scheduler/close.lock"
 MONTHLY_CLOSE_ID = "monthly-close"
 COMPACTION_ID = "hourly-compaction"
 SNAPSHOT_ID = "daily-compliance-snapshot"
+SNAPSHOT_DIR = "snapshots/compliance"
 DEFAULT_CLOCK = "accounting.scheduler:utc_now"
 DEFAULT_CLOSER = "accounting.scheduler:RegistryCloser"
 _FIXED = "fixed:"
@@ -204,24 +211,37 @@ def compaction_job(data_dir: str, clock_ref: str = DEFAULT_CLOCK) -> int:
     return len(run_compaction(Store(data_dir), clock()))
 
 
-def compliance_snapshot_job(data_dir: str, registry: str, clock_ref: str = DEFAULT_CLOCK) -> str | None:
-    """The month-to-date compliance view, written by :mod:`accounting.compliance`.
-
-    Calls ``accounting.compliance.snapshot(store, registry, now)`` when the accounting room
-    provides it; until then the job logs that there is nothing to run.
-    """
-    clock = resolve_clock(clock_ref)
+def compliance_snapshot_job(data_dir: str, registry: str, clock_ref: str = DEFAULT_CLOCK) -> str:
     from accounting.registry import load_registry
 
-    try:
-        from accounting import compliance
-    except ImportError:
-        compliance = None
-    snapshot = getattr(compliance, "snapshot", None)
-    if snapshot is None:
-        log.warning("accounting.compliance.snapshot is not available; no snapshot taken")
-        return None
-    return snapshot(Store(data_dir), load_registry(Path(registry)), clock())
+    store = Store(data_dir)
+    return compliance_snapshot(store, load_registry(Path(registry)), resolve_clock(clock_ref)())
+
+
+def compliance_snapshot(store: Store, registry: Registry, now: datetime) -> str:
+    """The compliance view of the month to date, as of the KST day before ``now``; its path.
+
+    Written to ``snapshots/compliance/period=YYYY-MM/as_of=YYYY-MM-DD.parquet`` (schema
+    ``accounting.schemas.COMPLIANCE``, computed by :func:`accounting.compliance.compliance_rows`
+    like the close does). Capacity is the whole month's, so coverage grows through the month;
+    a snapshot is a progress view, never a ledger, and is not sealed. Re-running it for the
+    same day overwrites the same file.
+    """
+    from accounting.compliance import compliance_rows
+    from accounting.usage import parse_month, quarantined, scan_month, with_kst_calendar
+
+    if now.tzinfo is None:
+        raise ValueError("now must carry a timezone")
+    as_of = (now.astimezone(KST) - timedelta(days=1)).date()
+    period = as_of.strftime("%Y-%m")
+    hourly, oversubscribed = scan_month(store, period)
+    rows = compliance_rows(
+        parse_month(period), registry, with_kst_calendar(hourly), oversubscribed, quarantined(store, period)
+    )
+    table = pa.Table.from_pylist([r.as_row() for r in rows], schema=COMPLIANCE) if rows else COMPLIANCE.empty_table()
+    path = store.path(SNAPSHOT_DIR, f"period={period}", f"as_of={as_of.isoformat()}.parquet")
+    store.write_parquet_atomic(path, table)
+    return path
 
 
 # -- the scheduler --------------------------------------------------------------------------
@@ -348,6 +368,7 @@ __all__ = [
     "RegistryCloser",
     "ScheduleConfig",
     "catch_up",
+    "compliance_snapshot",
     "close_lock",
     "configure",
     "month_start_kst",

@@ -215,3 +215,25 @@ def test_real_close_restarted_across_the_boundary_closes_november_once(tmp_path:
     assert (data / "ledgers/billing/period=2026-11/billing.parquet").read_bytes() == ledger
     assert sealed_periods(store) == ["2026-11"]
     assert verify(store).ok
+
+
+def test_daily_snapshot_is_the_month_to_date_compliance_view(tmp_path: Path) -> None:
+    import duckdb
+    from acct_given import GOLDEN_REGISTRY, hours, write_usage
+
+    from accounting.scheduler import compliance_snapshot_job
+
+    # given 5 GPU-hours of gov on 2026-11-10 (KST) and a registry file
+    registry = tmp_path / "registry.toml"
+    registry.write_text(GOLDEN_REGISTRY)
+    data = tmp_path / "data"
+    write_usage(Store(data), hours("2026-11-10T00:00", 5, entity="gov", project="snu-llm", gpu_model="NVIDIA B200",
+                                   gpu_uuid="GPU-1"), "b1")
+    # when the snapshot job fires at 00:30 KST on 11 November
+    path = compliance_snapshot_job(str(data), str(registry), clock_ref="fixed:2026-11-11T00:30:00+09:00")
+    # then it covers November as of the 10th, and gov reports 5 GPU-hours
+    assert path.endswith("snapshots/compliance/period=2026-11/as_of=2026-11-10.parquet")
+    reported = duckdb.sql(
+        f"SELECT reported_gpu_hours FROM read_parquet('{path}') WHERE entity = 'gov'"
+    ).fetchall()
+    assert [float(r[0]) for r in reported] == [5.0]
