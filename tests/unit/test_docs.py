@@ -1,0 +1,51 @@
+"""Every command has help and is in the README (sqlite-utils' habit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from gpuledger.cli import app
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+
+
+def commands() -> list[tuple[str, ...]]:
+    root = typer.main.get_command(app)
+    found = []
+
+    def walk(group, prefix: tuple[str, ...]) -> None:
+        for name, command in group.commands.items():
+            if getattr(command, "commands", None):
+                walk(command, (*prefix, name))
+            else:
+                found.append((*prefix, name))
+
+    walk(root, ())
+    return sorted(found)
+
+
+def test_the_main_commands_exist() -> None:
+    names = {c[0] for c in commands()}
+    assert {"demo", "collect", "consume", "ingest", "close", "schedule", "report", "export", "verify"} <= names
+
+
+@pytest.mark.parametrize("command", commands(), ids=" ".join)
+def test_every_command_has_help_and_is_in_the_readme(command: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+    assert f"gpuledger {' '.join(command)}" in (REPO / "README.md").read_text() or (
+        len(command) == 2 and f"{command[0]} {command[1]}" in (REPO / "README.md").read_text()
+    )
+
+
+@pytest.mark.parametrize("command", [c for c in commands() if c[0] != "keys" and c[0] != "registry"], ids=" ".join)
+def test_every_data_command_takes_the_common_options(command: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=200)
+    for option in ("--data-dir", "--registry", "--bus"):
+        assert option in result.output, f"{' '.join(command)} lacks {option}"

@@ -1,0 +1,59 @@
+"""Settings: file < environment < options; every mistake named at once; secrets hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpuledger.settings import SettingsError, load_settings
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in list(__import__("os").environ):
+        if name.startswith("GPULEDGER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("GPULEDGER_CONFIG", str(tmp_path / "none.toml"))
+
+
+def test_the_example_config_is_valid(monkeypatch) -> None:
+    monkeypatch.setenv("GPULEDGER_CONFIG", str(REPO / "examples/gpuledger.toml"))
+    settings = load_settings()
+    assert settings.kafka.replication_factor == 3
+    assert settings.collector.interval_s == 60
+
+
+def test_environment_then_options_win(monkeypatch) -> None:
+    monkeypatch.setenv("GPULEDGER_BUS", "kafka")
+    monkeypatch.setenv("GPULEDGER_KAFKA_BOOTSTRAP", "broker:9093")
+    monkeypatch.setenv("GPULEDGER_COLLECTOR__INTERVAL_S", "30")
+    settings = load_settings(data_dir=Path("/srv/ledger"))
+    assert (settings.bus, settings.kafka.bootstrap, settings.collector.interval_s) == ("kafka", "broker:9093", 30)
+    assert settings.data_dir == Path("/srv/ledger")
+    assert load_settings(bus="local").bus == "local"
+
+
+def test_a_bad_config_names_every_mistake(tmp_path, monkeypatch) -> None:
+    config = tmp_path / "gpuledger.toml"
+    config.write_text('bus = "carrier-pigeon"\n[collector]\ninterval_s = 7\n[kafka]\npartitions = 0\n')
+    monkeypatch.setenv("GPULEDGER_CONFIG", str(config))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "bus" in message and "collector" in message and "kafka.partitions" in message
+
+
+def test_sasl_needs_credentials_and_hides_the_password(monkeypatch) -> None:
+    monkeypatch.setenv("GPULEDGER_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(SettingsError, match="sasl_mechanism, sasl_username, sasl_password"):
+        load_settings()
+    monkeypatch.setenv("GPULEDGER_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("GPULEDGER_KAFKA__SASL_USERNAME", "ledger")
+    monkeypatch.setenv("GPULEDGER_KAFKA__SASL_PASSWORD", "hunter2")
+    settings = load_settings()
+    assert settings.kafka.sasl_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
