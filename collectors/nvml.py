@@ -104,6 +104,7 @@ class NvmlReader:
     ):
         self._timeout_s = timeout_s
         self._rediscover_s = rediscover_s
+        self._incomplete_retry_s = 30.0
         self._clock = clock
         self._worker = NvmlWorker(timeout_s, max_stuck=max_stuck_calls)
         self._pynvml: Any = None
@@ -188,6 +189,8 @@ class NvmlReader:
         self._gpus = found
         self._discovered_at = self._clock()
         self._rediscover_due = False
+        if len(uuids) < count:  # a GPU did not answer: look again soon, not in rediscover_s
+            self._discovered_at -= max(0.0, self._rediscover_s - self._incomplete_retry_s)
 
     def _discover_gpu(self, index: int) -> _Gpu:
         """Runs on the worker: identity and MIG layout of one physical GPU."""

@@ -114,7 +114,7 @@ def test_hung_call_flags_that_gpu_and_does_not_park_a_thread_per_sample():
         second = reader.sample(10.0)
         assert second[1].flags == frozenset({"nvml_error"})
         assert scenario.calls["nvmlDeviceGetPowerUsage"] == 4 + 3  # GPU 1 not asked again
-        assert threading.active_count() == threads
+        assert threading.active_count() <= threads  # no new parked thread
         scenario.release_hangs()
         for _ in range(200):  # wait for the parked call to return (bounded, not timed)
             if threading.active_count() < threads:
@@ -196,8 +196,10 @@ def test_gpu_hung_at_discovery_is_skipped_then_found_later():
         assert len(reader.sample(0.0)) == 1
         scenario.gpus[0].hang.clear()
         scenario.release_hangs()
-        clock.now = 1e6
+        clock.now = 29.0
+        assert len(reader.sample(1.0)) == 1  # an incomplete discovery is retried after 30 s
         for _ in range(200):  # the parked discovery call must come back before a retry
+            clock.now += 30.0
             if len(reader.sample(1.0)) == 2:
                 break
             threading.Event().wait(0.01)
