@@ -199,22 +199,39 @@ def _save(pyplot: Any, figure: Any) -> bytes:
 
 # -- charts ---------------------------------------------------------------------------------
 def _usage_chart(pyplot: Any, period: str, rows: Sequence[EntityFigures]) -> Any:
-    figure, axes = pyplot.subplots(figsize=(9, 0.6 * max(len(rows), 3) + 1.6))
+    """Left: allocated capacity split into busy / idle / unreported. Right: the reported part
+    alone (busy / idle), so usage stays readable when telemetry covers a sliver of capacity."""
+    from matplotlib.ticker import FuncFormatter
+
+    figure, (left, right) = pyplot.subplots(
+        1, 2, figsize=(11, 0.6 * max(len(rows), 3) + 1.8), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
+    )
     names = [r.entity for r in rows]
     busy = [float(r.busy_gpu_hours) for r in rows]
     idle = [float(r.idle_gpu_hours) for r in rows]
     unreported = [float(r.unreported_gpu_hours) for r in rows]
-    axes.barh(names, busy, color=_COLOURS["busy"], label="사용 (busy)")
-    axes.barh(names, idle, left=busy, color=_COLOURS["idle"], label="유휴 (idle)")
-    axes.barh(names, unreported, left=[b + i for b, i in zip(busy, idle, strict=True)],
+    thousands = FuncFormatter(lambda value, _pos: f"{value:,.0f}")
+    for axes in (left, right):
+        axes.barh(names, busy, color=_COLOURS["busy"], label="사용 (busy)")
+        axes.barh(names, idle, left=busy, color=_COLOURS["idle"], label="유휴 (idle)")
+        axes.xaxis.set_major_formatter(thousands)
+        axes.tick_params(axis="x", labelsize=8)
+    left.barh(names, unreported, left=[b + i for b, i in zip(busy, idle, strict=True)],
               color=_COLOURS["unreported"], label="미보고 (unreported)")
     for y, row in enumerate(rows):
-        axes.text(float(row.capacity_gpu_hours), y, f"  할당 {row.capacity_gpu_hours:,.0f}", va="center", fontsize=8)
-    axes.invert_yaxis()
-    axes.set_xlabel("GPU·시간 (GPU-hours)")
-    axes.set_title(f"{period} 기관별 할당 대비 사용·유휴·미보고")
-    axes.legend(loc="lower right", fontsize=8)
-    axes.margins(x=0.15)
+        left.text(float(row.capacity_gpu_hours), y, f" 할당 {row.capacity_gpu_hours:,.0f}", va="center", fontsize=8)
+        share = "–" if row.utilisation is None else f"{row.utilisation * 100:.0f}%"
+        right.text(float(row.reported_gpu_hours), y, f" {row.reported_gpu_hours:,.0f} (사용 {share})",
+                   va="center", fontsize=8)
+    left.invert_yaxis()
+    left.set_xlabel("할당 용량 GPU·시간 (capacity GPU-hours)")
+    right.set_xlabel("보고된 GPU·시간 (reported GPU-hours)")
+    left.set_title("할당 대비 사용·유휴·미보고", fontsize=10)
+    right.set_title("보고된 사용량: 사용·유휴", fontsize=10)
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, fontsize=8, frameon=False)
+    left.margins(x=0.25)
+    right.margins(x=0.35)
+    figure.suptitle(f"{period} 기관별 GPU 사용 현황")
     return figure
 
 
@@ -225,15 +242,18 @@ def _ratio_chart(pyplot: Any, period: str, rows: Sequence[EntityFigures], thresh
     width = 0.38
     util = [float(r.utilisation or 0) * 100 for r in rows]
     cover = [float(r.coverage or 0) * 100 for r in rows]
-    axes.bar([p - width / 2 for p in positions], util, width, color="#2b6cb0", label="활용률 (utilisation)")
-    axes.bar([p + width / 2 for p in positions], cover, width, color="#38a169", label="보고율 (coverage)")
+    bars_util = axes.bar([p - width / 2 for p in positions], util, width, color="#2b6cb0", label="활용률 (utilisation)")
+    bars_cover = axes.bar([p + width / 2 for p in positions], cover, width, color="#38a169", label="보고율 (coverage)")
+    for bars, values in ((bars_util, util), (bars_cover, cover)):
+        labels = [f"{v:.1f}%" if v >= 0.1 or v == 0 else "<0.1%" for v in values]
+        axes.bar_label(bars, labels=labels, fontsize=7, padding=2)
     if thresholds is not None:
         axes.axhline(float(thresholds.under_use_below) * 100, color="#2b6cb0", linestyle="--", linewidth=1,
                      label="활용률 기준")
         axes.axhline(float(thresholds.low_coverage_below) * 100, color="#38a169", linestyle=":", linewidth=1,
                      label="보고율 기준")
     axes.set_xticks(list(positions), names)
-    axes.set_ylim(0, 105)
+    axes.set_ylim(0, 112)
     axes.set_ylabel("%")
     axes.set_title(f"{period} 기관별 활용률과 보고율")
     axes.legend(fontsize=8, loc="upper right", ncols=2)
