@@ -207,3 +207,53 @@ def test_json_log_lines_carry_the_extra_fields():
         "warning", "gpuledger.collector", "nvml error", "GPU-1"
     )
     assert line["ts"].endswith("Z")
+
+
+def test_mig_node_events_carry_fractions_and_apportioned_energy(rig, tmp_path):
+    scenario = scenarios.mig_node("node-a")
+    agent, reader, time, registry, publisher = rig(scenario)
+    with installed(scenario), reader:
+        agent.run(duration_s=125)
+    publisher.close()
+    middle = [e for e in published(tmp_path / "bus") if e.interval_start == "2027-01-15T08:01:00Z"]
+    h100 = scenario.gpus[0]
+    on_h100 = [e for e in middle if e.gpu_uuid == h100.uuid]
+    assert sorted(e.mig_profile for e in on_h100) == ["1g.10gb", "1g.10gb", "2g.20gb", "3g.40gb"]
+    # invariant 2: the instances of one GPU sum to at most the interval
+    assert sum(e.gpu_seconds for e in on_h100) == pytest.approx(60.0)
+    # energy is the GPU's counter delta apportioned by fraction, never summed per instance
+    assert sum(e.energy_joules for e in on_h100) == pytest.approx(h100.power_milliwatts / 1000 * 60)
+    assert all("utilisation_fallback" in e.flags for e in on_h100)
+    assert {e.gpu_fraction for e in middle if e.gpu_uuid == scenario.gpus[1].uuid} == {0.5, 0.25}
+
+
+def test_driver_reload_is_a_flagged_reset_not_negative_energy(rig, tmp_path):
+    scenario = scenarios.energy_reset_node("node-a")
+    agent, reader, time, registry, publisher = rig(scenario)
+
+    def reload_driver(t: SimTime) -> None:
+        if t.waits == 9:  # during 08:01
+            scenario.reset_energy(1)
+
+    time.on_wait = reload_driver
+    with installed(scenario), reader:
+        agent.run(duration_s=125)
+    publisher.close()
+    events = [e for e in published(tmp_path / "bus") if e.interval_start == "2027-01-15T08:01:00Z"]
+    reset = next(e for e in events if e.gpu_uuid == scenario.gpus[1].uuid)
+    steady = next(e for e in events if e.gpu_uuid == scenario.gpus[0].uuid)
+    assert "counter_reset" in reset.flags and 0 <= reset.energy_joules < 310 * 60
+    assert "counter_reset" not in steady.flags and steady.energy_joules == pytest.approx(300 * 60)
+
+
+def test_a_hung_gpu_does_not_stop_the_node(rig, tmp_path):
+    scenario = scenarios.hung_call_node("node-a")
+    agent, reader, time, registry, publisher = rig(scenario)
+    with installed(scenario), reader:
+        stats = agent.run(duration_s=55)
+    publisher.close()
+    events = {e.gpu_uuid: e for e in published(tmp_path / "bus")}
+    assert stats.rounds == 6 and len(events) == 4
+    assert "nvml_error" in events[scenario.gpus[1].uuid].flags
+    assert all("nvml_error" not in events[g.uuid].flags for i, g in enumerate(scenario.gpus) if i != 1)
+    assert registry.get_sample_value("gpuledger_collector_nvml_errors_total", {"kind": "nvml_error"}) == 6
