@@ -231,3 +231,43 @@ def test_refuses_bad_inputs_and_out_of_order_seals(tmp_path: Path) -> None:
     seal_period(store, "2026-11", [path], {"x": Decimal("1.5")})
     with pytest.raises(IntegrityError, match="later period 2026-11"):
         seal_period(store, "2026-10", [path], {})
+
+
+def test_any_flipped_bit_in_any_sealed_file_is_caught() -> None:
+    """Invariant 5 as a property: whichever byte and bit of a sealed file changes, verify names it."""
+    import shutil
+    import tempfile
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    base = Path(tempfile.mkdtemp(prefix="seal-"))
+    try:
+        store = Store(base / "data")
+        path = _write_ledger(store, "2026-11", 777)
+        manifest_bytes = seal_period(store, "2026-11", [path], {"amount_krw": "777"})
+        original = Path(path).read_bytes()
+        manifest_file = Path(manifest_path(store, "2026-11"))
+        sealed_manifest = manifest_file.read_bytes()
+        assert manifest_bytes
+
+        @settings(max_examples=60, deadline=None)
+        @given(
+            target=st.sampled_from(["ledger", "manifest"]),
+            fraction=st.floats(min_value=0, max_value=1, exclude_max=True),
+            bit=st.integers(min_value=0, max_value=7),
+        )
+        def flip(target: str, fraction: float, bit: int) -> None:
+            victim, data = (Path(path), original) if target == "ledger" else (manifest_file, sealed_manifest)
+            tampered = bytearray(data)
+            tampered[int(fraction * len(data))] ^= 1 << bit
+            victim.write_bytes(bytes(tampered))
+            try:
+                assert not verify(store).ok
+            finally:
+                victim.write_bytes(data)
+
+        flip()
+        assert verify(store).ok
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
