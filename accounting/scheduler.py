@@ -46,7 +46,7 @@ from accounting.registry import Registry
 from accounting.schemas import COMPLIANCE
 from storage.compaction import COMPACTABLE, CompactionResult, compact_dataset
 from storage.dataset import Store
-from storage.manifest import sealed_periods
+from storage.manifest import ledger_periods, sealed_periods
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ def run_due_closes(
     """Close every month due at ``now`` and not sealed yet, oldest first, exactly once.
 
     Idempotent: a month with a manifest is closed (the close seals last), so running this
-    again, or from a second scheduler, closes nothing twice. If another process holds the
+    again, or from a second scheduler, closes nothing twice. A month with ledgers but no
+    manifest (a close that stopped before sealing) is closed again, which only seals it. If another process holds the
     close lock this run does nothing and says so (``locked_out``); that process closes.
     """
     if now.tzinfo is None:
@@ -165,8 +166,10 @@ def run_due_closes(
         if not held:
             log.warning("another process is closing; this run leaves it to them")
             return CloseRun(now, (), (), locked_out=True)
-        due = sorted(closer.due_months(store, now))
         sealed = set(sealed_periods(store))
+        # a close that stopped after its ledgers but before its seal: closing again seals it
+        half_closed = [p for p in ledger_periods(store) if p not in sealed]
+        due = sorted(set(closer.due_months(store, now)) | set(half_closed))
         closed, skipped = [], []
         for period in due:
             if period in sealed:

@@ -392,22 +392,36 @@ def _unsealed_files(store: Store, sealed: Mapping[str, str]) -> tuple[list[Diffe
     return differences, notes
 
 
-def _unsealed_ledger_periods(store: Store, periods: set[str]) -> list[Difference]:
-    """A ledger partition ``period=X`` with no manifest for X (e.g. a deleted manifest)."""
+LEDGER_DIRS = ("ledgers/billing", "ledgers/compliance")
+
+
+def _ledger_partitions(store: Store) -> list[tuple[str, str]]:
+    """(period, ledger partition dir relative to the root) of every ledger partition with files."""
     out = []
-    for ledger in ("ledgers/billing", "ledgers/compliance"):
+    for ledger in LEDGER_DIRS:
         base = store.path(ledger)
         if not store.exists(base):
             continue
         for info in _fs(store).get_file_info(pafs.FileSelector(base)):
             name = posixpath.basename(info.path)
             if info.type == pafs.FileType.Directory and name.startswith("period="):
-                period = name[len("period=") :]
-                if period not in periods and _parquet_in(store, f"{ledger}/{name}"):
-                    out.append(
-                        Difference(DifferenceKind.UNSEALED_PERIOD, period, f"{ledger}/{name}", "ledger has no manifest")
-                    )
-    return sorted(out, key=lambda d: (d.period, d.path or ""))
+                if _parquet_in(store, f"{ledger}/{name}"):
+                    out.append((name[len("period=") :], f"{ledger}/{name}"))
+    return sorted(out)
+
+
+def ledger_periods(store: Store) -> list[str]:
+    """Periods that have ledger files (sealed or not), oldest first."""
+    return sorted({period for period, _ in _ledger_partitions(store)})
+
+
+def _unsealed_ledger_periods(store: Store, periods: set[str]) -> list[Difference]:
+    """A ledger partition ``period=X`` with no manifest for X (e.g. a deleted manifest)."""
+    return [
+        Difference(DifferenceKind.UNSEALED_PERIOD, period, rel, "ledger has no manifest")
+        for period, rel in _ledger_partitions(store)
+        if period not in periods
+    ]
 
 
 def _parquet_in(store: Store, rel_dir: str) -> list[str]:

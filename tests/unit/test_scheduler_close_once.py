@@ -237,3 +237,30 @@ def test_daily_snapshot_is_the_month_to_date_compliance_view(tmp_path: Path) -> 
         f"SELECT reported_gpu_hours FROM read_parquet('{path}') WHERE entity = 'gov'"
     ).fetchall()
     assert [float(r[0]) for r in reported] == [5.0]
+
+
+def test_a_close_that_stopped_before_its_seal_is_sealed_by_the_next_run(tmp_path: Path) -> None:
+    from acct_given import GOLDEN_REGISTRY, hours, write_usage
+
+    from accounting.scheduler import RegistryCloser
+    from storage.manifest import manifest_path
+
+    registry = tmp_path / "registry.toml"
+    registry.write_text(GOLDEN_REGISTRY)
+    data = tmp_path / "data"
+    store = Store(data)
+    write_usage(store, hours("2026-11-29T00:00", 2, entity="gov", project="snu-llm", gpu_model="NVIDIA B200",
+                             gpu_uuid="GPU-1"), "b1")
+    closer = RegistryCloser(registry)
+    now = datetime(2026, 12, 2, 9, tzinfo=KST)
+    run_due_closes(store, closer, now, data_dir=data)
+    sealed = Path(manifest_path(store, "2026-11")).read_bytes()
+    # given the close stopped after writing its ledgers, before the seal (the manifest is absent)
+    store.delete(manifest_path(store, "2026-11"))
+    assert not verify(store).ok
+    # when the scheduler runs again
+    run = run_due_closes(store, closer, now, data_dir=data)
+    # then it sealed the month again, byte for byte the same manifest
+    assert run.closed == ("2026-11",)
+    assert Path(manifest_path(store, "2026-11")).read_bytes() == sealed
+    assert verify(store).ok
