@@ -50,6 +50,20 @@ class Integrator(Protocol):
 
     def flush(self) -> list[UsageEvent]: ...
 
+    def snapshot(self) -> dict: ...
+
+    def restore(self, snapshot: dict) -> list[UsageEvent]: ...
+
+
+class Checkpoint(Protocol):
+    """Keeps the open interval across a restart (``collectors.checkpoint.FileCheckpoint``)."""
+
+    def load(self) -> dict | None: ...
+
+    def save(self, state: dict) -> None: ...
+
+    def clear(self) -> None: ...
+
 
 @dataclasses.dataclass(slots=True)
 class RunStats:
@@ -81,6 +95,7 @@ class CollectorAgent:
         metrics: CollectorMetrics | None = None,
         spool_depth: Callable[[], tuple[int, int]] | None = None,
         max_pending_events: int = 100_000,
+        checkpoint: Checkpoint | None = None,
     ):
         if sample_period_s <= 0:
             raise ValueError("sample_period_s must be positive")
@@ -96,6 +111,7 @@ class CollectorAgent:
         self._spool_depth = spool_depth
         self._max_pending = max_pending_events
         self._pending: list[UsageEvent] = []
+        self._checkpoint = checkpoint
         self._last_tick: float | None = None
         self.stats = RunStats()
 
@@ -115,6 +131,7 @@ class CollectorAgent:
         started = self._clock()
         deadline = None if duration_s is None else started + duration_s
         log.info("collector started", extra={"node": self._node, "sample_period_s": self._period})
+        self._resume()
         try:
             while not self.stopping:
                 if max_rounds is not None and self.stats.rounds >= max_rounds:
@@ -153,9 +170,28 @@ class CollectorAgent:
         self._publish(events)
         return events
 
+    def _resume(self) -> None:
+        """Take back the interval that was open when the agent last stopped, if any."""
+        if self._checkpoint is None:
+            return
+        state = self._checkpoint.load()
+        if state is not None:
+            self._publish(self._integrator.restore(state))
+            self._checkpoint.clear()
+            log.info("resumed the open interval of the last run", extra={"node": self._node})
+
     def finish(self) -> None:
-        """Close the open interval, publish it, and flush the publisher (graceful stop)."""
-        events = self._integrator.flush()
+        """Graceful stop: keep the open interval, publish what closed, flush the publisher.
+
+        With a checkpoint the open interval is saved and resumed by the next start (one
+        complete event, no usage lost to dedupe); without one it is closed and published as
+        a partial interval.
+        """
+        if self._checkpoint is not None:
+            self._checkpoint.save(self._integrator.snapshot())
+            events: list[UsageEvent] = []
+        else:
+            events = self._integrator.flush()
         self._publish(events)
         try:
             self._publisher.flush()

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from accounting.registry import load_registry
 
 from collectors.agent import CollectorAgent, JsonLogFormatter, RunStats
+from collectors.checkpoint import FileCheckpoint
 from collectors.attribution import ProcAttributor
 from collectors.integrate import IntervalIntegrator
 from collectors.metrics import CollectorMetrics, serve
@@ -87,7 +88,13 @@ def run_collect(settings: Settings, options: CollectOptions) -> RunStats:
     c = settings.collector
     registry = load_registry(settings.registry)
     project_entity = {name: p.entity for name, p in registry.projects.items()}
-    attributor = ProcAttributor(c.proc_root, _static_owner(settings, project_entity, options.simulate), project_entity)
+    attributor = ProcAttributor(
+        c.proc_root,
+        _static_owner(settings, project_entity, options.simulate),
+        project_entity,
+        job_projects=dict(c.job_projects),
+        namespace_projects=dict(c.namespace_projects),
+    )
     integrator = IntervalIntegrator(c.site, c.node, c.interval_s, c.sample_period_s, attributor)
     metrics_registry = CollectorRegistry()
     metrics = CollectorMetrics(metrics_registry)
@@ -103,6 +110,10 @@ def run_collect(settings: Settings, options: CollectOptions) -> RunStats:
             agent = CollectorAgent(
                 reader, integrator, publisher, node=c.node, sample_period_s=c.sample_period_s,
                 metrics=metrics, spool_depth=lambda: (publisher.backlog_bytes, publisher.backlog_messages),
+                # a daemon keeps its open interval across restarts; a bounded run publishes it
+                checkpoint=None if options.once or options.duration_s else FileCheckpoint(
+                    settings.spool_dir / "open-interval.json"
+                ),
             )
             with _stop_on_signals(agent):
                 return agent.run(duration_s=options.duration_s, max_rounds=1 if options.once else None)

@@ -76,6 +76,8 @@ class CollectorSettings(BaseModel):
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     nvml_timeout_s: float = Field(default=5.0, gt=0)
     static_owner: StaticOwner | None = None
+    job_projects: dict[str, str] = Field(default_factory=dict)  # "slurm:123" -> project
+    namespace_projects: dict[str, str] = Field(default_factory=dict)  # Kubernetes namespace -> project
 
     @model_validator(mode="after")
     def _aligned(self) -> CollectorSettings:
