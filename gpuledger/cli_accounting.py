@@ -1,7 +1,8 @@
 """Accounting commands: ``close --month YYYY-MM`` and ``registry check FILE``.
 
 Thin: parse, build settings, call :mod:`accounting`, print. The summary table is the one the
-demo prints (``gpuledger.summary``), read back from the written ledgers.
+demo prints (``gpuledger.summary``), read back from the written ledgers. Library imports sit
+inside the commands so that loading the CLI for another command stays light.
 """
 
 from __future__ import annotations
@@ -11,12 +12,7 @@ from typing import Annotated
 
 import typer
 
-from accounting.close import close_month
-from accounting.errors import RegistryError
-from accounting.registry import load_registry
 from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, console, out, run_command, settings_from
-from gpuledger.summary import print_close_summary
-from storage.dataset import Store
 
 registry_app = typer.Typer(help="Check the registry (entities, allocations, projects, rate cards).", no_args_is_help=True)
 
@@ -37,6 +33,12 @@ def close(
     """
 
     def body() -> None:
+        # Imported here: the close pulls in Polars/pyarrow, which other commands (collect) do not need.
+        from accounting.close import close_month
+        from accounting.registry import load_registry
+        from gpuledger.summary import print_close_summary
+        from storage.dataset import Store
+
         settings = settings_from(data_dir, registry, bus)
         reg = load_registry(settings.registry)
         store = Store(settings.data_dir)
@@ -56,6 +58,9 @@ def check(
     """Validate a registry file; exit 1 listing every problem found."""
 
     def body() -> None:
+        from accounting.errors import RegistryError
+        from accounting.registry import load_registry
+
         try:
             reg = load_registry(file)
         except RegistryError as exc:
