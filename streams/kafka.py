@@ -58,6 +58,35 @@ _CONFIG_ERRORS = (
     kerr.PolicyViolationError,
 )
 _TOPIC_EXISTS = kerr.TopicAlreadyExistsError.errno
+_REBALANCE_ERRORS = (
+    kerr.CommitFailedError,
+    kerr.RebalanceInProgressError,
+    kerr.IllegalGenerationError,
+    kerr.UnknownMemberIdError,
+)
+
+
+def _close_sockets_of_failed_connects() -> None:
+    """Work around kafka-python 3.0.12: ``KafkaNetSocket.sock_connect`` (kafka/net/inet.py)
+    raises on a refused or timed-out connect without closing the socket it made, so every
+    reconnect attempt to a broker that is down leaves a socket for the garbage collector
+    (and a ``ResourceWarning``, an error under the test suite's ``-W error``). Wrapped once,
+    when the first :class:`KafkaBus` is made (nothing happens at import)."""
+    from kafka.net.inet import KafkaNetSocket
+
+    original = KafkaNetSocket.sock_connect
+    if getattr(original, "_gpuledger_closes", False):
+        return
+
+    async def sock_connect(self, net, sock, sockaddr, timeout_at=None):  # type: ignore[no-untyped-def]
+        try:
+            return await original(self, net, sock, sockaddr, timeout_at=timeout_at)
+        except BaseException:
+            sock.close()
+            raise
+
+    sock_connect._gpuledger_closes = True  # type: ignore[attr-defined]
+    KafkaNetSocket.sock_connect = sock_connect  # type: ignore[method-assign]
 
 
 def _translate(exc: BaseException, doing: str) -> StreamError:
@@ -75,6 +104,9 @@ def client_config(settings: KafkaSettings) -> dict[str, Any]:
         "bootstrap_servers": [s.strip() for s in settings.bootstrap.split(",") if s.strip()],
         "security_protocol": settings.security_protocol,
         "api_version": None,  # auto: negotiate with the broker
+        # kafka-python backs off up to 30 s between reconnects by default: a broker that
+        # restarted would wait that long for its collectors. Cap it at a few seconds.
+        "reconnect_backoff_max_ms": 5000,
     }
     if settings.sasl_mechanism is not None:
         config["sasl_mechanism"] = settings.sasl_mechanism
@@ -103,6 +135,7 @@ class KafkaBus:
         session_timeout_s: float = 10.0,
         delivery_timeout_s: float = 60.0,
     ):
+        _close_sockets_of_failed_connects()
         if not client_config(settings)["bootstrap_servers"]:
             raise BusConfigError("Kafka bootstrap address is empty (GPULEDGER_KAFKA_BOOTSTRAP)")
         self.settings = settings
@@ -298,6 +331,9 @@ class KafkaConsumer:
                 bootstrap_timeout_ms=int(bus.connect_timeout_s * 1000),
                 **client_config(s),
             )
+            # Fetch the topic's metadata before joining: a member that joins without it is
+            # given no partitions and waits for a metadata refresh to rejoin.
+            self._consumer.partitions_for_topic(topic)
             self._consumer.subscribe([topic], listener=_RevokeListener(on_revoke))
         except kerr.KafkaError as exc:
             raise _translate(exc, f"connecting a consumer of {topic} in group {group}") from exc
@@ -354,11 +390,25 @@ class KafkaConsumer:
             TopicPartition(self.topic, partition): OffsetAndMetadata(offset, "", -1)
             for partition, offset in next_offsets.items()
         }
-        try:
-            self._consumer.commit(offsets=offsets)
-        except kerr.KafkaError as exc:
-            # The batch is already in Parquet; its records come again and are deduplicated.
-            raise _translate(exc, f"committing offsets of {self.topic}") from exc
+        deadline = time.monotonic() + self._bus.delivery_timeout_s
+        while True:
+            try:
+                self._consumer.commit(offsets=offsets)
+                return
+            except _REBALANCE_ERRORS as exc:
+                # The group moved on while the batch was being written: these partitions'
+                # next owner (maybe this member again) resumes at the last commit. The batch
+                # is already in Parquet, so its records come again and are deduplicated.
+                log.warning(
+                    "offsets of %s not committed, the group rebalanced meanwhile (%s); "
+                    "the batch will be read again and deduplicated", self.topic, exc,
+                )
+                return
+            except kerr.KafkaError as exc:
+                if exc.retriable and time.monotonic() < deadline:
+                    time.sleep(0.5)  # coordinator moving or restarting: try again
+                    continue
+                raise _translate(exc, f"committing offsets of {self.topic}") from exc
 
     def assigned_partitions(self) -> Sequence[int]:
         """The partitions this member holds now (for diagnostics and tests)."""
