@@ -23,6 +23,8 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import posixpath
 import re
 from collections.abc import Callable
@@ -53,6 +55,7 @@ from storage.dataset import Store
 
 Progress = Callable[[str], None]
 BILLING_DIR = "ledgers/billing"
+PRICED_DIR = "ledgers/_closed"  # per close: fingerprints of the usage it priced (a cache)
 COMPLIANCE_DIR = "ledgers/compliance"
 _PERIOD_DIR = re.compile(r"period=(\d{4}-\d{2})$")
 
@@ -81,6 +84,7 @@ class CloseResult:
     correction_lines: int = 0
     manifest_sha256: str | None = None
     sealed: bool = False
+    restated_periods: tuple[str, ...] = ()  # earlier periods re-priced (their usage had changed)
 
     @property
     def message(self) -> str:
@@ -148,8 +152,11 @@ def close_month(
 
     say(f"reading usage of {period}")
     hourly, oversubscribed = scan_month(store, period)
-    earlier = [p for p in usage_periods(store) if p < period]
-    say(f"re-reading {len(earlier)} earlier period(s) for corrections")
+    usage_files = store.files("usage_hourly")
+    inputs = {p: _inputs_fingerprint(store, usage_files, p) for p in usage_periods(store) if p <= period}
+    unchanged = _unchanged_since_last_close(store, registry, closed, inputs)
+    earlier = [p for p in inputs if p < period and p not in unchanged]
+    say(f"re-reading {len(earlier)} earlier period(s) whose usage changed since the last close")
     earlier_hourly = scan_earlier(store, earlier)
     say("reading quarantine")
     quarantine = quarantined(store, period)
@@ -161,7 +168,11 @@ def close_month(
         pl.col("gpu_microseconds").sum()
     ).sort(["period", "date", "entity", "project", "gpu_model"])
     priced = price_usage(daily, registry)
-    billed = billed_so_far(_earlier_billing_rows(store, closed))
+    billed = {
+        key: value
+        for key, value in billed_so_far(_earlier_billing_rows(store, closed)).items()
+        if key.usage_period not in unchanged
+    }
     lines = billing_lines(period, priced, billed, registry.rounding)
     rows = compliance_rows(month, registry, month_hourly, oversubscribed, quarantine)
 
@@ -171,11 +182,13 @@ def close_month(
     store.write_parquet_atomic(comp_file, _table([r.as_row() for r in rows], COMPLIANCE))
     store.write_parquet_atomic(bill_file, _table([ln.as_row() for ln in lines], BILLING))
 
+    _write_priced_record(store, registry, period, inputs)
+
     totals = _totals(lines, rows)
     files = (bill_file, comp_file)
     digest, sealed = _seal(store, period, files, totals, signing_key, say)
     corrections = sum(1 for ln in lines if ln.corrects_period is not None)
-    return CloseResult(period, files, totals, False, len(lines), corrections, digest, sealed)
+    return CloseResult(period, files, totals, False, len(lines), corrections, digest, sealed, tuple(earlier))
 
 
 def read_close(store: Store, period: str) -> CloseResult:
@@ -201,6 +214,60 @@ def _already_closed(store: Store, period: str, signing_key: Path | None, say: Pr
     return CloseResult(
         period, result.files, result.totals, True, result.billing_lines, result.correction_lines, digest, sealed
     )
+
+
+def _inputs_fingerprint(store: Store, usage_files: list[str], period: str) -> str:
+    """SHA-256 over the names of the ``usage_hourly`` files of ``period``.
+
+    Names are enough: the consumer names a file after its batch, whose id derives from the
+    batch's content, so new data always comes in a new file and a replayed batch rewrites
+    the same bytes under the same name; compaction writes new names (and so forces a re-read).
+    """
+    marker = f"/period={period}/"
+    names = sorted(posixpath.relpath(path, store.root) for path in usage_files if marker in path)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def _registry_fingerprint(registry: Registry) -> str:
+    """What pricing depends on: rate cards, project classes, rounding."""
+    classes = sorted((p.name, p.project_class) for p in registry.projects.values())
+    text = repr((registry.rates, classes, registry.rounding.value))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _priced_record_path(store: Store, period: str) -> str:
+    return store.path(PRICED_DIR, f"{period}.json")
+
+
+def _write_priced_record(store: Store, registry: Registry, period: str, inputs: dict[str, str]) -> None:
+    """Record what this close priced, so the next one re-reads only periods that changed.
+
+    A cache, not a record of truth: without it (deleted, or a close that stopped before
+    writing it) the next close re-reads every earlier period, which gives the same lines.
+    """
+    doc = {"period": period, "registry": _registry_fingerprint(registry), "inputs": inputs}
+    store.write_bytes_atomic(_priced_record_path(store, period), json.dumps(doc, sort_keys=True, indent=1).encode())
+
+
+def _unchanged_since_last_close(store: Store, registry: Registry, closed: list[str], inputs: dict[str, str]) -> set[str]:
+    """Earlier periods whose usage files and prices are as the last close priced them.
+
+    After any close, every period's billed total equals its priced total at that time; if
+    neither its files nor the registry's prices changed since, it needs no correction.
+    """
+    if not closed:
+        return set()
+    path = _priced_record_path(store, closed[-1])
+    if not store.exists(path):
+        return set()
+    try:
+        doc = json.loads(store.read_bytes(path))
+    except ValueError:
+        return set()
+    if doc.get("registry") != _registry_fingerprint(registry):
+        return set()
+    seen = doc.get("inputs", {})
+    return {p for p, fingerprint in inputs.items() if p <= closed[-1] and seen.get(p) == fingerprint}
 
 
 def _earlier_billing_rows(store: Store, closed: list[str]) -> list[dict]:

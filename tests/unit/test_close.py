@@ -8,11 +8,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from acct_given import SAMPLE_REGISTRY, golden_registry, hours, usage, write_usage
+from acct_given import GOLDEN_REGISTRY, SAMPLE_REGISTRY, golden_registry, hours, ledger, usage, write_usage
 
 from accounting.close import closed_periods, close_month, due_months
 from accounting.errors import CloseError
-from accounting.registry import load_registry
+from accounting.registry import load_registry, loads_registry
 from storage import manifest
 from storage.dataset import Store
 
@@ -115,3 +115,42 @@ def test_sample_registry_closes_a_small_month(tmp_path: Path) -> None:
     assert result.billing_lines == 15
     # etri (institute, 40 % off): 3900×0.6 + 5200×0.6 + 2800×0.6 = 2340 + 3120 + 1680
     assert result.totals["gov"].amount_krw == Decimal("7140")
+
+
+def test_only_periods_whose_usage_changed_are_re_read_for_corrections(tmp_path: Path) -> None:
+    # Given November closed
+    store = Store(tmp_path)
+    reg = golden_registry()
+    write_usage(store, [usage("2026-11-05T00:00", "gov", "snu-llm", B200, "GPU-1")], "nov")
+    close_month(store, reg, "2026-11")
+    # When December closes with no late data for November, November is not re-read
+    write_usage(store, [usage("2026-12-05T00:00", "gov", "snu-llm", B200, "GPU-1")], "dec")
+    assert close_month(store, reg, "2026-12").restated_periods == ()
+    # When late November data arrives, January re-reads November (and only November)
+    write_usage(store, [usage("2026-11-06T00:00", "gov", "snu-llm", B200, "GPU-1")], "late")
+    january = close_month(store, reg, "2027-01")
+    assert january.restated_periods == ("2026-11",)
+    assert january.correction_lines == 1
+    # When the record of the last close is lost, every earlier period is re-read, with no new lines
+    store.delete(store.path("ledgers", "_closed", "2027-01.json"))
+    write_usage(store, [usage("2027-02-05T00:00", "gov", "snu-llm", B200, "GPU-1")], "feb")
+    february = close_month(store, reg, "2027-02")
+    assert february.restated_periods == ("2026-11", "2026-12")  # January had no usage
+    assert february.correction_lines == 0
+
+
+def test_a_changed_rate_card_restates_earlier_periods(tmp_path: Path) -> None:
+    # Given November billed at 4000 − 50 % = 2000 for 1 h
+    store = Store(tmp_path)
+    write_usage(store, [usage("2026-11-05T00:00", "gov", "snu-llm", B200, "GPU-1")], "nov")
+    close_month(store, golden_registry(), "2026-11")
+    # When the registry's university discount for November is amended to 60 % and December closes
+    amended = loads_registry(GOLDEN_REGISTRY.replace("university = 50", "university = 60"), source="amended.toml")
+    december = close_month(store, amended, "2026-12")
+    # Then November is restated: −2000 at the old rate, +1600 at the new one
+    assert december.restated_periods == ("2026-11",)
+    lines = ledger(store, "billing", "2026-12")
+    assert sorted((r["rate_krw_per_gpu_hour"], r["amount_krw"]) for r in lines) == [
+        (Decimal("1600.00"), Decimal("1600")),
+        (Decimal("2000.00"), Decimal("-2000")),
+    ]
