@@ -122,3 +122,36 @@ def test_late_data_is_billed_exactly_once_and_restates_to_the_all_at_once_amount
 
 def _hours(micro: int) -> Decimal:
     return (Decimal(micro) / Decimal(3_600_000_000)).quantize(Decimal("0.000001"))
+
+
+gpu_hour_rows = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # GPU
+        st.integers(0, 47),  # hour of 2026-11-01/02 (KST)
+        st.integers(0, 2),  # device (MIG instance) on that GPU
+        st.integers(1, 2_400_000_000),  # µs the device reports in that hour
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(gpu_hour_rows)
+def test_wall_clock_check_finds_exactly_the_oversubscribed_gpu_hours(spec: list[tuple]) -> None:
+    """Invariant 2: the hash-and-sort check of the close agrees with a plain sum per GPU-hour."""
+    from accounting.usage import scan_month
+
+    rows = []
+    expected: dict[tuple[int, int], int] = defaultdict(int)
+    for gpu, hour, device, micro in spec:
+        stamp = (datetime(2026, 10, 31, 15, tzinfo=UTC) + timedelta(hours=hour)).strftime("%Y-%m-%dT%H:%M")
+        rows.append(usage(stamp, "gov", "snu-llm", "NVIDIA B200", f"GPU-{gpu}", gpu_us=micro, device_uuid=f"MIG-{gpu}-{device}"))
+        expected[(gpu, hour)] += micro
+    over = sum(1 for micro in expected.values() if micro > 3_600_000_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(tmp)
+        write_usage(store, rows, "b1")
+        hourly, oversubscribed = scan_month(store, "2026-11")
+        assert int(oversubscribed["oversubscribed_gpu_hours"].sum() or 0) == over
+        assert int(hourly["gpu_microseconds"].sum()) == sum(expected.values())
