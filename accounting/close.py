@@ -150,10 +150,12 @@ def close_month(
             f"usage of {period} is billed as corrections by the next close"
         )
 
-    say(f"reading usage of {period}")
-    hourly, oversubscribed = scan_month(store, period)
+    # Fingerprint the inputs *before* reading them: a file that lands during the close is then
+    # read but not fingerprinted, so the next close re-reads its period (never the reverse).
     usage_files = store.files("usage_hourly")
     inputs = {p: _inputs_fingerprint(store, usage_files, p) for p in usage_periods(store) if p <= period}
+    say(f"reading usage of {period}")
+    hourly, oversubscribed = scan_month(store, period)
     unchanged = _unchanged_since_last_close(store, registry, closed, inputs)
     earlier = [p for p in inputs if p < period and p not in unchanged]
     say(f"re-reading {len(earlier)} earlier period(s) whose usage changed since the last close")
