@@ -153,7 +153,7 @@ def close_month(
     # Fingerprint the inputs *before* reading them: a file that lands during the close is then
     # read but not fingerprinted, so the next close re-reads its period (never the reverse).
     usage_files = store.files("usage_hourly")
-    inputs = {p: _inputs_fingerprint(store, usage_files, p) for p in usage_periods(store) if p <= period}
+    inputs = {p: _inputs_fingerprint(store, usage_files, p) for p in usage_periods(store, usage_files) if p <= period}
     say(f"reading usage of {period}")
     hourly, oversubscribed = scan_month(store, period)
     unchanged = _unchanged_since_last_close(store, registry, closed, inputs)

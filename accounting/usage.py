@@ -74,10 +74,13 @@ def kst_period_of(moment: datetime) -> str:
     return (moment.astimezone(UTC) + KST_OFFSET).strftime("%Y-%m")
 
 
-def usage_periods(store: Store) -> list[str]:
-    """Periods that hold any committed ``usage_hourly`` file, sorted (from the Hive paths)."""
+def usage_periods(store: Store, files: list[str] | None = None) -> list[str]:
+    """Periods that hold any committed ``usage_hourly`` file, sorted (from the Hive paths).
+
+    ``files`` is a listing already taken (``store.files("usage_hourly")``), to reuse it.
+    """
     found = set()
-    for path in store.files("usage_hourly"):
+    for path in store.files("usage_hourly") if files is None else files:
         match = _PERIOD_DIR.search(path)
         if match:
             found.add(match[1])
