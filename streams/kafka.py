@@ -89,6 +89,36 @@ def _close_sockets_of_failed_connects() -> None:
     KafkaNetSocket.sock_connect = sock_connect  # type: ignore[method-assign]
 
 
+class _RedactSecrets(logging.Filter):
+    """Replaces registered secrets in kafka-python's log records with ``**********``.
+
+    kafka-python's ``KafkaAdminClient`` logs its whole configuration at DEBUG, SASL password
+    included (kafka/admin/client.py, "Starting KafkaAdminClient with configuration")."""
+
+    secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "**********")
+            record.msg, record.args = message, ()
+        return True
+
+
+_REDACT = _RedactSecrets()
+#: kafka-python loggers known to print configuration (checked against 3.0.12).
+_CONFIG_LOGGERS = ("kafka.admin.client", "kafka.producer.kafka", "kafka.consumer.group", "kafka.client_async")
+
+
+def _redact_in_logs(secret: str) -> None:
+    _RedactSecrets.secrets.add(secret)
+    for name in _CONFIG_LOGGERS:
+        logger = logging.getLogger(name)
+        if _REDACT not in logger.filters:
+            logger.addFilter(_REDACT)
+
+
 def _translate(exc: BaseException, doing: str) -> StreamError:
     """A kafka-python error as ours: configuration problems apart, everything is retryable."""
     if isinstance(exc, _CONFIG_ERRORS):
@@ -136,6 +166,8 @@ class KafkaBus:
         delivery_timeout_s: float = 60.0,
     ):
         _close_sockets_of_failed_connects()
+        if settings.sasl_password is not None:
+            _redact_in_logs(settings.sasl_password.get_secret_value())
         if not client_config(settings)["bootstrap_servers"]:
             raise BusConfigError("Kafka bootstrap address is empty (GPULEDGER_KAFKA_BOOTSTRAP)")
         self.settings = settings
@@ -313,10 +345,18 @@ class KafkaConsumer:
     ``on_revoke`` is called, and the partition's next owner resumes at the last commit.
     """
 
-    def __init__(self, bus: KafkaBus, topic: str, group: str, on_revoke: RevokeCallback | None):
+    def __init__(
+        self,
+        bus: KafkaBus,
+        topic: str,
+        group: str,
+        on_revoke: RevokeCallback | None,
+        max_batch_bytes: int = 64 * 1024 * 1024,
+    ):
         self._bus = bus
         self.topic = topic
         self.group = group
+        self.max_batch_bytes = max_batch_bytes
         s = bus.settings
         try:
             self._consumer = _KConsumer(
@@ -331,10 +371,12 @@ class KafkaConsumer:
                 bootstrap_timeout_ms=int(bus.connect_timeout_s * 1000),
                 **client_config(s),
             )
-            # Fetch the topic's metadata before joining: a member that joins without it is
-            # given no partitions and waits for a metadata refresh to rejoin.
-            self._consumer.partitions_for_topic(topic)
             self._consumer.subscribe([topic], listener=_RevokeListener(on_revoke))
+            # Fetch metadata after subscribing and before joining. Without it kafka-python
+            # joins with no partition metadata (the member gets no partitions), or assigns
+            # against a stale snapshot and rebalances again at the next metadata refresh,
+            # in the middle of the first batch.
+            self._consumer.topics()
         except kerr.KafkaError as exc:
             raise _translate(exc, f"connecting a consumer of {topic} in group {group}") from exc
         except (ValueError, TypeError, AssertionError) as exc:
@@ -370,17 +412,21 @@ class KafkaConsumer:
 
     def poll_batch(self, max_records: int, timeout_s: float) -> list[BusRecord]:
         """Up to ``max_records`` records: waits up to ``timeout_s`` for the first, then takes
-        whatever else is already fetched, so batches are large when the topic has a backlog."""
+        whatever else is already fetched, so batches are large when the topic has a backlog.
+        A batch also stops growing past ``max_batch_bytes`` of values (memory stays bounded
+        when messages carry thousands of events each)."""
         records: list[BusRecord] = []
         if not self._joined:
             records = self._wait_for_assignment(timeout_s)
         if not records:
             records = self._poll(timeout_s, max_records)
-        while records and len(records) < max_records:
-            more = self._poll(0.0, max_records - len(records))
+        size = sum(len(r.value) for r in records)
+        while records and len(records) < max_records and size < self.max_batch_bytes:
+            more = self._poll(0.0, min(max_records - len(records), 1000))
             if not more:
                 break
             records.extend(more)
+            size += sum(len(r.value) for r in more)
         return records
 
     def commit(self, next_offsets: Mapping[int, int]) -> None:

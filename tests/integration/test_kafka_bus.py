@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import pytest
@@ -140,3 +141,24 @@ def test_an_unreachable_broker_is_bus_unavailable_not_a_kafka_error() -> None:
     # then the send fails with our retryable error
     with pytest.raises(BusUnavailable, match="Kafka unavailable"):
         producer.send("node", b"x")
+
+
+def test_the_sasl_password_is_never_printed_or_logged(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given SCRAM settings against a broker whose listener does not speak SASL
+    secret = "hunter2-" + "x" * 12
+    settings = KafkaSettings(
+        bootstrap=kafka_bootstrap, security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512", sasl_username="collector", sasl_password=secret,
+    )
+    bus = KafkaBus(settings, connect_timeout_s=2.0)
+    # when a producer tries to connect, with every logger at DEBUG
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(BusUnavailable) as failure:
+            bus.producer("gpu.usage.v1").send("node", b"x")
+    # then the attempt was logged (kafka-python logs its configuration) without the secret
+    assert any("sasl_plain_password" in r.getMessage() for r in caplog.records)
+    assert all(secret not in r.getMessage() for r in caplog.records)
+    assert secret not in str(failure.value)
+    assert secret not in repr(bus) + repr(settings)

@@ -1,0 +1,268 @@
+"""Ingest on the real broker: events/s from a Kafka topic to committed Parquet, one consumer.
+
+    .venv/bin/python bench/bench_ingest.py [--events 1000000] [--bootstrap HOST:PORT]
+
+Starts its own single-node broker (scripts/kafka.sh, a temporary home, free ports) unless
+``--bootstrap`` is given. For each message layout (one event per message; a node's interval,
+8 events, per message; 500 events per message as ``ingest`` sends them) it:
+
+1. produces the events through ``streams.kafka.KafkaBus`` (acks=all, idempotent, zstd) and
+   times send + flush;
+2. consumes them with one ``streams.consumer.StreamConsumer`` (decode, validate, dedupe,
+   hourly aggregation, raw + hourly Parquet in one transaction, offset commit per batch)
+   into a fresh data directory;
+3. consumes them again, in the same run, with the peer baseline: a plain kafka-python
+   consumer that polls, ``json.loads`` each event and sums ``gpu_seconds`` per
+   (entity, project) in a dict; no validation, no dedupe, nothing written, nothing committed.
+
+Both consumers join their groups before anything is produced; their rates are measured from
+the start of consumption to the last committed batch (ours) or the last event summed (the
+baseline); totals are checked exactly against the input.
+Prints a table and writes ``bench/out/ingest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+from kafka import KafkaConsumer  # the peer baseline talks to kafka-python directly
+
+from accounting.registry import load_registry
+from gpuledger.settings import KafkaSettings
+from gpuledger.wiring import accounts_of
+from storage.dataset import Store
+from streams.consumer import StreamConsumer
+from streams.kafka import KafkaBus
+from streams.pipeline import BatchProcessor
+from streams.schema import UsageEvent, format_timestamp, make_event_id, to_microseconds
+
+REPO = Path(__file__).resolve().parents[1]
+START_S = 1_790_000_000 // 3600 * 3600  # an hour boundary in 2026
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    def __init__(self, home: Path):
+        self.env = {
+            **os.environ,
+            "KAFKA_HOME_DIR": str(home),
+            "KAFKA_PORT": str(_free_port()),
+            "KAFKA_CONTROLLER_PORT": str(_free_port()),
+        }
+
+    def up(self) -> str:
+        done = subprocess.run(["bash", str(REPO / "scripts/kafka.sh"), "up"], env=self.env,
+                              capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    def down(self) -> None:
+        subprocess.run(["bash", str(REPO / "scripts/kafka.sh"), "down"], env=self.env, check=False)
+
+
+def make_events(count: int) -> list[tuple[str, list[bytes]]]:
+    """``count`` valid events as (node, JSON lines of one interval of its 8 GPUs)."""
+    registry = load_registry(REPO / "examples" / "registry.toml")
+    owners = sorted(
+        (p.entity, name, sorted({a.gpu_model for a in registry.entities[p.entity].allocations})[0])
+        for name, p in registry.projects.items()
+    )
+    nodes = max(1, count // (8 * 60))  # an hour of 1-minute intervals per node
+    out: list[tuple[str, list[bytes]]] = []
+    made = 0
+    for minute in range(10_000):
+        start = format_timestamp_s(START_S + 60 * minute)
+        end = format_timestamp_s(START_S + 60 * minute + 60)
+        for n in range(nodes):
+            node = f"node-{n:05d}"
+            entity, project, model = owners[n % len(owners)]
+            lines = []
+            for g in range(8):
+                gpu = f"GPU-{n:08d}-0000-0000-0000-{g:012d}"
+                event = UsageEvent(
+                    event_id=make_event_id(node, gpu, start), site="bench", node=node,
+                    gpu_uuid=gpu, device_uuid=gpu, gpu_model=model, mig_profile=None,
+                    gpu_fraction=1.0, entity=entity, project=project, job_id=f"slurm:{n}",
+                    interval_start=start, interval_end=end, gpu_seconds=60.0,
+                    busy_gpu_seconds=37.5, energy_joules=42_000.0, samples=6, expected_samples=6,
+                )
+                lines.append(event.to_json().encode())
+            out.append((node, lines))
+            made += 8
+            if made >= count:
+                return out
+    return out
+
+
+def format_timestamp_s(epoch_s: int) -> str:
+    from datetime import UTC, datetime
+
+    return format_timestamp(datetime.fromtimestamp(epoch_s, UTC))
+
+
+def messages_of(intervals: list[tuple[str, list[bytes]]], events_per_message: int) -> list[tuple[str, bytes]]:
+    if events_per_message == 8:
+        return [(node, b"\n".join(lines)) for node, lines in intervals]
+    if events_per_message == 1:
+        return [(node, line) for node, lines in intervals for line in lines]
+    by_node: dict[str, list[bytes]] = defaultdict(list)
+    for node, lines in intervals:
+        by_node[node].extend(lines)
+    out = []
+    for node, lines in by_node.items():
+        for i in range(0, len(lines), events_per_message):
+            out.append((node, b"\n".join(lines[i : i + events_per_message])))
+    return out
+
+
+def produce(bus: KafkaBus, topic: str, messages: list[tuple[str, bytes]]) -> float:
+    producer = bus.producer(topic)
+    producer.send(*messages[0])  # connect outside the timing
+    producer.flush()
+    started = time.perf_counter()
+    for key, value in messages[1:]:
+        producer.send(key, value)
+    producer.flush()
+    elapsed = time.perf_counter() - started
+    producer.close()
+    return elapsed
+
+
+def joined_stream_consumer(bus: KafkaBus, topic: str, data_dir: Path):
+    """A StreamConsumer whose group is joined already (on the empty topic)."""
+    registry = load_registry(REPO / "examples" / "registry.toml")
+    consumer = bus.consumer(topic, f"bench-{uuid.uuid4().hex[:8]}")
+    assert consumer.poll_batch(1, 0.5) == []  # joins the group; nothing produced yet
+    stream = StreamConsumer(
+        consumer, BatchProcessor(Store(data_dir), accounts_of(registry)),
+        max_batch_records=50_000, poll_timeout_s=0.5,
+    )
+    return stream, consumer
+
+
+def run_stream_consumer(stream: StreamConsumer, consumer, events: int) -> dict:
+    marks: list[float] = []
+    started = time.perf_counter()
+    totals = stream.run(until_idle=True, idle_polls=2, on_batch=lambda _r: marks.append(time.perf_counter()))
+    consumer.close()
+    if totals.accepted != events or totals.refused:
+        raise SystemExit(f"stream consumer stored {totals.accepted} of {events} ({totals.refused} refused)")
+    seconds = marks[-1] - started
+    return {
+        "events": totals.accepted,
+        "duplicates": totals.duplicates,
+        "batches": totals.batches,
+        "seconds": seconds,
+        "events_per_s": totals.accepted / seconds,
+    }
+
+
+def joined_baseline(bootstrap: str, topic: str) -> KafkaConsumer:
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=f"baseline-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=300_000,
+        max_poll_interval_ms=900_000,
+    )
+    for _ in range(100):
+        consumer.poll(timeout_ms=100)
+        if consumer.assignment():
+            return consumer
+    raise SystemExit("baseline consumer did not join its group")
+
+
+def run_baseline(consumer: KafkaConsumer, events: int, truth_us: int) -> dict:
+    sums: dict[tuple[str, str], float] = defaultdict(float)
+    seen = 0
+    started = time.perf_counter()
+    while seen < events:
+        polled = consumer.poll(timeout_ms=500, max_records=10_000)
+        for records in polled.values():
+            for record in records:
+                for line in record.value.split(b"\n"):
+                    d = json.loads(line)
+                    sums[(d["entity"], d["project"])] += d["gpu_seconds"]
+                    seen += 1
+        if time.perf_counter() - started > 600:
+            break
+    seconds = time.perf_counter() - started
+    consumer.close()
+    total_us = sum(to_microseconds(v) for v in sums.values())
+    if seen != events or total_us != truth_us:
+        raise SystemExit(f"baseline saw {seen} of {events} events, {total_us} of {truth_us} µs")
+    return {"events": seen, "seconds": seconds, "events_per_s": seen / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="events per layout")
+    parser.add_argument("--single-events", type=int, default=200_000,
+                        help="events for the one-event-per-message layout (slow by design)")
+    parser.add_argument("--bootstrap", help="use this broker instead of starting one")
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "ingest.json")
+    args = parser.parse_args()
+
+    broker = None
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        if args.bootstrap:
+            bootstrap = args.bootstrap
+        else:
+            broker = Broker(Path(tmp) / "kafka")
+            bootstrap = broker.up()
+        try:
+            bus = KafkaBus(KafkaSettings(bootstrap=bootstrap, partitions=args.partitions))
+            rows = []
+            for label, per_message, count in (
+                ("1 event / message", 1, args.single_events),
+                ("8 events / message (a node's interval)", 8, args.events),
+                ("500 events / message (ingest batch)", 500, args.events),
+            ):
+                intervals = make_events(count)
+                n_events = sum(len(lines) for _, lines in intervals)
+                truth_us = n_events * to_microseconds(60.0)
+                messages = messages_of(intervals, per_message)
+                topic = f"bench.ingest.{per_message}.{uuid.uuid4().hex[:6]}"
+                bus.ensure_topics([topic])
+                stream, consumer = joined_stream_consumer(bus, topic, Path(tmp) / f"data-{per_message}")
+                baseline = joined_baseline(bootstrap, topic)
+                produce_s = produce(bus, topic, messages)
+                ours = run_stream_consumer(stream, consumer, n_events)
+                peer = run_baseline(baseline, n_events, truth_us)
+                row = {
+                    "layout": label, "events": n_events, "messages": len(messages),
+                    "bytes": sum(len(v) for _, v in messages),
+                    "produce_events_per_s": (n_events - per_message) / produce_s,
+                    "produce_messages_per_s": (len(messages) - 1) / produce_s,
+                    "stream_consumer": ours, "baseline": peer,
+                    "ratio": ours["events_per_s"] / peer["events_per_s"],
+                }
+                rows.append(row)
+                print(
+                    f"{label:42s} {n_events:>9,} ev  produce {row['produce_events_per_s']:>10,.0f} ev/s "
+                    f"({row['produce_messages_per_s']:>8,.0f} msg/s)  StreamConsumer "
+                    f"{ours['events_per_s']:>10,.0f} ev/s  baseline {peer['events_per_s']:>10,.0f} ev/s  "
+                    f"ratio {row['ratio']:.2f}",
+                    flush=True,
+                )
+        finally:
+            if broker is not None:
+                broker.down()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"bootstrap_started_here": broker is not None, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
