@@ -22,6 +22,8 @@ caller derives from content, so a replayed batch overwrites instead of duplicati
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import posixpath
@@ -142,12 +144,30 @@ class Store:
     def transaction(self, batch_id: str) -> Transaction:
         return Transaction(self, batch_id)
 
+    @contextlib.contextmanager
+    def _writers_lock(self, exclusive: bool):
+        """Shared for a transaction in flight, exclusive for recovery (local files only)."""
+        if not isinstance(self._fs, pafs.LocalFileSystem):
+            yield  # object stores: one writer per root is the deployment rule
+            return
+        fd = os.open(self.path("_journal.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
     def recover(self) -> int:
         """Finish every journaled batch and drop staging of batches that never committed.
 
-        Returns the number of batches whose moves were completed. Safe to call any time no
-        writer is active (the consumer calls it on start).
+        Returns the number of batches whose moves were completed. Waits for transactions in
+        flight (in this or another process) to commit first, so it is safe to call any time;
+        the consumer calls it on start.
         """
+        with self._writers_lock(exclusive=True):
+            return self._recover()
+
+    def _recover(self) -> int:
         completed = 0
         journal_dir = self.path(_JOURNAL)
         journaled: set[str] = set()
@@ -196,6 +216,24 @@ class Transaction:
         self._moves: list[tuple[str, str]] = []
         self._deletes: list[str] = []
         self._staging = store.path(_STAGING, batch_id)
+        self._lock: contextlib.ExitStack | None = None
+
+    def _hold_lock(self) -> None:
+        if self._lock is None:
+            self._lock = contextlib.ExitStack()
+            self._lock.enter_context(self._store._writers_lock(exclusive=False))
+
+    def release(self) -> None:
+        """Give up the writers' lock (done by :meth:`commit`; call it when abandoning a batch)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
     def stage(
         self,
@@ -207,6 +245,7 @@ class Transaction:
         """Write ``frame`` as one file per partition into staging; returns the final paths."""
         if frame.height == 0:
             return []
+        self._hold_lock()
         fs = self._store._fs
         fs.create_dir(self._staging, recursive=True)
         finals = []
@@ -235,11 +274,18 @@ class Transaction:
         """
         if path in {final for _, final in self._moves}:
             raise StorageError(f"{path} is written by batch {self.batch_id}; it cannot be deleted too")
+        self._hold_lock()
         if path not in self._deletes:
             self._deletes.append(path)
 
     def commit(self) -> None:
         """Journal the moves and deletes (commit point), apply them, drop the journal entry."""
+        try:
+            self._commit()
+        finally:
+            self.release()
+
+    def _commit(self) -> None:
         if not self._moves and not self._deletes:
             return
         if set(self._deletes) & {final for _, final in self._moves}:

@@ -35,15 +35,25 @@ class SeenIndex:
     def _date(self, date: str) -> set[str]:
         ids = self._dates.get(date)
         if ids is None:
-            ids = set()
-            files = [p for p in self._store.files(RAW) if f"/date={date}/" in p]
-            if files:
-                ids = set(pl.read_parquet(files, columns=["event_id"])["event_id"].to_list())
+            ids = self._load(date)
             self._dates[date] = ids
             while len(self._dates) > self._max_dates:
                 self._dates.popitem(last=False)
         self._dates.move_to_end(date)
         return ids
+
+    def _load(self, date: str, attempts: int = 5) -> set[str]:
+        """Ids stored for ``date``; re-lists when compaction replaced a file between list and read."""
+        for attempt in range(attempts):
+            files = [p for p in self._store.files(RAW) if f"/date={date}/" in p]
+            if not files:
+                return set()
+            try:
+                return set(pl.read_parquet(files, columns=["event_id"])["event_id"].to_list())
+            except FileNotFoundError:
+                if attempt == attempts - 1:
+                    raise
+        return set()
 
     def seen_mask(self, dates: pl.Series, event_ids: pl.Series) -> pl.Series:
         """``True`` where the id is already stored for its date (row order preserved)."""

@@ -72,11 +72,11 @@ class BatchProcessor:
 
         batch_id = _batch_id(fresh["event_id"], quarantine["quarantine_id"])
         if batch_id is not None:
-            tx = self._store.transaction(batch_id)
-            tx.stage("usage_hourly", hourly(fresh), USAGE_HOURLY, USAGE_HOURLY_PARTITIONS)
-            tx.stage("raw", fresh.sort("interval_start", "event_id"), RAW_EVENTS, RAW_PARTITIONS)
-            tx.stage("quarantine", quarantine, QUARANTINE, QUARANTINE_PARTITIONS)
-            tx.commit()
+            with self._store.transaction(batch_id) as tx:
+                tx.stage("usage_hourly", hourly(fresh), USAGE_HOURLY, USAGE_HOURLY_PARTITIONS)
+                tx.stage("raw", fresh.sort("interval_start", "event_id"), RAW_EVENTS, RAW_PARTITIONS)
+                tx.stage("quarantine", quarantine, QUARANTINE, QUARANTINE_PARTITIONS)
+                tx.commit()
             self._seen.add(fresh["date"], fresh["event_id"])
             known.update(quarantine["quarantine_id"].to_list())
         refused_lines = tuple(

@@ -104,6 +104,7 @@ def test_a_batch_that_crashed_before_its_journal_leaves_nothing_visible(tmp_path
     tx = store.transaction("dead")
     tx.stage("ds", frame, schema, ("period",))
     assert store.files("ds") == []
+    tx.release()  # the writer died: the kernel dropped its lock
     store.recover()
     assert store.files("ds") == [] and not (tmp_path / "_staging" / "dead").exists()
 
@@ -113,6 +114,33 @@ def test_a_batch_that_crashed_before_its_journal_leaves_nothing_visible(tmp_path
     import json
 
     store.write_bytes_atomic(store.path("_journal", "half.json"), json.dumps({"moves": tx._moves}).encode())
+    tx.release()
     assert store.files("ds") == []
     assert store.recover() == 1
+    assert len(store.files("ds")) == 1
+
+
+def test_recovery_waits_for_a_transaction_in_flight(tmp_path) -> None:
+    """A consumer starting up (recover) must not sweep away the staging of a batch another
+    writer (compaction in the scheduler) is still writing."""
+    import fcntl
+    import os
+
+    import polars as pl
+    import pyarrow as pa
+
+    store = Store(tmp_path)
+    schema = pa.schema([("period", pa.string()), ("x", pa.int64())])
+    tx = store.transaction("busy")
+    tx.stage("ds", pl.DataFrame({"period": ["2026-11"], "x": [1]}), schema, ("period",))
+    fd = os.open(tmp_path / "_journal.lock", os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what recover() would wait for
+        tx.commit()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once committed
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    assert store.recover() == 0
     assert len(store.files("ds")) == 1
