@@ -26,6 +26,10 @@ def close(
         Path | None,
         typer.Option("--signing-key", help="Ed25519 private key (PEM) to sign the period's manifest."),
     ] = None,
+    early: Annotated[
+        bool,
+        typer.Option("--early", help="Close a month that has not ended yet in Korea (usage after now becomes next month's corrections)."),
+    ] = False,
 ) -> None:
     """Close a KST month: write the billing and compliance ledgers, seal them, print a summary.
 
@@ -39,6 +43,7 @@ def close(
         from gpuledger.summary import print_close_summary
         from storage.dataset import Store
 
+        _refuse_unfinished(month, early)
         settings = settings_from(data_dir, registry, bus)
         reg = load_registry(settings.registry)
         store = Store(settings.data_dir)
@@ -50,6 +55,24 @@ def close(
         print_close_summary(store, month, result)
 
     run_command(body)
+
+
+def _refuse_unfinished(month: str, early: bool) -> None:
+    """A month still running in KST is not closed by accident: its later usage would be billed late."""
+    from datetime import UTC, datetime, timedelta
+
+    from accounting.errors import CloseError
+
+    try:
+        year, mon = (int(x) for x in month.split("-"))
+        ends = datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=UTC) - timedelta(hours=9)
+    except ValueError:
+        raise CloseError(f"bad month {month!r}: expected YYYY-MM (a KST calendar month)") from None
+    if datetime.now(UTC) < ends and not early:
+        raise CloseError(
+            f"{month} has not ended in Korea (it ends {ends:%Y-%m-%d %H:%M} UTC); closing it now would bill "
+            "the rest of the month as corrections next month. Pass --early to close it anyway."
+        )
 
 
 def check(
