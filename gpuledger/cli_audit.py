@@ -11,7 +11,12 @@ from typing import Annotated
 import typer
 
 from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, console, out, run_command, settings_from
-from storage.dataset import Store
+
+
+def Store(root: Path):  # noqa: N802 - imported on use: Polars/pyarrow are not needed by `collect`
+    from storage.dataset import Store as _Store
+
+    return _Store(root)
 
 keys_app = typer.Typer(help="Ed25519 keys that sign period manifests.", no_args_is_help=True)
 

@@ -76,3 +76,14 @@ def test_vendor_libraries_stay_in_their_module(vendor: str, allowed: tuple[str, 
 def test_every_room_has_a_readme() -> None:
     missing = [room for room in ROOMS if not (REPO / room / "README.md").exists()]
     assert missing == []
+
+
+def test_the_cli_starts_without_the_data_stack() -> None:
+    """``gpuledger collect`` runs on every GPU node: the CLI must not load Polars or pyarrow
+    (about 60 MiB) until a command that needs them runs."""
+    import subprocess
+    import sys
+
+    probe = "import sys, gpuledger.cli; print(sorted(m for m in ('polars', 'pyarrow', 'duckdb', 'matplotlib') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert loaded.stdout.strip() == "[]"
