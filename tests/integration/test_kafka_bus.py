@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 
 import pytest
 from kafka import KafkaAdminClient
@@ -112,16 +113,26 @@ def test_two_consumers_in_one_group_split_the_partitions_and_revoke_is_reported(
     one = bus.consumer(kafka_topic, kafka_group, on_revoke=lambda ps: revoked.append(list(ps)))
     one.poll_batch(10, 0.5)
     assert one.assigned_partitions() == [0, 1, 2, 3]
-    # when a second member joins (both keep polling, as their loops do)
+    # when a second member joins while the first keeps polling in its own thread (as two
+    # consumer processes would)
+    stop = threading.Event()
+
+    def keep_polling() -> None:
+        while not stop.is_set():
+            one.poll_batch(10, 0.2)
+
+    polling = threading.Thread(target=keep_polling)
+    polling.start()
     two = bus.consumer(kafka_topic, kafka_group)
     try:
-        for _ in range(60):
-            one.poll_batch(10, 0.2)
+        for _ in range(100):
             two.poll_batch(10, 0.2)
             if one.assigned_partitions() and two.assigned_partitions():
                 break
         held = (one.assigned_partitions(), two.assigned_partitions())
     finally:
+        stop.set()
+        polling.join(timeout=30)
         two.close()
         one.close()
     # then the partitions are split between them and the first was told of the revocation
