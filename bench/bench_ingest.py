@@ -13,7 +13,9 @@ Starts its own single-node broker (scripts/kafka.sh, a temporary home, free port
    into a fresh data directory;
 3. consumes them again, in the same run, with the peer baseline: a plain kafka-python
    consumer that polls, ``json.loads`` each event and sums ``gpu_seconds`` per
-   (entity, project) in a dict; no validation, no dedupe, nothing written, nothing committed.
+   (entity, project) in a dict; no validation, no dedupe, nothing written, nothing committed;
+4. reads them a third time through the bus alone (``KafkaBus`` consumer polls, nothing
+   processed): the ceiling the bus puts on any consumer.
 
 Both consumers join their groups before anything is produced; their rates are measured from
 the start of consumption to the last committed batch (ours) or the last event summed (the
@@ -170,6 +172,21 @@ def run_stream_consumer(stream: StreamConsumer, consumer, events: int) -> dict:
     }
 
 
+def run_bus_only(consumer, messages: int, events: int) -> dict:
+    """The bus alone: KafkaBus consumer polls (fetch, zstd, checksums), no processing."""
+    got = 0
+    started = time.perf_counter()
+    while got < messages:
+        got += len(consumer.poll_batch(50_000, 0.5))
+        if time.perf_counter() - started > 600:
+            break
+    seconds = time.perf_counter() - started
+    consumer.close()
+    if got != messages:
+        raise SystemExit(f"bus-only consumer read {got} of {messages} messages")
+    return {"events": events, "seconds": seconds, "events_per_s": events / seconds}
+
+
 def joined_baseline(bootstrap: str, topic: str) -> KafkaConsumer:
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=f"baseline-{uuid.uuid4().hex[:8]}",
@@ -238,15 +255,18 @@ def main() -> None:
                 bus.ensure_topics([topic])
                 stream, consumer = joined_stream_consumer(bus, topic, Path(tmp) / f"data-{per_message}")
                 baseline = joined_baseline(bootstrap, topic)
+                bus_only = bus.consumer(topic, f"bus-only-{uuid.uuid4().hex[:8]}")
+                assert bus_only.poll_batch(1, 0.5) == []
                 produce_s = produce(bus, topic, messages)
                 ours = run_stream_consumer(stream, consumer, n_events)
                 peer = run_baseline(baseline, n_events, truth_us)
+                ceiling = run_bus_only(bus_only, len(messages), n_events)
                 row = {
                     "layout": label, "events": n_events, "messages": len(messages),
                     "bytes": sum(len(v) for _, v in messages),
                     "produce_events_per_s": (n_events - per_message) / produce_s,
                     "produce_messages_per_s": (len(messages) - 1) / produce_s,
-                    "stream_consumer": ours, "baseline": peer,
+                    "stream_consumer": ours, "baseline": peer, "bus_only": ceiling,
                     "ratio": ours["events_per_s"] / peer["events_per_s"],
                 }
                 rows.append(row)
@@ -254,7 +274,7 @@ def main() -> None:
                     f"{label:42s} {n_events:>9,} ev  produce {row['produce_events_per_s']:>10,.0f} ev/s "
                     f"({row['produce_messages_per_s']:>8,.0f} msg/s)  StreamConsumer "
                     f"{ours['events_per_s']:>10,.0f} ev/s  baseline {peer['events_per_s']:>10,.0f} ev/s  "
-                    f"ratio {row['ratio']:.2f}",
+                    f"ratio {row['ratio']:.2f}  (bus alone {ceiling['events_per_s']:>10,.0f} ev/s)",
                     flush=True,
                 )
         finally:

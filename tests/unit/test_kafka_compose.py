@@ -137,3 +137,11 @@ def test_the_dockerfile_copies_every_package_the_distribution_ships() -> None:
     assert packages <= copied, packages - copied
     assert 'ENTRYPOINT ["gpuledger"]' in dockerfile
     assert "examples/registry.toml" in dockerfile
+
+
+def test_the_services_run_commands_the_cli_has(compose: dict) -> None:
+    from gpuledger.cli import app
+
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    for name in ("collector", "consumer", "scheduler"):
+        assert compose["services"][name]["command"][0] in commands, name
