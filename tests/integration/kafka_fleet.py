@@ -11,6 +11,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow.dataset as ds
 
@@ -29,6 +30,14 @@ from streams.schema import UNATTRIBUTED, UsageEvent, to_microseconds
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = REPO / "examples" / "registry.toml"
 PERIOD = "2026-10"
+
+
+class Broker(Protocol):
+    """The session broker of conftest.py, as the fault tests use it."""
+
+    def stop(self) -> None: ...
+
+    def start(self) -> None: ...
 
 
 def registry() -> Registry:

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, KafkaBroker
 from kafka_fleet import (
     REGISTRY,
+    REPO,
+    Broker,
     kafka_bus,
     known_fleet,
     raw_event_ids,
@@ -87,7 +88,7 @@ def test_a_consumer_killed_between_write_and_commit_does_not_double_count(
 
 
 def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(
-    kafka_broker: KafkaBroker, kafka_bootstrap: str, kafka_topic: str, kafka_group: str,
+    kafka_broker: Broker, kafka_bootstrap: str, kafka_topic: str, kafka_group: str,
     tmp_path: Path,
 ) -> None:
     # given a collector publishing through its spool and a consumer running beside it
@@ -143,7 +144,7 @@ def test_the_broker_stopped_and_restarted_mid_stream_loses_nothing(
 
 
 def test_broker_down_while_the_collector_publishes_spools_and_delivers_after_a_restart(
-    kafka_broker: KafkaBroker, kafka_bootstrap: str, kafka_topic: str, kafka_group: str,
+    kafka_broker: Broker, kafka_bootstrap: str, kafka_topic: str, kafka_group: str,
     tmp_path: Path,
 ) -> None:
     # given the broker down while a collector publishes the first half of a fleet's intervals

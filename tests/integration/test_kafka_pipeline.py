@@ -83,11 +83,8 @@ def test_two_consumers_in_one_group_split_the_work_and_the_totals_stay_exact(
     bus = kafka_bus(kafka_bootstrap, partitions=4)
     publish(bus, kafka_topic, fleet.batches)
     # when two consumers of one group, writing to one store, run side by side
-    # (the store is recovered once, before either starts: recovery is not safe beside a writer)
     first, first_parts = stream_consumer(bus, tmp_path, kafka_topic, kafka_group, max_batch_records=500)
-    second, second_parts = stream_consumer(
-        bus, tmp_path, kafka_topic, kafka_group, max_batch_records=500, recover=False
-    )
+    second, second_parts = stream_consumer(bus, tmp_path, kafka_topic, kafka_group, max_batch_records=500)
     results: dict[str, object] = {}
 
     def run(name: str, consumer) -> None:
