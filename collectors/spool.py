@@ -287,7 +287,9 @@ class SpoolingPublisher:
     ``publish`` spools the node's events (one message per ``max_events_per_message``) and
     then tries to send the backlog; a failed attempt (:class:`BusUnavailable`, including a
     flush that times out) leaves everything spooled and waits ``retry_interval_s`` (on the
-    given ``clock``) before the next try, so a dead broker does not slow every interval down.
+    given ``clock``), doubling after each further failure up to ``max_retry_interval_s``,
+    before the next try: an attempt against a dead broker blocks for the bus's connect
+    timeout, and that must not happen on every interval of a long outage.
     ``flush`` always tries, and returns once everything is on the bus *or safely spooled*.
     :class:`~streams.errors.BusConfigError` (wrong settings, refused credentials) propagates:
     retrying cannot fix it, and the data stays spooled for when it is fixed.
@@ -302,6 +304,7 @@ class SpoolingPublisher:
         max_events_per_message: int = 5000,
         flush_timeout_s: float = 10.0,
         retry_interval_s: float = 5.0,
+        max_retry_interval_s: float = 60.0,
         drain_batch_messages: int = 500,
         clock: Callable[[], float] = time.monotonic,
         segment_bytes: int = 8 * 1024 * 1024,
@@ -311,6 +314,8 @@ class SpoolingPublisher:
         self._max_events = max_events_per_message
         self._flush_timeout_s = flush_timeout_s
         self._retry_interval_s = retry_interval_s
+        self._max_retry_interval_s = max_retry_interval_s
+        self._failures = 0
         self._drain_batch = drain_batch_messages
         self._clock = clock
         self._next_attempt = clock()
@@ -348,7 +353,9 @@ class SpoolingPublisher:
                     self._producer.send(message.key, message.value)
                 self._producer.flush(self._flush_timeout_s)
             except BusUnavailable as exc:
-                self._next_attempt = self._clock() + self._retry_interval_s
+                self._failures += 1
+                backoff = self._retry_interval_s * 2 ** min(self._failures - 1, 16)
+                self._next_attempt = self._clock() + min(backoff, self._max_retry_interval_s)
                 if self._outage_since is None:
                     self._outage_since = self._clock()
                     log.warning(
@@ -359,6 +366,7 @@ class SpoolingPublisher:
             self.spool.confirm(batch[-1].end, len(batch))
             sent += len(batch)
         self.delivered_messages += sent
+        self._failures = 0
         if self._outage_since is not None:
             log.warning("bus reachable again: sent %d spooled messages", sent)
             self._outage_since = None

@@ -161,7 +161,7 @@ class KafkaBus:
         settings: KafkaSettings,
         *,
         client_id: str = "gpuledger",
-        connect_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
         session_timeout_s: float = 10.0,
         delivery_timeout_s: float = 60.0,
     ):

@@ -285,3 +285,37 @@ def test_a_configuration_error_propagates_and_keeps_the_data(tmp_path: Path) -> 
         publisher.publish("n1", [event("n1", 0)])
     assert publisher.backlog_messages == 1
     publisher.spool.close()
+
+
+def test_retries_back_off_while_the_outage_lasts_and_reset_when_it_ends(tmp_path: Path) -> None:
+    # given a down bus, retries every 5 s doubling up to 20 s, on a fake clock
+    bus = LocalBus(tmp_path / "bus")
+    producer = FlakyProducer(bus)
+    producer.down = True
+    clock = FakeClock()
+    publisher = SpoolingPublisher(
+        producer, tmp_path / "spool", max_bytes=1 << 20, retry_interval_s=5.0,
+        max_retry_interval_s=20.0, clock=clock,
+    )
+    # when an interval is published every second for a minute
+    attempts_at = []
+    for second in range(60):
+        before = producer.sends
+        publisher.publish("n1", [event("n1", second % 50)])
+        if producer.sends > before:
+            attempts_at.append(second)
+        clock.now += 1
+    # then the attempts come 5, 10, 20, 20 … seconds apart
+    assert attempts_at == [0, 5, 15, 35, 55]
+    # and once the bus is back, the next attempt delivers everything and the pace resets
+    producer.down = False
+    clock.now += 20
+    publisher.publish("n1", [event("n1", 0, gpu=1)])
+    assert publisher.backlog_messages == 0
+    producer.down = True
+    publisher.publish("n1", [event("n1", 1, gpu=1)])
+    clock.now += 5
+    before = producer.sends
+    publisher.publish("n1", [event("n1", 2, gpu=1)])
+    assert producer.sends > before  # 5 s again, not 20
+    publisher.spool.close()
