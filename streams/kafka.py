@@ -293,11 +293,13 @@ class KafkaProducer:
             self._pending.append(producer.send(self.topic, value=value, key=key.encode()))
         except kerr.KafkaError as exc:
             raise _translate(exc, f"sending to {self.topic}") from exc
+        if len(self._pending) >= 10_000:  # a long ingest: keep only what is still open or failed
+            self._pending = [f for f in self._pending if not (f.is_done and f.succeeded())]
 
     def flush(self, timeout_s: float | None = None) -> None:
-        if self._producer is None:
-            if self._pending:  # pragma: no cover - cannot happen: sends create the client
-                raise BusUnavailable("producer lost its connection before flushing")
+        if self._producer is None or not self._pending:
+            # Nothing sent since the last flush. Messages of a flush that failed may still sit
+            # in kafka-python's buffer; their sender was told, and holds them (the spool).
             return
         pending, self._pending = self._pending, []
         try:
