@@ -408,9 +408,25 @@ class KafkaConsumer:
             records = self._poll(0.1, 1)
             if records or self._consumer.assignment():
                 self._joined = True
+                if not records:
+                    self._resolve_positions(deadline)
                 return records
         self._joined = True
         return []
+
+    def _resolve_positions(self, deadline: float) -> None:
+        """Look up where each assigned partition resumes (committed offset, or earliest) now,
+        so that the next poll fetches at once instead of spending its timeout on it."""
+        try:
+            for tp in self._consumer.assignment():
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if left_ms <= 0:
+                    return
+                self._consumer.position(tp, timeout_ms=left_ms)
+        except kerr.IllegalStateError:
+            return  # a rebalance took the partition meanwhile: the next poll sorts it out
+        except kerr.KafkaError as exc:
+            raise _translate(exc, f"looking up the positions of {self.topic}") from exc
 
     def poll_batch(self, max_records: int, timeout_s: float) -> list[BusRecord]:
         """Up to ``max_records`` records: waits up to ``timeout_s`` for the first, then takes
