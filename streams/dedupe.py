@@ -13,7 +13,6 @@ poison message is kept once.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
 
 import polars as pl
 
@@ -61,15 +60,17 @@ class SeenIndex:
         parts = []
         for (date,), part in frame.partition_by("date", as_dict=True).items():
             ids = self._date(date)
-            seen = pl.Series("seen", [e in ids for e in part["event_id"]], dtype=pl.Boolean())
+            seen = pl.Series("seen", [e in ids for e in part["event_id"].to_list()], dtype=pl.Boolean())
             parts.append(part.select("row").with_columns(seen))
         if not parts:
             return pl.Series("seen", [], dtype=pl.Boolean())
         return pl.concat(parts).sort("row")["seen"]
 
-    def add(self, dates: Iterable[str], event_ids: Iterable[str]) -> None:
-        for date, event_id in zip(dates, event_ids, strict=True):
-            self._date(date).add(event_id)
+    def add(self, dates: pl.Series, event_ids: pl.Series) -> None:
+        """Mark ids as stored (call only after their batch committed)."""
+        frame = pl.DataFrame({"date": dates, "event_id": event_ids})
+        for (date,), part in frame.partition_by("date", as_dict=True).items():
+            self._date(date).update(part["event_id"].to_list())
 
     def quarantine_ids(self) -> set[str]:
         if self._quarantine is None:

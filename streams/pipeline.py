@@ -146,8 +146,5 @@ def _batch_id(event_ids: pl.Series, quarantine_ids: pl.Series) -> str | None:
     """Content-derived id: the same new rows always make the same file names."""
     if event_ids.len() == 0 and quarantine_ids.len() == 0:
         return None
-    digest = hashlib.sha256()
-    for value in sorted(event_ids.to_list()) + sorted(quarantine_ids.to_list()):
-        digest.update(value.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:24]
+    ordered = sorted(event_ids.to_list()) + sorted(quarantine_ids.to_list())
+    return hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:24]
