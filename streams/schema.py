@@ -29,6 +29,7 @@ UNATTRIBUTED = "unattributed"
 KST = timedelta(hours=9)  # Asia/Seoul: UTC+9, no daylight saving since 1988
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 MICROSECONDS_PER_SECOND = 1_000_000
+EVENT_ID_SEPARATOR = "\x1f"  # between node, device_uuid and interval_start in the hashed key
 
 
 class Flag(StrEnum):

@@ -112,3 +112,22 @@ def test_kst_period_of_the_last_day_at_15_utc_is_the_next_month() -> None:
     assert kst_period(ts("2026-11-30T14:59:59Z")) == "2026-11"
     assert kst_period(ts("2026-11-30T15:00:00Z")) == "2026-12"
     assert kst_period(ts("2026-12-31T15:00:00Z")) == "2027-01"
+
+
+def test_column_wise_event_id_check_agrees_with_the_reference() -> None:
+    """The polars-hash path and the hashlib path give the same verdicts (nulls included)."""
+    import polars as pl
+
+    from streams.validate import _event_ids_ok_plugin, _event_ids_ok_python
+
+    good = event()
+    frame = pl.DataFrame(
+        {
+            "node": ["n1", "n1", None, "n2"],
+            "device_uuid": ["GPU-0001", "GPU-0001", "GPU-0001", "GPU-0001"],
+            "interval_start": [good["interval_start"]] * 4,
+            "event_id": [good["event_id"], "0" * 32, good["event_id"], good["event_id"]],
+        }
+    )
+    assert _event_ids_ok_plugin(frame).to_list() == [True, False, False, False]
+    assert _event_ids_ok_python(frame).to_list() == [True, False, False, False]
