@@ -40,9 +40,15 @@ jars() {
     command -v mvn >/dev/null || die "Maven (mvn) is needed to resolve the Kafka jars (apt-get install maven)"
     command -v java >/dev/null || die "Java 17+ is needed to run the Kafka broker (apt-get install openjdk-17-jre-headless)"
     rm -rf "$LIBS"
-    (cd "$ROOT/kafka" && mvn -q -B dependency:copy-dependencies \
-        -DoutputDirectory=target/kafka-libs -DincludeScope=runtime) \
-        || die "could not resolve the Kafka jars with Maven (see above)"
+    local mvn_log
+    mvn_log="$(mktemp)"
+    if ! (cd "$ROOT/kafka" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies \
+        -DoutputDirectory=target/kafka-libs -DincludeScope=runtime) >"$mvn_log" 2>&1; then
+        cat "$mvn_log" >&2
+        rm -f "$mvn_log"
+        die "could not resolve the Kafka jars with Maven (see above)"
+    fi
+    rm -f "$mvn_log"
     compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null || die "Maven ran but no kafka_2.13 jar in $LIBS"
     touch "$STAMP"
 }
