@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import kafka.errors as kerr
 from kafka import KafkaAdminClient, KafkaConsumer as _KConsumer, KafkaProducer as _KProducer
@@ -35,8 +35,30 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from streams.bus import BusRecord, RevokeCallback
 from streams.errors import BusConfigError, BusUnavailable, StreamError
 
-if TYPE_CHECKING:  # settings live in the shell; the bus only reads them
-    from gpuledger.settings import KafkaSettings
+class _Secret(Protocol):
+    def get_secret_value(self) -> str: ...
+
+
+class KafkaSettings(Protocol):
+    """What the bus reads of its settings (``gpuledger.settings.KafkaSettings`` has it all).
+
+    A protocol rather than an import: settings live in the shell, and ``streams`` never
+    imports ``gpuledger``.
+    """
+
+    bootstrap: str
+    security_protocol: str
+    sasl_mechanism: str | None
+    sasl_username: str | None
+    sasl_password: _Secret | None
+    ssl_cafile: Any
+    usage_topic: str
+    quarantine_topic: str
+    partitions: int
+    replication_factor: int
+    retention_ms: int
+    consumer_group: str
+    linger_ms: int
 
 log = logging.getLogger(__name__)
 
