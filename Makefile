@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit venv kafka-jars kafka-up kafka-down bench clean
+.PHONY: demo test test-unit venv kafka-jars kafka-up kafka-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,7 @@ test: $(STAMP) kafka-jars
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit
 
-bench: $(STAMP) kafka-jars
-	$(BIN)/python bench/run_all.py
+# Benchmarks are run one by one; each section of docs/BENCHMARKS.md gives its command.
 
 clean:
 	rm -rf $(VENV) gpuledger-data .kafka kafka/target
