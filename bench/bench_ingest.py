@@ -15,7 +15,9 @@ Starts its own single-node broker (scripts/kafka.sh, a temporary home, free port
    consumer that polls, ``json.loads`` each event and sums ``gpu_seconds`` per
    (entity, project) in a dict; no validation, no dedupe, nothing written, nothing committed;
 4. reads them a third time through the bus alone (``KafkaBus`` consumer polls, nothing
-   processed): the ceiling the bus puts on any consumer.
+   processed): the ceiling the bus puts on any consumer;
+5. decodes the same payloads from memory with Polars ``read_ndjson`` alone: the floor cost
+   of JSON Lines on the wire for any consumer.
 
 Both consumers join their groups before anything is produced; their rates are measured from
 the start of consumption to the last committed batch (ours) or the last event summed (the
@@ -187,6 +189,23 @@ def run_bus_only(consumer, messages: int, events: int) -> dict:
     return {"events": events, "seconds": seconds, "events_per_s": events / seconds}
 
 
+def json_decode_floor(messages: list[tuple[str, bytes]], events: int) -> dict:
+    """Polars ``read_ndjson`` over the same payloads, 50k-event batches, from memory: what
+    any consumer of JSON Lines pays before doing anything with the events."""
+    import io
+
+    import polars as pl
+
+    per_batch = max(1, 50_000 * len(messages) // events)
+    batches = [b"\n".join(v for _, v in messages[i : i + per_batch]) for i in range(0, len(messages), per_batch)]
+    started = time.perf_counter()
+    rows = sum(pl.read_ndjson(io.BytesIO(batch)).height for batch in batches)
+    seconds = time.perf_counter() - started
+    if rows != events:
+        raise SystemExit(f"read_ndjson decoded {rows} of {events} events")
+    return {"events": rows, "seconds": seconds, "events_per_s": rows / seconds}
+
+
 def joined_baseline(bootstrap: str, topic: str) -> KafkaConsumer:
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=f"baseline-{uuid.uuid4().hex[:8]}",
@@ -261,12 +280,14 @@ def main() -> None:
                 ours = run_stream_consumer(stream, consumer, n_events)
                 peer = run_baseline(baseline, n_events, truth_us)
                 ceiling = run_bus_only(bus_only, len(messages), n_events)
+                decode = json_decode_floor(messages, n_events)
                 row = {
                     "layout": label, "events": n_events, "messages": len(messages),
                     "bytes": sum(len(v) for _, v in messages),
                     "produce_events_per_s": (n_events - per_message) / produce_s,
                     "produce_messages_per_s": (len(messages) - 1) / produce_s,
                     "stream_consumer": ours, "baseline": peer, "bus_only": ceiling,
+                    "read_ndjson": decode,
                     "ratio": ours["events_per_s"] / peer["events_per_s"],
                 }
                 rows.append(row)
@@ -274,7 +295,8 @@ def main() -> None:
                     f"{label:42s} {n_events:>9,} ev  produce {row['produce_events_per_s']:>10,.0f} ev/s "
                     f"({row['produce_messages_per_s']:>8,.0f} msg/s)  StreamConsumer "
                     f"{ours['events_per_s']:>10,.0f} ev/s  baseline {peer['events_per_s']:>10,.0f} ev/s  "
-                    f"ratio {row['ratio']:.2f}  (bus alone {ceiling['events_per_s']:>10,.0f} ev/s)",
+                    f"ratio {row['ratio']:.2f}  (bus alone {ceiling['events_per_s']:>10,.0f} ev/s, "
+                    f"read_ndjson alone {decode['events_per_s']:>10,.0f} ev/s)",
                     flush=True,
                 )
         finally:
