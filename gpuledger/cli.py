@@ -81,7 +81,7 @@ def demo(
             f"{plan.interval_s // 60}-minute events, bus={settings.bus}, data in {settings.data_dir}"
         )
         started = time.perf_counter()
-        with _progress() as progress:
+        with _progress() as progress, consumer:
             task = progress.add_task("collect → bus → consume", total=(plan.end_s - plan.start_s) // 86400)
             published, totals = demo_mod.simulate(
                 plan,
@@ -149,7 +149,8 @@ def consume(
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        totals = consumer.run(until_idle=until_idle, idle_polls=settings.consumer.idle_polls, stop=stop)
+        with consumer:
+            totals = consumer.run(until_idle=until_idle, idle_polls=settings.consumer.idle_polls, stop=stop)
         out.print(
             f"consume: {totals.accepted:,} events accepted, {totals.refused:,} refused (kept in quarantine/), "
             f"{totals.duplicates:,} duplicates dropped, in {totals.batches} batches"

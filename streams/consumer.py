@@ -78,6 +78,21 @@ class StreamConsumer:
         self._timeout = poll_timeout_s
         self._before_commit = before_commit  # test hook: a crash between write and commit
 
+    def close(self) -> None:
+        """Leave the group and flush the quarantine producer (a Kafka group member left behind
+        makes the next consumer wait a session timeout to rejoin)."""
+        try:
+            self._consumer.close()
+        finally:
+            if self._quarantine is not None:
+                self._quarantine.close()
+
+    def __enter__(self) -> StreamConsumer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def run_once(self) -> BatchResult | None:
         """Process one batch; ``None`` when the poll returned nothing."""
         records = self._consumer.poll_batch(self._max, self._timeout)
