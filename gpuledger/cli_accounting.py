@@ -59,15 +59,12 @@ def close(
 
 def _refuse_unfinished(month: str, early: bool) -> None:
     """A month still running in KST is not closed by accident: its later usage would be billed late."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
     from accounting.errors import CloseError
+    from accounting.usage import parse_month
 
-    try:
-        year, mon = (int(x) for x in month.split("-"))
-        ends = datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=UTC) - timedelta(hours=9)
-    except ValueError:
-        raise CloseError(f"bad month {month!r}: expected YYYY-MM (a KST calendar month)") from None
+    ends = parse_month(month).end_utc
     if datetime.now(UTC) < ends and not early:
         raise CloseError(
             f"{month} has not ended in Korea (it ends {ends:%Y-%m-%d %H:%M} UTC); closing it now would bill "

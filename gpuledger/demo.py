@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from accounting.registry import Registry
+from accounting.usage import parse_month
 from collectors.integrate import IntervalIntegrator
 from collectors.publish import DirectPublisher
 from collectors.simulated import NodeSpec, SimulatedNode
@@ -46,10 +47,8 @@ def previous_month(now: datetime) -> str:
 
 def month_bounds_s(period: str) -> tuple[int, int]:
     """UTC epoch seconds of the first and one-past-last instant of a KST month."""
-    year, month = (int(x) for x in period.split("-"))
-    start = datetime(year, month, 1, tzinfo=UTC) - KST
-    nxt = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC) - KST
-    return int(start.timestamp()), int(nxt.timestamp())
+    month = parse_month(period)
+    return int(month.start_utc.timestamp()), int(month.end_utc.timestamp())
 
 
 def plan(registry: Registry, period: str, nodes_per_entity: int = 8) -> DemoPlan:
