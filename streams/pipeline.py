@@ -146,5 +146,5 @@ def _batch_id(event_ids: pl.Series, quarantine_ids: pl.Series) -> str | None:
     """Content-derived id: the same new rows always make the same file names."""
     if event_ids.len() == 0 and quarantine_ids.len() == 0:
         return None
-    ordered = sorted(event_ids.to_list()) + sorted(quarantine_ids.to_list())
-    return hashlib.sha256("\n".join(ordered).encode()).hexdigest()[:24]
+    ordered = pl.concat([event_ids.sort(), quarantine_ids.sort()]).cast(pl.String())
+    return hashlib.sha256(ordered.str.join("\n").item().encode()).hexdigest()[:24]
