@@ -61,11 +61,15 @@ def print_close_summary(store: Store, period: str, result: Any = None) -> None:
     table.add_section()
     table.add_row("total", "", "", "", "", "", f"{total:,.0f}")
     out.print(table)
-    out.print(f"billing ledger:    {store.path('ledgers', 'billing', f'period={period}')}")
-    out.print(f"compliance ledger: {store.path('ledgers', 'compliance', f'period={period}')}")
-    out.print(f"hourly usage:      {store.path('usage_hourly', f'period={period}')}")
+    where = [
+        ("billing ledger:   ", store.path("ledgers", "billing", f"period={period}")),
+        ("compliance ledger:", store.path("ledgers", "compliance", f"period={period}")),
+        ("hourly usage:     ", store.path("usage_hourly", f"period={period}")),
+    ]
     if store.exists(store.path("manifests", f"{period}.json")):
-        out.print(f"manifest:          {store.path('manifests', f'{period}.json')}")
+        where.append(("manifest:         ", store.path("manifests", f"{period}.json")))
+    for label, path in where:  # paths stay on one line, so they can be copied
+        out.print(f"{label} {path}", soft_wrap=True, highlight=False)
 
 
 def _h(value: Decimal | None) -> str:
