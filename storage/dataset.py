@@ -57,7 +57,7 @@ def to_table(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
     missing = [name for name in schema.names if name not in frame.columns]
     if missing:
         raise StorageError(f"frame lacks declared columns: {', '.join(missing)}")
-    table = frame.select(schema.names).to_arrow()
+    table = frame.select(schema.names).to_arrow(compat_level=pl.CompatLevel.oldest())  # no string views to undo
     try:
         return table.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

@@ -38,10 +38,10 @@ def _micro(column: str) -> pl.Expr:
 
 def to_raw(accepted: pl.DataFrame) -> pl.DataFrame:
     """Accepted, validated rows (with ``_interval_start``/``_interval_end``) as ``raw/`` rows."""
-    kst = pl.col("_interval_start") + KST_OFFSET
+    kst_date = (pl.col("_interval_start") + KST_OFFSET).dt.date().cast(pl.String())  # ISO YYYY-MM-DD
     return accepted.with_columns(
-        period=kst.dt.strftime("%Y-%m"),
-        date=kst.dt.strftime("%Y-%m-%d"),
+        period=kst_date.str.slice(0, 7),
+        date=kst_date,
         interval_start=pl.col("_interval_start"),
         interval_end=pl.col("_interval_end"),
         gpu_microseconds=_micro("gpu_seconds"),

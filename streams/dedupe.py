@@ -56,18 +56,28 @@ class SeenIndex:
 
     def seen_mask(self, dates: pl.Series, event_ids: pl.Series) -> pl.Series:
         """``True`` where the id is already stored for its date (row order preserved)."""
+        if dates.len() == 0:
+            return pl.Series("seen", [], dtype=pl.Boolean())
+        if dates.n_unique() == 1:  # the common case: a live batch lies in one KST date
+            return self._seen_on(dates[0], event_ids)
         frame = pl.DataFrame({"date": dates, "event_id": event_ids}).with_row_index("row")
         parts = []
         for (date,), part in frame.partition_by("date", as_dict=True).items():
-            ids = self._date(date)
-            seen = pl.Series("seen", [e in ids for e in part["event_id"].to_list()], dtype=pl.Boolean())
-            parts.append(part.select("row").with_columns(seen))
-        if not parts:
-            return pl.Series("seen", [], dtype=pl.Boolean())
+            parts.append(part.select("row").with_columns(self._seen_on(date, part["event_id"])))
         return pl.concat(parts).sort("row")["seen"]
+
+    def _seen_on(self, date: str, event_ids: pl.Series) -> pl.Series:
+        ids = self._date(date)
+        batch = event_ids.to_list()
+        if ids.isdisjoint(batch):  # nothing seen: one pass in C, no per-row Python
+            return pl.Series("seen", [False] * len(batch), dtype=pl.Boolean())
+        return pl.Series("seen", [e in ids for e in batch], dtype=pl.Boolean())
 
     def add(self, dates: pl.Series, event_ids: pl.Series) -> None:
         """Mark ids as stored (call only after their batch committed)."""
+        if dates.len() and dates.n_unique() == 1:
+            self._date(dates[0]).update(event_ids.to_list())
+            return
         frame = pl.DataFrame({"date": dates, "event_id": event_ids})
         for (date,), part in frame.partition_by("date", as_dict=True).items():
             self._date(date).update(part["event_id"].to_list())

@@ -17,7 +17,9 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from storage.dataset import Store
 from storage.schemas import (
@@ -61,8 +63,13 @@ class BatchProcessor:
         invalid = checked.filter(pl.col("reason_code").is_not_null())
 
         raw = to_raw(valid)
-        unique = raw.unique(subset="event_id", keep="first", maintain_order=True)
+        unique = (
+            raw  # the common case, checked in a tenth of the time unique() takes
+            if raw["event_id"].n_unique() == raw.height
+            else raw.unique(subset="event_id", keep="first", maintain_order=True)
+        )
         fresh = unique.filter(~self._seen.seen_mask(unique["date"], unique["event_id"]))
+        fresh = fresh.sort(pl.col("interval_start"), _ID_PREFIX, maintain_order=True)
         duplicates = raw.height - fresh.height
 
         quarantine = self._quarantine_rows(invalid, early)
@@ -74,7 +81,7 @@ class BatchProcessor:
         if batch_id is not None:
             with self._store.transaction(batch_id) as tx:
                 tx.stage("usage_hourly", hourly(fresh), USAGE_HOURLY, USAGE_HOURLY_PARTITIONS)
-                tx.stage("raw", fresh.sort("interval_start", "event_id"), RAW_EVENTS, RAW_PARTITIONS)
+                tx.stage("raw", fresh, RAW_EVENTS, RAW_PARTITIONS)
                 tx.stage("quarantine", quarantine, QUARANTINE, QUARANTINE_PARTITIONS)
                 tx.commit()
             self._seen.add(fresh["date"], fresh["event_id"])
@@ -142,9 +149,29 @@ def _raw_text(invalid: pl.DataFrame) -> pl.Series:
     return invalid["_raw"].fill_null(encoded)
 
 
+# Raw rows are stored in time order, then by event id. The first 64 bits of the id order
+# them as well as the whole string does (two ids of one interval sharing 64 bits is a 2^-64
+# event; they would keep their arrival order) at a third of the cost of a string sort.
+_ID_PREFIX = pl.col("event_id").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64(), strict=False)
+
+
 def _batch_id(event_ids: pl.Series, quarantine_ids: pl.Series) -> str | None:
-    """Content-derived id: the same new rows always make the same file names."""
+    """Content-derived id: the same new rows always make the same file names.
+
+    ``event_ids`` come in the order the raw rows are stored (time, then id: a function of the
+    set of ids, so no second sort); quarantine ids are sorted here. BLAKE2b, because this id
+    names files and is not part of the audit chain, which hashes the files with SHA-256.
+    """
     if event_ids.len() == 0 and quarantine_ids.len() == 0:
         return None
-    ordered = pl.concat([event_ids.sort(), quarantine_ids.sort()]).cast(pl.String())
-    return hashlib.sha256(ordered.str.join("\n").item().encode()).hexdigest()[:24]
+    digest = hashlib.blake2b(digest_size=12)
+    for ids in (event_ids, quarantine_ids.sort()):
+        column = pa.array(ids.cast(pl.String()).rechunk().to_arrow(), type=pa.large_string())
+        _, offsets, data = column.buffers()
+        ends = np.frombuffer(offsets, dtype=np.int64)[column.offset : column.offset + len(column) + 1]
+        # hashing where each id ends keeps "ab","c" apart from "a","bc"
+        digest.update((ends - ends[0]).tobytes())
+        if data is not None:
+            digest.update(memoryview(data)[int(ends[0]) : int(ends[-1])])
+        digest.update(b"\x1e")
+    return digest.hexdigest()

@@ -67,6 +67,7 @@ class RefusalReason(StrEnum):
     UNKNOWN_ENTITY = "unknown_entity"
     UNKNOWN_PROJECT = "unknown_project"
     PROJECT_OF_OTHER_ENTITY = "project_of_other_entity"
+    BAD_ARROW_BATCH = "bad_arrow_batch"  # an Arrow IPC message that cannot be read as schema v1
 
 
 # field name -> (python types accepted, nullable). Order is the wire order.
