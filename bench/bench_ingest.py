@@ -4,7 +4,8 @@
 
 Starts its own single-node broker (scripts/kafka.sh, a temporary home, free ports) unless
 ``--bootstrap`` is given. For each message layout (one event per message; a node's interval,
-8 events, per message; 500 events per message as ``ingest`` sends them) it:
+8 events, per message; up to 500 events per message as ``ingest --wire json`` sends them; the
+same, one Arrow IPC batch per message, as ``ingest`` sends them by default) it:
 
 1. produces the events through ``streams.kafka.KafkaBus`` (acks=all, idempotent, zstd) and
    times send + flush;
@@ -13,11 +14,12 @@ Starts its own single-node broker (scripts/kafka.sh, a temporary home, free port
    into a fresh data directory;
 3. consumes them again, in the same run, with the peer baseline: a plain kafka-python
    consumer that polls, ``json.loads`` each event and sums ``gpu_seconds`` per
-   (entity, project) in a dict; no validation, no dedupe, nothing written, nothing committed;
+   (entity, project) in a dict; no validation, no dedupe, nothing written, nothing committed
+   (for Arrow messages: reads each IPC stream with pyarrow and sums with a pyarrow group-by);
 4. reads them a third time through the bus alone (``KafkaBus`` consumer polls, nothing
    processed): the ceiling the bus puts on any consumer;
-5. decodes the same payloads from memory with Polars ``read_ndjson`` alone: the floor cost
-   of JSON Lines on the wire for any consumer.
+5. decodes the same payloads from memory with Polars ``read_ndjson`` alone (Arrow: pyarrow
+   IPC read and one ``polars.from_arrow``): the floor cost of the encoding for any consumer.
 
 Both consumers join their groups before anything is produced; their rates are measured from
 the start of consumption to the last committed batch (ours) or the last event summed (the
@@ -38,6 +40,8 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.ipc as ipc
 from kafka import KafkaConsumer  # the peer baseline talks to kafka-python directly
 
 from accounting.registry import load_registry
@@ -48,6 +52,8 @@ from streams.consumer import StreamConsumer
 from streams.kafka import KafkaBus
 from streams.pipeline import BatchProcessor
 from streams.schema import UsageEvent, format_timestamp, make_event_id, to_microseconds
+from streams.validate import WIRE_SCHEMA
+from streams.wire import encode_arrow
 
 REPO = Path(__file__).resolve().parents[1]
 START_S = 1_790_000_000 // 3600 * 3600  # an hour boundary in 2026
@@ -132,6 +138,18 @@ def messages_of(intervals: list[tuple[str, list[bytes]]], events_per_message: in
     return out
 
 
+def as_arrow(messages: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The same messages, each as one Arrow IPC batch (what ``ingest --wire arrow`` sends)."""
+    import io
+
+    import polars as pl
+
+    return [
+        (key, encode_arrow(pl.read_ndjson(io.BytesIO(value), schema=WIRE_SCHEMA).to_arrow()))
+        for key, value in messages
+    ]
+
+
 def produce(bus: KafkaBus, topic: str, messages: list[tuple[str, bytes]]) -> float:
     producer = bus.producer(topic)
     producer.send(*messages[0])  # connect outside the timing
@@ -206,6 +224,22 @@ def json_decode_floor(messages: list[tuple[str, bytes]], events: int) -> dict:
     return {"events": rows, "seconds": seconds, "events_per_s": rows / seconds}
 
 
+def arrow_decode_floor(messages: list[tuple[str, bytes]], events: int) -> dict:
+    """pyarrow IPC reads of the same payloads and one ``polars.from_arrow`` per 50k-event batch."""
+    import polars as pl
+
+    per_batch = max(1, 50_000 * len(messages) // events)
+    started = time.perf_counter()
+    rows = 0
+    for i in range(0, len(messages), per_batch):
+        tables = [ipc.open_stream(pa.py_buffer(v)).read_all() for _, v in messages[i : i + per_batch]]
+        rows += pl.from_arrow(pa.concat_tables(tables).combine_chunks()).height
+    seconds = time.perf_counter() - started
+    if rows != events:
+        raise SystemExit(f"Arrow decode read {rows} of {events} events")
+    return {"events": rows, "seconds": seconds, "events_per_s": rows / seconds}
+
+
 def joined_baseline(bootstrap: str, topic: str) -> KafkaConsumer:
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=f"baseline-{uuid.uuid4().hex[:8]}",
@@ -219,7 +253,7 @@ def joined_baseline(bootstrap: str, topic: str) -> KafkaConsumer:
     raise SystemExit("baseline consumer did not join its group")
 
 
-def run_baseline(consumer: KafkaConsumer, events: int, truth_us: int) -> dict:
+def run_baseline(consumer: KafkaConsumer, events: int, truth_us: int, arrow: bool = False) -> dict:
     sums: dict[tuple[str, str], float] = defaultdict(float)
     seen = 0
     started = time.perf_counter()
@@ -227,6 +261,13 @@ def run_baseline(consumer: KafkaConsumer, events: int, truth_us: int) -> dict:
         polled = consumer.poll(timeout_ms=500, max_records=10_000)
         for records in polled.values():
             for record in records:
+                if arrow:
+                    table = ipc.open_stream(pa.py_buffer(record.value)).read_all()
+                    grouped = table.group_by(["entity", "project"]).aggregate([("gpu_seconds", "sum")])
+                    for entity, project, total in zip(*(grouped.column(i).to_pylist() for i in range(3)), strict=True):
+                        sums[(entity, project)] += total
+                    seen += table.num_rows
+                    continue
                 for line in record.value.split(b"\n"):
                     d = json.loads(line)
                     sums[(d["entity"], d["project"])] += d["gpu_seconds"]
@@ -248,6 +289,8 @@ def main() -> None:
                         help="events for the one-event-per-message layout (slow by design)")
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
     parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["json", "arrow"],
+                        help="leave out the layouts of these encodings")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "ingest.json")
     args = parser.parse_args()
 
@@ -261,16 +304,21 @@ def main() -> None:
         try:
             bus = KafkaBus(KafkaSettings(bootstrap=bootstrap, partitions=args.partitions))
             rows = []
-            for label, per_message, count in (
-                ("1 event / message", 1, args.single_events),
-                ("8 events / message (a node's interval)", 8, args.events),
-                ("500 events / message (ingest batch)", 500, args.events),
+            for label, per_message, count, wire in (
+                ("1 event / message", 1, args.single_events, "json"),
+                ("8 events / message (a node's interval)", 8, args.events, "json"),
+                ("≤500 events / message (ingest --wire json)", 500, args.events, "json"),
+                ("≤500 events / message, Arrow IPC (ingest)", 500, args.events, "arrow"),
             ):
+                if wire in args.skip:
+                    continue
                 intervals = make_events(count)
                 n_events = sum(len(lines) for _, lines in intervals)
                 truth_us = n_events * to_microseconds(60.0)
                 messages = messages_of(intervals, per_message)
-                topic = f"bench.ingest.{per_message}.{uuid.uuid4().hex[:6]}"
+                if wire == "arrow":
+                    messages = as_arrow(messages)
+                topic = f"bench.ingest.{wire}.{per_message}.{uuid.uuid4().hex[:6]}"
                 bus.ensure_topics([topic])
                 stream, consumer = joined_stream_consumer(bus, topic, Path(tmp) / f"data-{per_message}")
                 baseline = joined_baseline(bootstrap, topic)
@@ -278,16 +326,16 @@ def main() -> None:
                 assert bus_only.poll_batch(1, 0.5) == []
                 produce_s = produce(bus, topic, messages)
                 ours = run_stream_consumer(stream, consumer, n_events)
-                peer = run_baseline(baseline, n_events, truth_us)
+                peer = run_baseline(baseline, n_events, truth_us, arrow=wire == "arrow")
                 ceiling = run_bus_only(bus_only, len(messages), n_events)
-                decode = json_decode_floor(messages, n_events)
+                decode = (arrow_decode_floor if wire == "arrow" else json_decode_floor)(messages, n_events)
                 row = {
-                    "layout": label, "events": n_events, "messages": len(messages),
+                    "layout": label, "wire": wire, "events": n_events, "messages": len(messages),
                     "bytes": sum(len(v) for _, v in messages),
                     "produce_events_per_s": (n_events - per_message) / produce_s,
                     "produce_messages_per_s": (len(messages) - 1) / produce_s,
                     "stream_consumer": ours, "baseline": peer, "bus_only": ceiling,
-                    "read_ndjson": decode,
+                    "decode_alone": decode,
                     "ratio": ours["events_per_s"] / peer["events_per_s"],
                 }
                 rows.append(row)
@@ -296,7 +344,7 @@ def main() -> None:
                     f"({row['produce_messages_per_s']:>8,.0f} msg/s)  StreamConsumer "
                     f"{ours['events_per_s']:>10,.0f} ev/s  baseline {peer['events_per_s']:>10,.0f} ev/s  "
                     f"ratio {row['ratio']:.2f}  (bus alone {ceiling['events_per_s']:>10,.0f} ev/s, "
-                    f"read_ndjson alone {decode['events_per_s']:>10,.0f} ev/s)",
+                    f"decode alone {decode['events_per_s']:>10,.0f} ev/s)",
                     flush=True,
                 )
         finally:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -103,6 +104,13 @@ def demo(
     run_command(body)
 
 
+class Wire(StrEnum):
+    """How ``ingest`` encodes messages (see streams/wire.py)."""
+
+    arrow = "arrow"
+    json = "json"
+
+
 @app.command()
 def ingest(
     file: Annotated[Path, typer.Argument(help="JSON Lines file of usage events (schema v1), '-' for stdin.")],
@@ -110,6 +118,13 @@ def ingest(
     registry: RegistryOpt = None,
     bus: BusOpt = None,
     lines_per_message: Annotated[int, typer.Option(help="Events per bus message.")] = 5000,
+    wire: Annotated[
+        Wire,
+        typer.Option(
+            help="Message encoding: 'arrow' (one Arrow IPC batch per message; lines that do not "
+            "parse still go as JSON) or 'json' (JSON Lines, as collectors send)."
+        ),
+    ] = Wire.arrow,
 ) -> None:
     """Publish a JSON Lines file of events onto the bus (the consumer validates and stores them)."""
 
@@ -120,7 +135,9 @@ def ingest(
         settings = settings_from(data_dir, registry, bus)
         accounts = accounts_of(registry_from(settings))
         the_bus = make_bus(settings)
-        report = ingest_file(file, the_bus.producer(settings.kafka.usage_topic), accounts, lines_per_message)
+        report = ingest_file(
+            file, the_bus.producer(settings.kafka.usage_topic), accounts, lines_per_message, str(wire)
+        )
         reasons = ", ".join(f"{code} ×{n}" for code, n in sorted(report.refusals.items()))
         out.print(
             f"ingest {file}: {report.lines:,} lines published to {settings.kafka.usage_topic} "

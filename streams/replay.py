@@ -1,6 +1,7 @@
 """Bringing quarantined events back once the registry is amended (``gpuledger quarantine replay``).
 
-A refused line is kept in ``quarantine/`` with its original text. Replaying feeds those texts
+A refused line is kept in ``quarantine/`` with its original text (an Arrow message refused as
+a whole, as base64 of its bytes: :func:`streams.wire.payload_of_raw` gives them back). Replaying feeds those texts
 through the same :class:`~streams.pipeline.BatchProcessor` as the live stream, with the
 registry as it is now:
 
@@ -20,6 +21,7 @@ import polars as pl
 
 from storage.dataset import Store
 from streams.pipeline import BatchProcessor, BatchResult
+from streams.wire import payload_of_raw
 
 REPLAYABLE = ("unknown_entity", "unknown_project", "project_of_other_entity")
 
@@ -47,6 +49,6 @@ def replay_quarantine(
     results = []
     for start in range(0, lines.height, batch_lines):
         chunk = lines.slice(start, batch_lines)
-        messages = [(f"replay:{source}", raw.encode()) for source, raw in chunk.iter_rows()]
+        messages = [(f"replay:{source}", payload_of_raw(raw)) for source, raw in chunk.iter_rows()]
         results.append(processor.process(messages))
     return results
