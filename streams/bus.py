@@ -60,6 +60,10 @@ class Consumer(Protocol):
     def commit(self, next_offsets: Mapping[int, int]) -> None:
         """Record, per partition, the offset of the next record to read."""
 
+    def caught_up(self) -> bool:
+        """``True`` when nothing is left after the current position, as far as the bus knows
+        now (an empty poll alone does not say so: a large fetch can outlast a poll's timeout)."""
+
     def close(self) -> None:
         """Leave the group and release connections (no implicit commit)."""
 

@@ -126,14 +126,15 @@ class StreamConsumer:
         stop: threading.Event | None = None,
         on_batch: Callable[[BatchResult], None] | None = None,
     ) -> RunTotals:
-        """Loop until ``stop`` is set, or (``until_idle``) after ``idle_polls`` empty polls in a row."""
+        """Loop until ``stop`` is set, or (``until_idle``) after ``idle_polls`` empty polls in a
+        row with nothing left on the bus (a fetch of a large backlog can outlast two polls)."""
         totals = RunTotals()
         empty = 0
         while stop is None or not stop.is_set():
             result = self.run_once()
             if result is None:
                 empty += 1
-                if until_idle and empty >= idle_polls:
+                if until_idle and empty >= idle_polls and self._consumer.caught_up():
                     break
                 continue
             empty = 0

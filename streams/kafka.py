@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 #: a node's batch (``DirectPublisher`` caps it at 5,000 events, about 2.5 MB of JSON before
 #: zstd); the broker's 1 MiB default would refuse it.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_FIRST_POLL_RECORDS = 100
 _BATCH_BYTES = 1024 * 1024
 _CONFIG_ERRORS = (
     kerr.AuthorizationError,
@@ -459,7 +460,9 @@ class KafkaConsumer:
         if not self._joined:
             records = self._wait_for_assignment(timeout_s)
         if not records:
-            records = self._poll(timeout_s, max_records)
+            # a first poll of a few records: kafka-python hands out everything it has fetched
+            # (hundreds of MB of Arrow batches on a backlog), the loop below stops at the cap
+            records = self._poll(timeout_s, min(max_records, _FIRST_POLL_RECORDS))
         size = sum(len(r.value) for r in records)
         while records and len(records) < max_records and size < self.max_batch_bytes:
             more = self._poll(0.0, min(max_records - len(records), 1000))
@@ -468,6 +471,18 @@ class KafkaConsumer:
             records.extend(more)
             size += sum(len(r.value) for r in more)
         return records
+
+    def caught_up(self) -> bool:
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return True
+        try:
+            ends = self._consumer.end_offsets(assigned)
+            return all(self._consumer.position(tp) >= ends[tp] for tp in assigned)
+        except kerr.IllegalStateError:
+            return False  # a rebalance took a partition meanwhile: poll again
+        except kerr.KafkaError as exc:
+            raise _translate(exc, f"looking up the end offsets of {self.topic}") from exc
 
     def commit(self, next_offsets: Mapping[int, int]) -> None:
         if not next_offsets:

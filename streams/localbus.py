@@ -132,14 +132,17 @@ class LocalConsumer:
             return {"offset": 0, "position": 0}
         return json.loads(self._group_file.read_text())
 
-    def poll_batch(self, max_records: int, timeout_s: float) -> list[BusRecord]:
+    def poll_batch(
+        self, max_records: int, timeout_s: float, max_batch_bytes: int = 64 * 1024 * 1024
+    ) -> list[BusRecord]:
         if not self._path.exists():
             return []
         records = []
+        size = 0
         topic = self._path.parent.name
         with open(self._path, "rb") as handle:
             handle.seek(self._position)
-            while len(records) < max_records:
+            while len(records) < max_records and size < max_batch_bytes:
                 header = handle.read(_HEADER.size)
                 if len(header) < _HEADER.size:
                     break
@@ -152,6 +155,7 @@ class LocalConsumer:
                 records.append(
                     BusRecord(topic, 0, self._offset, body[:key_len] or None, body[key_len:])
                 )
+                size += value_len
                 self._offset += 1
                 self._position += _HEADER.size + key_len + value_len
                 self._positions[self._offset] = self._position
@@ -170,6 +174,12 @@ class LocalConsumer:
             os.fsync(handle.fileno())
         os.replace(tmp, self._group_file)
         self._positions = {k: v for k, v in self._positions.items() if k >= offset}
+
+    def caught_up(self) -> bool:
+        if not self._path.exists():
+            return True
+        with open(self._path, "rb") as handle:
+            return _scan_valid_end(handle, self._position) == self._position
 
     def seek_to_committed(self) -> None:
         """Forget uncommitted reads: the next poll starts at the last commit (like a restart)."""
