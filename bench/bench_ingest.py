@@ -320,7 +320,7 @@ def main() -> None:
                     messages = as_arrow(messages)
                 topic = f"bench.ingest.{wire}.{per_message}.{uuid.uuid4().hex[:6]}"
                 bus.ensure_topics([topic])
-                stream, consumer = joined_stream_consumer(bus, topic, Path(tmp) / f"data-{per_message}")
+                stream, consumer = joined_stream_consumer(bus, topic, Path(tmp) / f"data-{wire}-{per_message}")
                 baseline = joined_baseline(bootstrap, topic)
                 bus_only = bus.consumer(topic, f"bus-only-{uuid.uuid4().hex[:8]}")
                 assert bus_only.poll_batch(1, 0.5) == []
