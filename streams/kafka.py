@@ -465,7 +465,8 @@ class KafkaConsumer:
             records = self._poll(timeout_s, min(max_records, _FIRST_POLL_RECORDS))
         size = sum(len(r.value) for r in records)
         while records and len(records) < max_records and size < self.max_batch_bytes:
-            more = self._poll(0.0, min(max_records - len(records), 1000))
+            room = (self.max_batch_bytes - size) * len(records) // max(size, 1)  # records that fit
+            more = self._poll(0.0, max(1, min(max_records - len(records), 1000, room)))
             if not more:
                 break
             records.extend(more)
