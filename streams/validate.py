@@ -145,9 +145,13 @@ def _arrow_frame(tables: Sequence[tuple[str, pa.Table]]) -> pl.DataFrame:
     # one chunk per column: Polars converts chunk by chunk, and a chunk per message costs 3×
     frame = pl.from_arrow(pa.concat_tables([table for _, table in tables]).combine_chunks())
     assert isinstance(frame, pl.DataFrame)
-    message = pl.Series("_message", [source for source, _ in tables]).repeat_by(
-        pl.Series([table.num_rows for _, table in tables], dtype=pl.UInt32())
-    ).explode()
+    return _with_sources(frame, [source for source, _ in tables], [table.num_rows for _, table in tables])
+
+
+def _with_sources(frame: pl.DataFrame, sources: Sequence[str], rows: Sequence[int]) -> pl.DataFrame:
+    """Add ``_source`` (``<message source>#<row in message>``) and a null ``_raw`` to the rows
+    of consecutive messages that hold ``rows[i]`` rows each."""
+    message = pl.Series("_message", sources).repeat_by(pl.Series(rows, dtype=pl.UInt32())).explode()
     return frame.with_columns(message).with_columns(
         _source=pl.format("{}#{}", pl.col("_message"), pl.int_range(1, pl.len() + 1).over("_message")),
         _raw=pl.lit(None, dtype=pl.String()),
@@ -188,13 +192,7 @@ def _fast_all(messages: Sequence[tuple[str, bytes]]) -> pl.DataFrame | None:
         return None
     if frame.height != sum(counts):
         return None
-    message = pl.Series("_message", [source for source, _ in messages]).repeat_by(
-        pl.Series(counts, dtype=pl.UInt32())
-    ).explode()
-    return frame.with_columns(message).with_columns(
-        _source=pl.format("{}#{}", pl.col("_message"), pl.int_range(1, pl.len() + 1).over("_message")),
-        _raw=pl.lit(None, dtype=pl.String()),
-    ).drop("_message")
+    return _with_sources(frame, [source for source, _ in messages], counts)
 
 
 def _empty() -> pl.DataFrame:
