@@ -19,9 +19,11 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from streams.bus import BusRecord, Consumer, Producer
+from streams.errors import BusUnavailable
 from streams.pipeline import BatchProcessor, BatchResult
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,11 @@ class StreamConsumer:
         max_batch_records: int = 50_000,
         poll_timeout_s: float = 0.5,
         before_commit: Callable[[BatchResult], None] | None = None,
+        retry_s: float = 1.0,
+        retry_max_s: float = 30.0,
     ):
+        self._retry_s = retry_s
+        self._retry_max_s = retry_max_s
         self._consumer = consumer
         self._processor = processor
         self._quarantine = quarantine_producer
@@ -127,11 +133,34 @@ class StreamConsumer:
         on_batch: Callable[[BatchResult], None] | None = None,
     ) -> RunTotals:
         """Loop until ``stop`` is set, or (``until_idle``) after ``idle_polls`` empty polls in a
-        row with nothing left on the bus (a fetch of a large backlog can outlast two polls)."""
+        row with nothing left on the bus (a fetch of a large backlog can outlast two polls).
+
+        :class:`BusUnavailable` ends an ``until_idle`` run; otherwise the loop logs it and tries
+        again after ``retry_s``, doubling up to ``retry_max_s``, so that a long-running
+        consumer rides out a broker restart."""
         totals = RunTotals()
         empty = 0
+        outage = 0
         while stop is None or not stop.is_set():
-            result = self.run_once()
+            try:
+                result = self.run_once()
+            except BusUnavailable as exc:
+                if until_idle:
+                    raise  # a one-shot drain says at once that it could not finish
+                # A long-running consumer waits for the bus instead of exiting. If the commit
+                # was what failed, the batch is already stored: the next commit covers its
+                # offsets, and a restart before that re-reads it and dedupe drops it.
+                wait_s = min(self._retry_max_s, self._retry_s * 2 ** min(outage, 16))
+                outage += 1
+                log.warning("bus unavailable (%s); trying again in %.0f s", exc, wait_s)
+                if stop is not None:
+                    stop.wait(wait_s)
+                else:
+                    time.sleep(wait_s)
+                continue
+            if outage:
+                log.warning("bus available again after %d failed attempts", outage)
+                outage = 0
             if result is None:
                 empty += 1
                 if until_idle and empty >= idle_polls and self._consumer.caught_up():
