@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ from pathlib import Path
 from collectors.errors import CollectorError, SpoolFull
 from collectors.publish import encode_batch
 from streams.bus import Producer
-from streams.errors import BusUnavailable
+from streams.errors import BusConfigError, BusUnavailable
 from streams.schema import UsageEvent
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,12 @@ class SpoolingPublisher:
     ``flush`` always tries, and returns once everything is on the bus *or safely spooled*.
     :class:`~streams.errors.BusConfigError` (wrong settings, refused credentials) propagates:
     retrying cannot fix it, and the data stays spooled for when it is fixed.
+
+    With ``background=True`` (the collector daemon) ``publish`` only spools and wakes a sender
+    thread, which drains on the same schedule: sampling never waits on the network, however
+    long an attempt against a dead broker blocks. A :class:`BusConfigError` on that thread is
+    logged once per attempt and the data stays spooled. Spool operations are serialised by a
+    lock; sending happens outside it.
     """
 
     def __init__(
@@ -308,8 +315,11 @@ class SpoolingPublisher:
         drain_batch_messages: int = 500,
         clock: Callable[[], float] = time.monotonic,
         segment_bytes: int = 8 * 1024 * 1024,
+        background: bool = False,
     ):
         self._producer = producer
+        self._spool_lock = threading.Lock()  # spool state: appends, peeks, confirms
+        self._drain_lock = threading.Lock()  # one drain at a time (sender thread or flush)
         self.spool = Spool(spool_dir, max_bytes, segment_bytes=segment_bytes)
         self._max_events = max_events_per_message
         self._flush_timeout_s = flush_timeout_s
@@ -321,14 +331,22 @@ class SpoolingPublisher:
         self._next_attempt = clock()
         self._outage_since: float | None = None
         self.delivered_messages = 0
+        self._wake = threading.Event()
+        self._closing = False
+        self._sender: threading.Thread | None = None
+        if background:
+            self._sender = threading.Thread(target=self._send_loop, name="spool-sender", daemon=True)
+            self._sender.start()
 
     @property
     def backlog_messages(self) -> int:
-        return self.spool.messages
+        with self._spool_lock:
+            return self.spool.messages
 
     @property
     def backlog_bytes(self) -> int:
-        return self.spool.size_bytes
+        with self._spool_lock:
+            return self.spool.size_bytes
 
     def publish(self, node: str, events: Sequence[UsageEvent]) -> None:
         if not events:
@@ -337,15 +355,43 @@ class SpoolingPublisher:
             (node, encode_batch(events[i : i + self._max_events]))
             for i in range(0, len(events), self._max_events)
         ]
-        self.spool.append_all(messages)
-        if self._clock() >= self._next_attempt:
+        with self._spool_lock:
+            self.spool.append_all(messages)
+        if self._sender is not None:
+            self._wake.set()
+        elif self._clock() >= self._next_attempt:
             self.drain()
+
+    def _send_loop(self) -> None:
+        """The sender thread: drain when woken and due, or when a retry falls due."""
+        while not self._closing:
+            self._wake.wait(timeout=max(0.05, min(1.0, self._next_attempt - self._clock())))
+            self._wake.clear()
+            if self._closing or self._clock() < self._next_attempt:
+                continue
+            with self._spool_lock:
+                waiting = self.spool.messages
+            if not waiting:
+                continue
+            try:
+                self.drain()
+            except BusConfigError as exc:
+                log.error("cannot send the spool (%s): events stay spooled until the settings are fixed", exc)
+                self._next_attempt = self._clock() + self._max_retry_interval_s
+            except Exception:  # noqa: BLE001 - the thread must not die; the data stays spooled
+                log.exception("spool sender failed; trying again later")
+                self._next_attempt = self._clock() + self._max_retry_interval_s
 
     def drain(self) -> bool:
         """Send the backlog in order; ``True`` when the spool is empty afterwards."""
+        with self._drain_lock:
+            return self._drain()
+
+    def _drain(self) -> bool:
         sent = 0
         while True:
-            batch = self.spool.peek(self._drain_batch)
+            with self._spool_lock:
+                batch = self.spool.peek(self._drain_batch)
             if not batch:
                 break
             try:
@@ -358,12 +404,15 @@ class SpoolingPublisher:
                 self._next_attempt = self._clock() + min(backoff, self._max_retry_interval_s)
                 if self._outage_since is None:
                     self._outage_since = self._clock()
+                    with self._spool_lock:
+                        waiting, size = self.spool.messages, self.spool.size_bytes
                     log.warning(
                         "bus unreachable (%s); spooling in %s (%d messages, %d bytes waiting)",
-                        exc, self.spool.directory, self.spool.messages, self.spool.size_bytes,
+                        exc, self.spool.directory, waiting, size,
                     )
                 return False
-            self.spool.confirm(batch[-1].end, len(batch))
+            with self._spool_lock:
+                self.spool.confirm(batch[-1].end, len(batch))
             sent += len(batch)
         self.delivered_messages += sent
         self._failures = 0
@@ -377,6 +426,10 @@ class SpoolingPublisher:
         self.drain()
 
     def close(self) -> None:
+        if self._sender is not None:
+            self._closing = True
+            self._wake.set()
+            self._sender.join(timeout=self._flush_timeout_s + 30)
         try:
             self.drain()
             try:

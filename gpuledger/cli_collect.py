@@ -101,7 +101,8 @@ def run_collect(settings: Settings, options: CollectOptions) -> RunStats:
     server = None
     with _nvml(options.simulate, c.node), NvmlReader(timeout_s=c.nvml_timeout_s) as reader:
         publisher = SpoolingPublisher(
-            _bus(settings).producer(settings.kafka.usage_topic), settings.spool_dir, c.spool_max_bytes
+            _bus(settings).producer(settings.kafka.usage_topic), settings.spool_dir, c.spool_max_bytes,
+            background=True,  # sampling never waits on the network
         )
         try:
             if options.metrics:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -319,3 +321,56 @@ def test_retries_back_off_while_the_outage_lasts_and_reset_when_it_ends(tmp_path
     publisher.publish("n1", [event("n1", 2, gpu=1)])
     assert producer.sends > before  # 5 s again, not 20
     publisher.spool.close()
+
+
+class StuckProducer(FlakyProducer):
+    """A broker that does not answer: every send blocks until ``answer`` is set."""
+
+    def __init__(self, bus: LocalBus):
+        super().__init__(bus)
+        self.answer = threading.Event()
+        self.stuck = threading.Event()
+
+    def send(self, key: str, value: bytes) -> None:
+        self.stuck.set()
+        assert self.answer.wait(timeout=30), "the test never answered"
+        super().send(key, value)
+
+
+def test_in_the_background_publishing_never_waits_on_the_bus(tmp_path: Path) -> None:
+    bus = LocalBus(tmp_path / "bus")
+    producer = StuckProducer(bus)
+    publisher = SpoolingPublisher(producer, tmp_path / "spool", max_bytes=1 << 20, background=True)
+    try:
+        publisher.publish("n1", [event("n1", 0)])
+        assert producer.stuck.wait(timeout=10)  # the sender thread is blocked on the bus now
+        sampler = threading.Thread(target=lambda: [publisher.publish("n1", [event("n1", m)]) for m in range(1, 20)])
+        sampler.start()
+        sampler.join(timeout=10)
+        assert not sampler.is_alive()  # 19 more intervals spooled while the bus hangs
+        assert publisher.backlog_messages == 20
+        producer.answer.set()  # the broker answers again
+        deadline = time.monotonic() + 20
+        while publisher.backlog_messages and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert publisher.backlog_messages == 0
+    finally:
+        producer.answer.set()
+        publisher.close()
+    assert [r.value for r in delivered(bus)] == [encode_batch([event("n1", m)]) for m in range(20)]
+
+
+def test_in_the_background_a_dead_bus_keeps_everything_spooled_for_the_next_start(tmp_path: Path) -> None:
+    bus = LocalBus(tmp_path / "bus")
+    producer = FlakyProducer(bus)
+    producer.down = True
+    publisher = SpoolingPublisher(producer, tmp_path / "spool", max_bytes=1 << 20, background=True,
+                                  retry_interval_s=0.01, max_retry_interval_s=0.05)
+    for m in range(5):
+        publisher.publish("n1", [event("n1", m)])
+    publisher.close()  # a last attempt fails too: nothing is lost, all of it stays spooled
+    assert delivered(bus) == []
+    producer.down = False
+    again = SpoolingPublisher(producer, tmp_path / "spool", max_bytes=1 << 20, background=True)
+    again.close()
+    assert [r.value for r in delivered(bus)] == [encode_batch([event("n1", m)]) for m in range(5)]
