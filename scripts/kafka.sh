@@ -15,6 +15,10 @@
 #   KAFKA_CONTROLLER_PORT  controller listener port (default 9093)
 #   KAFKA_HEAP_OPTS        JVM heap (default -Xmx512m -Xms128m: the machine has 2 cores)
 #   KAFKA_START_TIMEOUT_S  how long `up` waits for the broker (default 90)
+#   KAFKA_SASL_PORT        if set, also a SASL_PLAINTEXT listener on this port with
+#                          SCRAM-SHA-512, for KAFKA_SCRAM_USER / KAFKA_SCRAM_PASSWORD
+#                          (created at format time; default user gpuledger). Loopback only:
+#                          a real cluster uses SASL_SSL.
 #
 # The test fixture (tests/integration/conftest.py) calls this same script with a temporary
 # home and OS-assigned ports, so the broker the tests use is the one `make kafka-up` gives.
@@ -28,6 +32,8 @@ PORT="${KAFKA_PORT:-9092}"
 CPORT="${KAFKA_CONTROLLER_PORT:-9093}"
 HEAP="${KAFKA_HEAP_OPTS:--Xmx512m -Xms128m}"
 TIMEOUT_S="${KAFKA_START_TIMEOUT_S:-90}"
+SPORT="${KAFKA_SASL_PORT:-}"
+SCRAM_USER="${KAFKA_SCRAM_USER:-gpuledger}"
 PIDFILE="$HOME_DIR/broker.pid"
 LOG="$HOME_DIR/broker.log"
 
@@ -88,6 +94,17 @@ num.io.threads=2
 num.recovery.threads.per.data.dir=1
 log.retention.hours=168
 EOF
+    if [[ -n "$SPORT" ]]; then
+        # a SCRAM listener for clients; the broker still talks to itself over PLAINTEXT
+        sed -i -e "s|^listeners=\(.*\)$|listeners=\1,SASL_PLAINTEXT://127.0.0.1:$SPORT|" \
+            -e "s|^advertised.listeners=\(.*\)$|advertised.listeners=\1,SASL_PLAINTEXT://127.0.0.1:$SPORT|" \
+            -e "s|^listener.security.protocol.map=\(.*\)$|listener.security.protocol.map=\1,SASL_PLAINTEXT:SASL_PLAINTEXT|" \
+            "$HOME_DIR/server.properties"
+        cat >>"$HOME_DIR/server.properties" <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF
+    fi
 }
 
 up() {
@@ -102,9 +119,14 @@ up() {
         write_properties
         local cluster_id
         cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+        local scram=()
+        if [[ -n "$SPORT" ]]; then
+            [[ -n "${KAFKA_SCRAM_PASSWORD:-}" ]] || die "KAFKA_SASL_PORT needs KAFKA_SCRAM_PASSWORD"
+            scram=(--add-scram "SCRAM-SHA-512=[name=$SCRAM_USER,password=$KAFKA_SCRAM_PASSWORD]")
+        fi
         java -Xmx256m -cp "$cp" -Dlog4j2.configurationFile="$ROOT/kafka/log4j2.properties" \
             kafka.tools.StorageTool format --standalone --cluster-id="$cluster_id" \
-            -c "$HOME_DIR/server.properties" >"$HOME_DIR/format.log" 2>&1 \
+            -c "$HOME_DIR/server.properties" "${scram[@]}" >"$HOME_DIR/format.log" 2>&1 \
             || { cat "$HOME_DIR/format.log" >&2; die "formatting $HOME_DIR/data failed"; }
     fi
     # shellcheck disable=SC2086

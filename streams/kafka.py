@@ -23,6 +23,7 @@ down still starts, and spools (``collectors/spool.py``) until the broker is back
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -142,12 +143,60 @@ def _redact_in_logs(secret: str) -> None:
             logger.addFilter(_REDACT)
 
 
-def _translate(exc: BaseException, doing: str) -> StreamError:
-    """A kafka-python error as ours: configuration problems apart, everything is retryable."""
+class _AuthFailures(logging.Filter):
+    """Remembers the last SASL authentication failure kafka-python logged.
+
+    kafka-python 3 retries a bootstrap that failed authentication until its timeout and then
+    raises ``KafkaTimeoutError("Unable to bootstrap")``; the reason only reaches its log. A
+    wrong password would read as "broker unreachable", and a collector would spool forever.
+    """
+
+    last: tuple[float, str] | None = None
+    #: loggers whose level we lowered to WARNING to see the failure: their records are let
+    #: through only where the application's own configuration would have let them through
+    lowered: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "SaslAuthenticationFailed" in message or "AuthenticationFailedError" in message:
+            reason = re.sub(r"\s*\(backoff [^)]*\)\s*$", "", message.split("SaslAuthenticationFailedError: ")[-1])
+            type(self).last = (time.monotonic(), reason)
+        if record.name in self.lowered:
+            parent = logging.getLogger(record.name).parent
+            return parent is None or record.levelno >= parent.getEffectiveLevel()
+        return True
+
+
+_AUTH_FAILURES = _AuthFailures()
+_AUTH_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.conn", "kafka.client_async")
+_AUTH_WINDOW_S = 120.0
+
+
+def _watch_auth_failures() -> None:
+    for name in _AUTH_LOGGERS:
+        logger = logging.getLogger(name)
+        if _AUTH_FAILURES not in logger.filters:
+            logger.addFilter(_AUTH_FAILURES)
+            if logger.level == logging.NOTSET and logger.getEffectiveLevel() > logging.WARNING:
+                _AuthFailures.lowered.add(name)
+                logger.setLevel(logging.WARNING)
+
+
+def _translate(exc: BaseException, doing: str, sasl: bool = False) -> StreamError:
+    """A kafka-python error as ours: configuration problems apart, everything is retryable.
+
+    ``sasl``: the client authenticates, so a recent authentication failure in kafka-python's
+    log explains a bootstrap timeout (see :class:`_AuthFailures`)."""
     if isinstance(exc, _CONFIG_ERRORS):
         return BusConfigError(f"Kafka refused {doing}: {exc}")
     if isinstance(exc, (ValueError, TypeError, AssertionError)):
         return BusConfigError(f"invalid Kafka settings while {doing}: {exc}")
+    failure = _AuthFailures.last
+    if sasl and failure is not None and time.monotonic() - failure[0] < _AUTH_WINDOW_S:
+        return BusConfigError(
+            f"Kafka refused the credentials while {doing}: {failure[1]}; "
+            "check GPULEDGER_KAFKA__SASL_USERNAME, __SASL_PASSWORD and __SASL_MECHANISM"
+        )
     return BusUnavailable(f"Kafka unavailable while {doing}: {exc}")
 
 
@@ -189,11 +238,14 @@ class KafkaBus:
         delivery_timeout_s: float = 60.0,
     ):
         _close_sockets_of_failed_connects()
+        if settings.sasl_mechanism is not None:
+            _watch_auth_failures()
         if settings.sasl_password is not None:
             _redact_in_logs(settings.sasl_password.get_secret_value())
         if not client_config(settings)["bootstrap_servers"]:
             raise BusConfigError("Kafka bootstrap address is empty (GPULEDGER_KAFKA_BOOTSTRAP)")
         self.settings = settings
+        self._sasl = settings.sasl_mechanism is not None
         self.client_id = client_id
         self.connect_timeout_s = connect_timeout_s
         self.session_timeout_s = session_timeout_s
@@ -247,7 +299,7 @@ class KafkaBus:
                 admin.wait_for_topics(list(to_create), timeout_ms=int(self.connect_timeout_s * 1000))
                 log.info("created Kafka topics %s", ", ".join(sorted(to_create)))
         except kerr.KafkaError as exc:
-            raise _translate(exc, f"creating topics {', '.join(missing)}") from exc
+            raise _translate(exc, f"creating topics {', '.join(missing)}", sasl=self._sasl) from exc
         finally:
             if admin is not None:
                 admin.close()
@@ -278,6 +330,7 @@ class KafkaProducer:
 
     def __init__(self, bus: KafkaBus, topic: str):
         self._bus = bus
+        self._sasl = bus._sasl
         self.topic = topic
         self._producer: _KProducer | None = None
         self._pending: list[Any] = []
@@ -305,9 +358,9 @@ class KafkaProducer:
                     **client_config(s),
                 )
             except kerr.KafkaError as exc:
-                raise _translate(exc, f"connecting a producer for {self.topic}") from exc
+                raise _translate(exc, f"connecting a producer for {self.topic}", sasl=self._sasl) from exc
             except (ValueError, TypeError, AssertionError) as exc:
-                raise _translate(exc, f"configuring a producer for {self.topic}") from exc
+                raise _translate(exc, f"configuring a producer for {self.topic}", sasl=self._sasl) from exc
         return self._producer
 
     def send(self, key: str, value: bytes) -> None:
@@ -315,7 +368,7 @@ class KafkaProducer:
         try:
             self._pending.append(producer.send(self.topic, value=value, key=key.encode()))
         except kerr.KafkaError as exc:
-            raise _translate(exc, f"sending to {self.topic}") from exc
+            raise _translate(exc, f"sending to {self.topic}", sasl=self._sasl) from exc
         if len(self._pending) >= 10_000:  # a long ingest: keep only what is still open or failed
             self._pending = [f for f in self._pending if not (f.is_done and f.succeeded())]
 
@@ -328,11 +381,11 @@ class KafkaProducer:
         try:
             self._producer.flush(timeout=timeout_s)
         except kerr.KafkaError as exc:
-            raise _translate(exc, f"flushing {len(pending)} messages to {self.topic}") from exc
+            raise _translate(exc, f"flushing {len(pending)} messages to {self.topic}", sasl=self._sasl) from exc
         failures = [f.exception for f in pending if f.failed()]
         if failures:
             first = failures[0]
-            err = _translate(first, f"delivering {len(failures)} of {len(pending)} messages to {self.topic}")
+            err = _translate(first, f"delivering {len(failures)} of {len(pending)} messages to {self.topic}", sasl=self._sasl)
             raise err from first
         unfinished = sum(1 for f in pending if not f.is_done)
         if unfinished:  # flush returned early: treat as not delivered
@@ -379,6 +432,7 @@ class KafkaConsumer:
         max_batch_bytes: int = 64 * 1024 * 1024,
     ):
         self._bus = bus
+        self._sasl = bus._sasl
         self.topic = topic
         self.group = group
         self.max_batch_bytes = max_batch_bytes
@@ -403,9 +457,9 @@ class KafkaConsumer:
             # in the middle of the first batch.
             self._consumer.topics()
         except kerr.KafkaError as exc:
-            raise _translate(exc, f"connecting a consumer of {topic} in group {group}") from exc
+            raise _translate(exc, f"connecting a consumer of {topic} in group {group}", sasl=self._sasl) from exc
         except (ValueError, TypeError, AssertionError) as exc:
-            raise _translate(exc, f"configuring a consumer of {topic}") from exc
+            raise _translate(exc, f"configuring a consumer of {topic}", sasl=self._sasl) from exc
         self._joined = False
 
     def __repr__(self) -> str:
@@ -415,7 +469,7 @@ class KafkaConsumer:
         try:
             polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except kerr.KafkaError as exc:
-            raise _translate(exc, f"polling {self.topic}") from exc
+            raise _translate(exc, f"polling {self.topic}", sasl=self._sasl) from exc
         out: list[BusRecord] = []
         for tp in sorted(polled, key=lambda tp: tp.partition):
             out.extend(
@@ -449,7 +503,7 @@ class KafkaConsumer:
         except kerr.IllegalStateError:
             return  # a rebalance took the partition meanwhile: the next poll sorts it out
         except kerr.KafkaError as exc:
-            raise _translate(exc, f"looking up the positions of {self.topic}") from exc
+            raise _translate(exc, f"looking up the positions of {self.topic}", sasl=self._sasl) from exc
 
     def poll_batch(self, max_records: int, timeout_s: float) -> list[BusRecord]:
         """Up to ``max_records`` records: waits up to ``timeout_s`` for the first, then takes
@@ -483,7 +537,7 @@ class KafkaConsumer:
         except kerr.IllegalStateError:
             return False  # a rebalance took a partition meanwhile: poll again
         except kerr.KafkaError as exc:
-            raise _translate(exc, f"looking up the end offsets of {self.topic}") from exc
+            raise _translate(exc, f"looking up the end offsets of {self.topic}", sasl=self._sasl) from exc
 
     def commit(self, next_offsets: Mapping[int, int]) -> None:
         if not next_offsets:
@@ -510,7 +564,7 @@ class KafkaConsumer:
                 if exc.retriable and time.monotonic() < deadline:
                     time.sleep(0.5)  # coordinator moving or restarting: try again
                     continue
-                raise _translate(exc, f"committing offsets of {self.topic}") from exc
+                raise _translate(exc, f"committing offsets of {self.topic}", sasl=self._sasl) from exc
 
     def assigned_partitions(self) -> Sequence[int]:
         """The partitions this member holds now (for diagnostics and tests)."""

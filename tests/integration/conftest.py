@@ -37,8 +37,14 @@ class KafkaBroker:
         controller_port = _free_port()
         while controller_port == port:
             controller_port = _free_port()
+        sasl_port = _free_port()
+        while sasl_port in (port, controller_port):
+            sasl_port = _free_port()
         self.port = port
         self.bootstrap = f"127.0.0.1:{port}"
+        # a second listener, SASL_PLAINTEXT with SCRAM-SHA-512, for the security tests
+        self.sasl_bootstrap = f"127.0.0.1:{sasl_port}"
+        self.scram_user, self.scram_password = "gpuledger", f"pw-{uuid.uuid4().hex}"
         self._env = {
             **os.environ,
             "KAFKA_HOME_DIR": str(home),
@@ -46,6 +52,9 @@ class KafkaBroker:
             "KAFKA_CONTROLLER_PORT": str(controller_port),
             "KAFKA_HEAP_OPTS": "-Xmx512m -Xms128m",
             "KAFKA_START_TIMEOUT_S": "120",
+            "KAFKA_SASL_PORT": str(sasl_port),
+            "KAFKA_SCRAM_USER": self.scram_user,
+            "KAFKA_SCRAM_PASSWORD": self.scram_password,
         }
 
     def _run(self, command: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
