@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -78,13 +79,33 @@ def test_a_known_fleet_through_kafka_closes_to_the_exact_truth(
 def test_two_consumers_in_one_group_split_the_work_and_the_totals_stay_exact(
     kafka_bootstrap: str, kafka_topic: str, kafka_group: str, tmp_path: Path
 ) -> None:
-    # given a known fleet on a 4-partition topic
+    # given two consumers of one group, writing to one store, that have split a 4-partition
+    # topic between them (joined while it was empty: whoever joins first could otherwise
+    # drain this small fleet before the other one is given anything)
     fleet = known_fleet(nodes_per_entity=2, hours=2)
     bus = kafka_bus(kafka_bootstrap, partitions=4)
-    publish(bus, kafka_topic, fleet.batches)
-    # when two consumers of one group, writing to one store, run side by side
+    bus.ensure_topics([kafka_topic])
     first, first_parts = stream_consumer(bus, tmp_path, kafka_topic, kafka_group, max_batch_records=500)
     second, second_parts = stream_consumer(bus, tmp_path, kafka_topic, kafka_group, max_batch_records=500)
+    members = (first_parts.kafka_consumer, second_parts.kafka_consumer)
+
+    def split() -> bool:
+        a, b = (m.assigned_partitions() for m in members)
+        return bool(a) and bool(b) and sorted(a + b) == [0, 1, 2, 3]
+
+    def join(member) -> None:
+        deadline = time.monotonic() + 90
+        while not split() and time.monotonic() < deadline:
+            assert member.poll_batch(1, 0.2) == []  # the topic is still empty
+
+    joiners = [threading.Thread(target=join, args=(m,)) for m in members]
+    for t in joiners:
+        t.start()
+    for t in joiners:
+        t.join(timeout=120)
+    assert split(), [m.assigned_partitions() for m in members]
+    # when the fleet is published and both run side by side
+    publish(bus, kafka_topic, fleet.batches)
     results: dict[str, object] = {}
 
     def run(name: str, consumer) -> None:
