@@ -365,7 +365,9 @@ class SpoolingPublisher:
     def _send_loop(self) -> None:
         """The sender thread: drain when woken and due, or when a retry falls due."""
         while not self._closing:
-            self._wake.wait(timeout=max(0.05, min(1.0, self._next_attempt - self._clock())))
+            # idle: sleep until a publish wakes us; in an outage: until the next attempt is due
+            due_in = self._next_attempt - self._clock() if self._failures else None
+            self._wake.wait(timeout=None if due_in is None else max(0.05, due_in))
             self._wake.clear()
             if self._closing or self._clock() < self._next_attempt:
                 continue
@@ -377,9 +379,11 @@ class SpoolingPublisher:
                 self.drain()
             except BusConfigError as exc:
                 log.error("cannot send the spool (%s): events stay spooled until the settings are fixed", exc)
+                self._failures += 1
                 self._next_attempt = self._clock() + self._max_retry_interval_s
             except Exception:  # noqa: BLE001 - the thread must not die; the data stays spooled
                 log.exception("spool sender failed; trying again later")
+                self._failures += 1
                 self._next_attempt = self._clock() + self._max_retry_interval_s
 
     def drain(self) -> bool:
