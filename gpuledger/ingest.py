@@ -64,8 +64,9 @@ def ingest_file(
     for node in sorted(by_node):
         node_lines = by_node[node]
         for start in range(0, len(node_lines), lines_per_message):
-            chunk = b"\n".join(node_lines[start : start + lines_per_message])
-            producer.send(node, _as_arrow(chunk, min(lines_per_message, len(node_lines) - start)) if wire == "arrow" else chunk)
+            chunk_lines = node_lines[start : start + lines_per_message]
+            chunk = b"\n".join(chunk_lines)
+            producer.send(node, _as_arrow(chunk, len(chunk_lines)) if wire == "arrow" else chunk)
     producer.flush()
     refused = sum(refusals.values())
     return IngestReport(len(lines), len(lines) - refused, refused, dict(refusals))

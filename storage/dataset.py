@@ -45,12 +45,12 @@ _NO_DICTIONARY = frozenset(
     {"event_id", "quarantine_id", "gpu_seconds", "busy_gpu_seconds", "gpu_microseconds",
      "busy_gpu_microseconds", "energy_joules", "raw", "reason"}
 )
+_STAGING = "_staging"
+_JOURNAL = "_journal"
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
     return [name for name in schema.names if name not in _NO_DICTIONARY]
-_STAGING = "_staging"
-_JOURNAL = "_journal"
 
 
 def partition_dir(partition_columns: Sequence[str], values: Sequence[str]) -> str:

@@ -17,9 +17,7 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from storage.dataset import Store
 from storage.schemas import (
@@ -164,14 +162,6 @@ def _batch_id(event_ids: pl.Series, quarantine_ids: pl.Series) -> str | None:
     """
     if event_ids.len() == 0 and quarantine_ids.len() == 0:
         return None
-    digest = hashlib.blake2b(digest_size=12)
-    for ids in (event_ids, quarantine_ids.sort()):
-        column = pa.array(ids.cast(pl.String()).rechunk().to_arrow(), type=pa.large_string())
-        _, offsets, data = column.buffers()
-        ends = np.frombuffer(offsets, dtype=np.int64)[column.offset : column.offset + len(column) + 1]
-        # hashing where each id ends keeps "ab","c" apart from "a","bc"
-        digest.update((ends - ends[0]).tobytes())
-        if data is not None:
-            digest.update(memoryview(data)[int(ends[0]) : int(ends[-1])])
-        digest.update(b"\x1e")
-    return digest.hexdigest()
+    parts = (event_ids, quarantine_ids.sort())
+    text = "\x1e".join(ids.cast(pl.String()).str.join("\n").item() for ids in parts)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()

@@ -33,31 +33,10 @@ from streams.schema import (
     RefusalReason,
     event_ids_match,
 )
-from streams.wire import ArrowBatchError, decode_arrow, is_arrow, raw_of_unreadable
+from streams.wire import ARROW_WIRE_SCHEMA, ArrowBatchError, decode_arrow, is_arrow, raw_of_unreadable
 
-WIRE_SCHEMA: dict[str, pl.DataType] = {
-    "schema_version": pl.Int64(),
-    "event_id": pl.String(),
-    "site": pl.String(),
-    "node": pl.String(),
-    "gpu_uuid": pl.String(),
-    "device_uuid": pl.String(),
-    "gpu_model": pl.String(),
-    "mig_profile": pl.String(),
-    "gpu_fraction": pl.Float64(),
-    "entity": pl.String(),
-    "project": pl.String(),
-    "job_id": pl.String(),
-    "interval_start": pl.String(),
-    "interval_end": pl.String(),
-    "gpu_seconds": pl.Float64(),
-    "busy_gpu_seconds": pl.Float64(),
-    "energy_joules": pl.Float64(),
-    "samples": pl.Int64(),
-    "expected_samples": pl.Int64(),
-    "flags": pl.List(pl.String()),
-}
-assert list(WIRE_SCHEMA) == list(FIELDS)
+# schema v1 as Polars types, from the same declaration as the Arrow wire schema
+WIRE_SCHEMA: dict[str, pl.DataType] = dict(pl.from_arrow(ARROW_WIRE_SCHEMA.empty_table()).schema)
 
 EPSILON_SECONDS = 1e-6  # float slack when comparing seconds
 
@@ -88,7 +67,8 @@ def line_id(raw: str) -> str:
 def decode_messages(
     messages: Sequence[tuple[str, bytes]],
 ) -> tuple[pl.DataFrame, list[Refused]]:
-    """Decode ``(source, JSON Lines bytes)`` messages into one typed frame plus early refusals.
+    """Decode ``(source, payload)`` messages (JSON Lines or Arrow IPC, see ``streams.wire``)
+    into one typed frame plus early refusals.
 
     The frame has the wire columns plus ``_source`` (``<message source>#<line>``) and
     ``_raw`` (only filled for rows that came through the slow path; the fast path leaves it

@@ -32,37 +32,14 @@ from streams.schema import FIELDS
 ARROW_MAGIC = b"\xff\xff\xff\xff"  # Arrow IPC stream continuation marker
 ARROW_RAW_PREFIX = "arrow-ipc-base64:"  # how an unreadable Arrow message is kept in quarantine
 
-# every column nullable on the wire: a null where schema v1 forbids one is a row the rules
-# refuse (``missing_field``), exactly as for a JSON line, not an unreadable message
+# Schema v1's fields (streams.schema.FIELDS) as Arrow types, in wire order. Every column is
+# nullable on the wire: a null where schema v1 forbids one is a row the rules refuse
+# (``missing_field``), exactly as for a JSON line, not an unreadable message.
+_ARROW_TYPES = {int: pa.int64(), str: pa.string(), float: pa.float64(), list: pa.list_(pa.string())}
 ARROW_WIRE_SCHEMA = pa.schema(
-    [
-        pa.field("schema_version", pa.int64()),
-        pa.field("event_id", pa.string()),
-        pa.field("site", pa.string()),
-        pa.field("node", pa.string()),
-        pa.field("gpu_uuid", pa.string()),
-        pa.field("device_uuid", pa.string()),
-        pa.field("gpu_model", pa.string()),
-        pa.field("mig_profile", pa.string()),
-        pa.field("gpu_fraction", pa.float64()),
-        pa.field("entity", pa.string()),
-        pa.field("project", pa.string()),
-        pa.field("job_id", pa.string()),
-        pa.field("interval_start", pa.string()),
-        pa.field("interval_end", pa.string()),
-        pa.field("gpu_seconds", pa.float64()),
-        pa.field("busy_gpu_seconds", pa.float64()),
-        pa.field("energy_joules", pa.float64()),
-        pa.field("samples", pa.int64()),
-        pa.field("expected_samples", pa.int64()),
-        pa.field("flags", pa.list_(pa.string())),
-    ],
+    [pa.field(name, _ARROW_TYPES[types[0]]) for name, (types, _) in FIELDS.items()],
     metadata={"gpuledger.schema_version": "1"},
 )
-assert ARROW_WIRE_SCHEMA.names == list(FIELDS)
-
-
-_PLAIN_SCHEMA = ARROW_WIRE_SCHEMA.remove_metadata()
 
 
 class ArrowBatchError(ValueError):
@@ -103,7 +80,7 @@ def decode_arrow(payload: bytes) -> pa.Table:
         table = ipc.open_stream(pa.py_buffer(payload)).read_all()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise ArrowBatchError(f"not a readable Arrow IPC stream: {exc}") from exc
-    if table.schema.equals(_PLAIN_SCHEMA):  # the common case: exactly the declared columns
+    if table.schema.equals(ARROW_WIRE_SCHEMA):  # the common case (metadata is not compared)
         return table
     names = table.column_names
     problems = []
@@ -129,7 +106,7 @@ def decode_arrow(payload: bytes) -> pa.Table:
         columns.append(column)
     if problems:
         raise ArrowBatchError("; ".join(problems))
-    return pa.Table.from_arrays(columns, schema=_PLAIN_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=ARROW_WIRE_SCHEMA)
 
 
 def raw_of_unreadable(payload: bytes) -> str:
