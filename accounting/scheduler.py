@@ -44,7 +44,8 @@ from apscheduler.util import ref_to_obj
 
 from accounting.registry import Registry
 from accounting.schemas import COMPLIANCE
-from storage.compaction import COMPACTABLE, CompactionResult, compact_dataset
+from storage.compaction import COMPACTABLE, CompactionResult, compact_dataset, vacuum
+from storage.rollup import roll_up
 from storage.dataset import Store
 from storage.manifest import ledger_periods, sealed_periods
 
@@ -104,6 +105,7 @@ class RegistryCloser:
         from accounting.close import close_month
         from accounting.registry import load_registry
 
+        roll_up(store)  # usage_hourly level with raw as of now: the close bills what it seals
         return close_month(store, load_registry(self.registry_path), period, signing_key=signing_key)
 
 
@@ -182,11 +184,13 @@ def run_due_closes(
 
 
 def run_compaction(store: Store, now: datetime) -> list[CompactionResult]:
-    """Compact every finished KST day of ``raw/`` and ``usage_hourly/`` (not today's)."""
-    today = now.astimezone(KST).date().isoformat()
+    """The hourly upkeep: roll ``usage_hourly`` up from ``raw``, compact ``raw`` and
+    ``quarantine`` (today's partition too), delete replaced files older than a day."""
+    roll_up(store)
     results: list[CompactionResult] = []
     for dataset in COMPACTABLE:
-        results.extend(compact_dataset(store, dataset, before_date=today))
+        results.extend(compact_dataset(store, dataset))
+    vacuum(store, retention_hours=24)
     return results
 
 

@@ -96,7 +96,9 @@ def demo(
             f"refused {totals.refused:,}, duplicates dropped {totals.duplicates:,}."
         )
         from accounting.close import close_month
+        from storage.rollup import roll_up
 
+        roll_up(store)  # usage_hourly: one row per hour × device × owner, from raw
         result = close_month(store, reg, period)
         print_close_summary(store, period, result)
         console.print(f"Done in {time.perf_counter() - started:.1f} s. Data under {Path(settings.data_dir).absolute()}")
@@ -200,7 +202,6 @@ def quarantine_replay(
 
         settings = settings_from(data_dir, registry, bus)
         store = make_store(settings)
-        store.recover()
         results = replay_quarantine(store, BatchProcessor(store, accounts_of(registry_from(settings))), period=month)
         accepted = sum(r.accepted for r in results)
         still = sum(r.refused for r in results)

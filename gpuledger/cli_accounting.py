@@ -42,12 +42,15 @@ def close(
         from accounting.registry import load_registry
         from gpuledger.summary import print_close_summary
         from storage.dataset import Store
+        from storage.rollup import roll_up
 
         _refuse_unfinished(month, early)
         settings = settings_from(data_dir, registry, bus)
         reg = load_registry(settings.registry)
         store = Store(settings.data_dir)
         with console.status(f"closing {month}") as status:
+            status.update(f"{month}: rolling usage_hourly up from raw")
+            roll_up(store)  # the close then bills exactly the usage it seals
             result = close_month(
                 store, reg, month, signing_key=signing_key, progress=lambda msg: status.update(f"{month}: {msg}")
             )

@@ -28,6 +28,14 @@ def make_bus(settings: Settings) -> Bus:
         return KafkaBus(settings.kafka)
     from streams.localbus import LocalBus
 
+    if str(settings.data_dir).startswith("s3:"):
+        from streams.errors import StreamError
+
+        raise StreamError(
+            "the embedded local bus keeps its log on this machine's disk and cannot live in an "
+            "s3:// data directory: use --bus kafka with GPULEDGER_KAFKA_BOOTSTRAP"
+        )
+
     return LocalBus(Path(settings.data_dir) / "bus")
 
 
@@ -46,10 +54,9 @@ def accounts_of(registry: Registry) -> Accounts:
 def make_stream_consumer(settings: Settings, registry: Registry, bus: Bus, store: Store) -> StreamConsumer:
     """A consumer of the usage topic in the configured group, writing into ``store``.
 
-    Crash recovery runs first: batches journaled before a crash are completed, half-staged
-    ones dropped, so the consumer starts from a consistent store.
+    Nothing to recover on start: a batch is visible only once its Delta commit exists, and
+    the offsets in that commit say where to resume.
     """
-    store.recover()
     topic = settings.kafka.usage_topic
     quarantine = bus.producer(settings.kafka.quarantine_topic)
     return StreamConsumer(
@@ -58,4 +65,5 @@ def make_stream_consumer(settings: Settings, registry: Registry, bus: Bus, store
         quarantine_producer=quarantine,
         max_batch_records=settings.consumer.max_batch_records,
         poll_timeout_s=settings.consumer.poll_timeout_s,
+        group=settings.kafka.consumer_group,
     )

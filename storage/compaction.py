@@ -1,26 +1,28 @@
-"""Merge the small Parquet files of a partition into one, crash-safe.
+"""Merge the small files of a table partition into one, streaming, as one Delta commit.
 
-The stream consumer writes one file per partition per micro-batch, so a day of ``raw/`` or
-``usage_hourly/`` grows thousands of small files and scans slow down. :func:`compact` merges
-the files of one leaf partition (``period=…/date=…``) into a single file in one
-:class:`~storage.dataset.Transaction`: the merged file is staged, then the journal records
-``staging → final`` and the deletes of the files it replaces (the commit point), then both
-are applied. Before the journal, a crash leaves the old files and only staging to drop; after
-it, :meth:`Store.recover` finishes the move and the deletes. So once recovered, a reader sees
-every row exactly once: in the old files or in the merged one, never both, never neither.
+The stream consumer commits one file per partition per micro-batch, so a day of ``raw`` or a
+month of ``quarantine`` grows thousands of small files and scans slow down. :func:`compact`
+merges the files of one leaf partition (``period=…/date=…`` of ``raw``, ``period=…`` of
+``quarantine``) into one file: it copies row groups one at a time (``pyarrow``'s streaming
+reader into a ``ParquetWriter``: memory is one row group, never the partition), then one Delta
+commit adds the merged file and removes the inputs (``dataChange=false``). The commit is the
+only point where anything becomes visible, so a crash at any moment leaves either the old files
+or the merged one listed, never both, never neither; appends by consumers running at the same
+time do not conflict with it, and a concurrent compaction of the same files makes one of the
+two commits fail harmlessly (:class:`~storage.delta.CommitConflict`).
+
+Today's partition is compacted too (the consumer keeps appending beside the merged file).
 
 Invariants:
 
-- rows are copied, never changed: the merged file holds the concatenation of the inputs in
-  file-name order, under the dataset's declared schema (row counts are checked before commit);
-- a file sealed by a period's manifest is never touched (sealed partitions stay byte-for-byte
-  what the manifest says; late files beside them may be merged among themselves);
-- the merged file's name derives from the names of its inputs, so compacting again after a
-  crash produces the same name, and a partition with fewer than ``min_files`` is left alone.
+- rows are copied, never changed: the merged file holds the inputs' rows in file-name order
+  under the declared schema (row counts checked before the commit);
+- a file sealed by a period's manifest is never replaced (late files beside it are merged
+  among themselves);
+- the merged file's name derives from the names of its inputs, so a retry writes the same name.
 
-The consumer's dedupe reads event ids from ``raw/`` files, whichever file holds them, so a
-replayed batch stays deduplicated after its file was merged away. Do not run compaction and
-``Store.recover`` at the same time (recover drops staging of batches in flight).
+Removed files stay on disk until :func:`vacuum` deletes them, once no reader can still hold a
+version that lists them (``retention_hours``).
 """
 
 from __future__ import annotations
@@ -30,18 +32,15 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import polars as pl
-import pyarrow as pa
+import pyarrow.parquet as pq
 
-from storage.dataset import Store
+from storage.dataset import PARQUET_COMPRESSION, Store
+from storage.delta import CommitConflict
 from storage.errors import StorageError
 from storage.manifest import relative_path, sealed_files
-from storage.schemas import RAW_EVENTS, RAW_PARTITIONS, USAGE_HOURLY, USAGE_HOURLY_PARTITIONS
+from storage.schemas import TABLES
 
-COMPACTABLE: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
-    "raw": (RAW_EVENTS, RAW_PARTITIONS),
-    "usage_hourly": (USAGE_HOURLY, USAGE_HOURLY_PARTITIONS),
-}
+COMPACTABLE = ("raw", "quarantine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,76 +53,82 @@ class CompactionResult:
 
 
 def leaf_partitions(store: Store, dataset: str) -> list[str]:
-    """Hive fragments (``period=…/date=…``) of the dataset that hold files, sorted."""
-    base = store.path(dataset)
-    parts = {posixpath.dirname(path)[len(base) + 1 :] for path in store.files(dataset)}
-    return sorted(p for p in parts if p)
+    """Hive fragments (``period=…/date=…``) of the table that hold files, sorted."""
+    return sorted({posixpath.dirname(p) for p in store.table(dataset).files()} - {""})
 
 
-def compact(store: Store, dataset: str, partition: str, *, min_files: int = 2) -> CompactionResult:
-    """Merge the unsealed Parquet files of ``<dataset>/<partition>`` into one file."""
-    schema, partition_columns = _declared(dataset)
+def compact(
+    store: Store, dataset: str, partition: str, *, min_files: int = 2, sealed: set[str] | None = None
+) -> CompactionResult:
+    """Merge the unsealed files of ``<dataset>/<partition>`` into one file (one commit)."""
+    if dataset not in COMPACTABLE:
+        raise StorageError(f"only {', '.join(COMPACTABLE)} are compacted, not {dataset!r}")
+    schema, partition_columns = TABLES[dataset]
     fragments = partition.strip("/").split("/")
-    columns = [f.split("=", 1)[0] for f in fragments]
-    if tuple(columns) != partition_columns or any("=" not in f for f in fragments):
+    if tuple(f.split("=", 1)[0] for f in fragments) != partition_columns or any("=" not in f for f in fragments):
         raise StorageError(
             f"{dataset} partitions are {'/'.join(c + '=…' for c in partition_columns)}, got {partition!r}"
         )
-    directory = store.path(dataset, partition)
-    sealed = sealed_files(store)
+    sealed = set(sealed_files(store)) if sealed is None else sealed
+    prefix = partition.strip("/") + "/"
     inputs = [
-        path
-        for path in store.files(dataset)
-        if posixpath.dirname(path) == directory and relative_path(store, path) not in sealed
+        p for p in store.table(dataset).files()
+        if p.startswith(prefix) and "/" not in p[len(prefix):]
+        and relative_path(store, store.path(dataset, p)) not in sealed
     ]
     if len(inputs) < min_files:
         return CompactionResult(dataset, partition, len(inputs), 0, None)
 
-    tables = [store.read_table(path).select(schema.names).cast(schema) for path in inputs]
-    merged = pa.concat_tables(tables)
-    rows_in = sum(t.num_rows for t in tables)
-    if merged.num_rows != rows_in:  # pragma: no cover - concat never drops rows; belt and braces
-        raise StorageError(f"compaction of {dataset}/{partition} lost rows")
-
-    names = "\n".join(relative_path(store, p) for p in inputs)
-    batch_id = "compact-" + hashlib.sha256(names.encode()).hexdigest()[:24]
-    tx = store.transaction(batch_id)
-    finals = tx.stage(dataset, pl.from_arrow(merged), schema, partition_columns)
-    if finals != [posixpath.join(directory, f"part-{batch_id}.parquet")]:
-        raise StorageError(f"files of {dataset}/{partition} carry other partition values than their path")
-    for path in inputs:
-        tx.delete(path)
-    tx.commit()
-    return CompactionResult(dataset, partition, len(inputs), rows_in, relative_path(store, finals[0]))
+    name = "compact-" + hashlib.sha256("\n".join(inputs).encode()).hexdigest()[:24]
+    rel = posixpath.join(partition.strip("/"), f"part-{name}.parquet")
+    rows_in = rows_out = 0
+    lo = hi = None
+    with store.open_new_file(dataset, rel) as out, pq.ParquetWriter(out, schema, compression=PARQUET_COMPRESSION) as writer:
+        for path in inputs:
+            with store._fs.open_input_file(store.path(dataset, path)) as handle:  # noqa: SLF001
+                parquet = pq.ParquetFile(handle)
+                rows_in += parquet.metadata.num_rows
+                for group in range(parquet.num_row_groups):
+                    table = parquet.read_row_group(group).select(schema.names).cast(schema)
+                    writer.write_table(table)
+                    rows_out += table.num_rows
+    if rows_out != rows_in:
+        raise StorageError(f"compaction of {dataset}/{partition} copied {rows_out} of {rows_in} rows")
+    stats = _partition_stats(partition)
+    merged = store.new_file_of(dataset, rel, rows_out, stats)
+    try:
+        store.commit_files(dataset, [merged], removes=inputs, data_change=False)
+    except CommitConflict:
+        return CompactionResult(dataset, partition, len(inputs), 0, None)
+    return CompactionResult(dataset, partition, len(inputs), rows_out, f"{dataset}/{rel}")
 
 
 def compact_dataset(
-    store: Store,
-    dataset: str,
-    *,
-    before_date: str | None = None,
-    min_files: int = 2,
+    store: Store, dataset: str, *, before_date: str | None = None, min_files: int = 2
 ) -> list[CompactionResult]:
-    """Compact every leaf partition of ``dataset`` (those whose ``date`` < ``before_date``).
-
-    The scheduler passes ``before_date`` = the current KST date, so the partition the consumer
-    is still writing is left alone until the day is over.
-    """
+    """Compact every leaf partition of ``dataset`` (only dates before ``before_date`` if given)."""
+    sealed = set(sealed_files(store))
     results = []
     for partition in leaf_partitions(store, dataset):
-        if before_date is not None and _date_of(partition) >= before_date:
+        if before_date is not None and _date_of(partition) and _date_of(partition) >= before_date:
             continue
-        result = compact(store, dataset, partition, min_files=min_files)
+        result = compact(store, dataset, partition, min_files=min_files, sealed=sealed)
         if result.merged is not None:
             results.append(result)
     return results
 
 
-def _declared(dataset: str) -> tuple[pa.Schema, tuple[str, ...]]:
-    try:
-        return COMPACTABLE[dataset]
-    except KeyError:
-        raise StorageError(f"only {', '.join(COMPACTABLE)} are compacted, not {dataset!r}") from None
+def vacuum(store: Store, retention_hours: int = 24) -> dict[str, int]:
+    """Delete files that tables no longer list (replaced by compaction or roll-up)."""
+    return {name: len(store.table(name).vacuum(retention_hours)) for name in TABLES}
+
+
+def _partition_stats(partition: str) -> dict[str, tuple[object, object]]:
+    out: dict[str, tuple[object, object]] = {}
+    for fragment in partition.strip("/").split("/"):
+        key, _, value = fragment.partition("=")
+        out[key] = (value, value)
+    return out
 
 
 def _date_of(partition: str) -> str:

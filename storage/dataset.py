@@ -1,34 +1,35 @@
-"""Parquet datasets with declared schemas and all-or-nothing batch writes.
+"""Parquet datasets with declared schemas: Delta tables for shared data, atomic files for ledgers.
 
-Layout under a root (a local directory today; the same layout on S3-compatible storage
-through ``pyarrow.fs`` tomorrow)::
+Layout under a root (a local directory, the embedded default, or ``s3://bucket/prefix`` on any
+S3-compatible object store)::
 
-    <root>/<dataset>/period=2026-11/date=2026-11-03/part-<batch>.parquet
-    <root>/_staging/<batch>/…        files of a batch not yet committed (readers never look)
-    <root>/_journal/<batch>.json     the commit record of a batch (redo log)
+    <root>/raw/            Delta table: period=YYYY-MM/date=YYYY-MM-DD/part-<id>.parquet + _delta_log/
+    <root>/quarantine/     Delta table: period=YYYY-MM/part-<id>.parquet + _delta_log/
+    <root>/usage_hourly/   Delta table: period=YYYY-MM/date=YYYY-MM-DD/part-<id>.parquet + _delta_log/
+    <root>/ledgers/…, <root>/manifests/…   single files, each written atomically
 
-A :class:`Transaction` makes several files appear together or not at all:
+The three stream datasets are Delta Lake tables (:mod:`storage.delta`): a batch's files are
+written first, then made visible by one Delta commit, which may also carry application
+transactions (the consumer's Kafka offsets, :meth:`Store.commit_files`). A reader lists a
+table's files from its log, so it never sees a file of an uncommitted batch, a file a
+compaction replaced, or half a batch. A commit is a conditional put of the next log entry, so
+it is atomic with any number of writers on any number of machines (no rename, no lock).
 
-1. every file is written complete under ``_staging/<batch>/``;
-2. the journal entry listing ``staging → final`` moves (and any files the batch replaces,
-   to delete — compaction uses this) is written atomically: the commit point;
-3. the moves are done, then the deletes, and the journal entry removed.
+Ledgers and manifests are written once per period by the close (one writer): each is a single
+object written whole (temp file + rename on a local disk; one PUT on S3, which is atomic).
 
-:meth:`Store.recover` finishes the moves and deletes of every journaled batch and deletes
-staging left by a batch that never reached its journal. Readers glob ``*.parquet`` under a dataset and so
-only ever see files of committed batches. File names derive from the batch id, which the
-caller derives from content, so a replayed batch overwrites instead of duplicating.
+File names derive from content, so a retried batch rewrites the same name with the same bytes
+instead of adding a second copy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
+import hashlib
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -36,7 +37,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from storage.delta import CommitConflict, DeltaDataset, NewFile
 from storage.errors import StorageError
+from storage.objectstore import S3Location, parse_s3_root
+from storage.schemas import TABLES
+
+__all__ = ["CommitConflict", "NewFile", "Store", "partition_dir", "to_table"]
 
 PARQUET_COMPRESSION = "zstd"
 # columns where nearly every value differs: a dictionary page only costs time (~12 % of a
@@ -45,8 +51,7 @@ _NO_DICTIONARY = frozenset(
     {"event_id", "quarantine_id", "gpu_seconds", "busy_gpu_seconds", "gpu_microseconds",
      "busy_gpu_microseconds", "energy_joules", "raw", "reason"}
 )
-_STAGING = "_staging"
-_JOURNAL = "_journal"
+_STATS_COLUMNS = ("period", "date", "interval_start", "hour_start")
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
@@ -75,20 +80,83 @@ def to_table(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 class Store:
-    """A root holding datasets; every write and read of Parquet goes through here."""
+    """A root holding datasets; every write and read of Parquet goes through here.
 
-    def __init__(self, root: str | os.PathLike[str], filesystem: pafs.FileSystem | None = None):
-        self._fs = filesystem or pafs.LocalFileSystem()
-        self.root = str(Path(root).absolute()) if filesystem is None else str(root)
-        self._fs.create_dir(self.root, recursive=True)
+    ``root`` is a local directory or ``s3://bucket/prefix``; for S3, ``s3_options`` (endpoint,
+    region, credentials) come from the caller's settings, else from the standard ``AWS_*``
+    environment variables (:mod:`storage.objectstore`).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        filesystem: pafs.FileSystem | None = None,
+        *,
+        s3_options: Mapping[str, str] | None = None,
+    ):
+        self.location: S3Location | None = None
+        text = os.fspath(root)
+        if text.startswith("s3:/") and not text.startswith("s3://"):
+            text = "s3://" + text[len("s3:/") :]  # a Path() made of s3://bucket/prefix
+        if filesystem is None and text.startswith("s3://"):
+            self.location = parse_s3_root(text, s3_options)
+            self._fs = self.location.filesystem()
+            self.root = self.location.fs_root
+        else:
+            self._fs = filesystem or pafs.LocalFileSystem()
+            self.root = str(Path(text).absolute()) if filesystem is None else text
+        try:
+            self._fs.create_dir(self.root, recursive=True)
+        except OSError as exc:
+            raise StorageError(f"cannot open the data directory {self.display_root}: {exc}") from exc
+        self._tables: dict[str, DeltaDataset] = {}
+
+    @property
+    def display_root(self) -> str:
+        return self.location.url if self.location is not None else self.root
 
     # -- paths -----------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    def uri(self, *parts: str) -> str:
+        """A path as an URI other libraries open (``s3://…`` on object storage)."""
+        if self.location is not None:
+            return "s3://" + posixpath.join(self.root, *parts)
+        return self.path(*parts)
+
+    def polars_storage_options(self) -> dict[str, str] | None:
+        return self.location.polars_options() if self.location is not None else None
+
+    # -- Delta tables ----------------------------------------------------------------------
+    def table(self, dataset: str) -> DeltaDataset:
+        """The Delta table of ``raw``, ``quarantine`` or ``usage_hourly``."""
+        if dataset not in TABLES:
+            raise StorageError(f"{dataset!r} is not a table; tables are {', '.join(TABLES)}")
+        found = self._tables.get(dataset)
+        if found is None:
+            options = self.location.delta_options() if self.location is not None else None
+            found = DeltaDataset(self.uri(dataset), TABLES[dataset][0], options)
+            self._tables[dataset] = found
+        return found
+
+    def txn_version(self, dataset: str, app_id: str) -> int | None:
+        return self.table(dataset).transaction_version(app_id)
+
     def files(self, dataset: str) -> list[str]:
-        """Committed Parquet files of a dataset, sorted (deterministic order)."""
-        base = self.path(dataset)
+        """Committed Parquet files of a dataset, sorted (deterministic order).
+
+        ``dataset`` may carry a partition prefix (``usage_hourly/period=2026-11``): only files
+        under it are returned, from the table's log for a table (no directory walk), from a
+        listing of that directory alone otherwise.
+        """
+        name, _, prefix = dataset.strip("/").partition("/")
+        if name in TABLES:
+            wanted = prefix.rstrip("/") + "/" if prefix else ""
+            return [self.path(name, p) for p in self.table(name).files() if p.startswith(wanted)]
+        return self._list_parquet(self.path(dataset))
+
+    def _list_parquet(self, base: str) -> list[str]:
         info = self._fs.get_file_info(base)
         if info.type == pafs.FileType.NotFound:
             return []
@@ -99,20 +167,29 @@ class Store:
             if f.type == pafs.FileType.File
             and f.path.endswith(".parquet")
             and not posixpath.basename(f.path).startswith((".", "_"))
+            and "/_delta_log/" not in f.path
         ]
         return sorted(found)
 
     # -- reads -----------------------------------------------------------------------------
+    def scan_files(self, files: Sequence[str], schema: pa.Schema) -> pl.LazyFrame:
+        """A lazy frame over the given files (from :meth:`files`); empty frame if none."""
+        if not files:
+            return pl.LazyFrame(schema=pl.from_arrow(schema.empty_table()).schema)
+        if self.location is not None:
+            return pl.scan_parquet(
+                ["s3://" + f for f in files], hive_partitioning=False,
+                storage_options=self.polars_storage_options(),
+            )
+        return pl.scan_parquet(list(files), hive_partitioning=False)
+
     def scan(self, dataset: str, schema: pa.Schema) -> pl.LazyFrame:
         """A lazy frame over every committed file of ``dataset`` (empty frame if none).
 
         Columns come from the files themselves (partition columns are stored in the file),
         so the result has the declared schema without relying on Hive inference.
         """
-        files = self.files(dataset)
-        if not files:
-            return pl.LazyFrame(schema=pl.from_arrow(schema.empty_table()).schema)
-        return pl.scan_parquet(files, hive_partitioning=False)
+        return self.scan_files(self.files(dataset), schema)
 
     def read_table(self, path: str) -> pa.Table:
         with self._fs.open_input_file(path) as handle:
@@ -128,191 +205,130 @@ class Store:
     # -- single atomic files (ledgers, manifests) ------------------------------------------
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+        if self.location is not None:  # one PUT: an object appears whole or not at all
+            with self._fs.open_output_stream(path) as out:
+                out.write(data)
+            return
         parent = posixpath.dirname(path)
         self._fs.create_dir(parent, recursive=True)
         tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}")
-        with self._fs.open_output_stream(tmp) as out:
-            out.write(data)
-        _fsync_local(self._fs, tmp)
-        self._fs.move(tmp, path)
+        try:
+            with self._fs.open_output_stream(tmp) as out:
+                out.write(data)
+            _fsync_local(self._fs, tmp)
+            self._fs.move(tmp, path)
+        except BaseException:
+            _remove_quietly(self._fs, tmp)
+            raise
 
     def write_parquet_atomic(self, path: str, table: pa.Table) -> None:
-        """Write one Parquet file atomically (temp file, then rename)."""
-        parent = posixpath.dirname(path)
-        self._fs.create_dir(parent, recursive=True)
-        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}")
-        with self._fs.open_output_stream(tmp) as out:
-            pq.write_table(table, out, compression=PARQUET_COMPRESSION)
-        _fsync_local(self._fs, tmp)
-        self._fs.move(tmp, path)
+        """Write one Parquet file atomically (temp file then rename; one PUT on S3)."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression=PARQUET_COMPRESSION)
+        self.write_bytes_atomic(path, sink.getvalue().to_pybytes())
 
     def delete(self, path: str) -> None:
         if self.exists(path):
             self._fs.delete_file(path)
 
-    # -- batches ---------------------------------------------------------------------------
-    def transaction(self, batch_id: str) -> Transaction:
-        return Transaction(self, batch_id)
-
-    @contextlib.contextmanager
-    def _writers_lock(self, exclusive: bool):
-        """Shared for a transaction in flight, exclusive for recovery (local files only)."""
-        if not isinstance(self._fs, pafs.LocalFileSystem):
-            yield  # object stores: one writer per root is the deployment rule
-            return
-        fd = os.open(self.path("_journal.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
-
-    def recover(self) -> int:
-        """Finish every journaled batch and drop staging of batches that never committed.
-
-        Returns the number of batches whose moves were completed. Waits for transactions in
-        flight (in this or another process) to commit first, so it is safe to call any time;
-        the consumer calls it on start.
-        """
-        with self._writers_lock(exclusive=True):
-            return self._recover()
-
-    def _recover(self) -> int:
-        completed = 0
-        journal_dir = self.path(_JOURNAL)
-        journaled: set[str] = set()
-        for entry in self._list(journal_dir):
-            if not entry.endswith(".json"):
-                continue
-            batch_id = posixpath.basename(entry)[: -len(".json")]
-            journaled.add(batch_id)
-            record = json.loads(self.read_bytes(entry))
-            self._apply_moves(record["moves"])
-            self._apply_deletes(record.get("deletes", []))
-            self._fs.delete_file(entry)
-            completed += 1
-        for entry in self._list(self.path(_STAGING)):
-            self._fs.delete_dir(entry)
-        return completed
-
-    def _list(self, directory: str) -> list[str]:
-        if self._fs.get_file_info(directory).type == pafs.FileType.NotFound:
-            return []
-        return sorted(f.path for f in self._fs.get_file_info(pafs.FileSelector(directory)))
-
-    def _apply_moves(self, moves: Iterable[Sequence[str]]) -> None:
-        for staged, final in moves:
-            if self.exists(staged):
-                self._fs.create_dir(posixpath.dirname(final), recursive=True)
-                self._fs.move(staged, final)
-            elif not self.exists(final):
-                raise StorageError(f"journaled file vanished before its move: {staged}")
-
-    def _apply_deletes(self, paths: Iterable[str]) -> None:
-        """Redo-safe: a path already gone is what a finished delete looks like."""
-        for path in paths:
-            if self.exists(path):
-                self._fs.delete_file(path)
-
-
-class Transaction:
-    """Files staged together and committed all at once (see the module docstring)."""
-
-    def __init__(self, store: Store, batch_id: str):
-        if not batch_id or "/" in batch_id:
-            raise StorageError(f"bad batch id {batch_id!r}")
-        self._store = store
-        self.batch_id = batch_id
-        self._moves: list[tuple[str, str]] = []
-        self._deletes: list[str] = []
-        self._staging = store.path(_STAGING, batch_id)
-        self._lock: contextlib.ExitStack | None = None
-
-    def _hold_lock(self) -> None:
-        if self._lock is None:
-            self._lock = contextlib.ExitStack()
-            self._lock.enter_context(self._store._writers_lock(exclusive=False))
-
-    def release(self) -> None:
-        """Give up the writers' lock (done by :meth:`commit`; call it when abandoning a batch)."""
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-
-    def __enter__(self) -> Transaction:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def stage(
+    # -- table writes ----------------------------------------------------------------------
+    def write_files(
         self,
         dataset: str,
         frame: pl.DataFrame,
-        schema: pa.Schema,
-        partition_columns: Sequence[str],
-    ) -> list[str]:
-        """Write ``frame`` as one file per partition into staging; returns the final paths."""
+        name: str,
+        partition_columns: Sequence[str] | None = None,
+    ) -> list[NewFile]:
+        """Write ``frame`` into table ``dataset`` as one file per partition; not yet visible.
+
+        Returns what :meth:`commit_files` needs to add them. ``name`` must derive from the
+        content, so a retry rewrites the same files instead of new ones.
+        """
         if frame.height == 0:
             return []
-        self._hold_lock()
-        fs = self._store._fs
-        fs.create_dir(self._staging, recursive=True)
-        finals = []
-        groups = frame.partition_by(list(partition_columns), as_dict=True, maintain_order=True)
+        if not name or "/" in name:
+            raise StorageError(f"bad file name {name!r}")
+        schema, declared = TABLES[dataset]
+        columns = list(partition_columns or declared)
+        out = []
+        groups = frame.partition_by(columns, as_dict=True, maintain_order=True)
         for key in sorted(groups):
-            part = groups[key]
-            values = [str(v) for v in key]
-            final = self._store.path(
-                dataset, partition_dir(partition_columns, values), f"part-{self.batch_id}.parquet"
-            )
-            staged = posixpath.join(self._staging, f"{len(self._moves):05d}.parquet")
-            with fs.open_output_stream(staged) as out:
-                pq.write_table(
-                    to_table(part, schema), out, compression=PARQUET_COMPRESSION,
-                    use_dictionary=_dictionary_columns(schema),
-                )
-            _fsync_local(fs, staged)
-            self._moves.append((staged, final))
-            finals.append(final)
-        return finals
+            rel = posixpath.join(partition_dir(columns, [str(v) for v in key]), f"part-{name}.parquet")
+            out.append(self._write_table_file(dataset, rel, to_table(groups[key], schema)))
+        return out
 
-    def delete(self, path: str) -> None:
-        """Delete ``path`` as part of this batch: after its moves, at commit, journaled.
+    def _write_table_file(self, dataset: str, rel: str, table: pa.Table) -> NewFile:
+        sink = pa.BufferOutputStream()
+        pq.write_table(
+            table, sink, compression=PARQUET_COMPRESSION, use_dictionary=_dictionary_columns(table.schema)
+        )
+        data = sink.getvalue().to_pybytes()
+        self.write_new_file(dataset, rel, data)
+        return NewFile(rel, len(data), table.num_rows, hashlib.sha256(data).hexdigest(), _stats(table))
 
-        The file stays visible until the commit, and once the journal entry is written the
-        delete is redone by :meth:`Store.recover` after a crash: a reader never sees the
-        replaced files and their replacement missing together. A path the batch moves a file
-        to cannot also be deleted.
-        """
-        if path in {final for _, final in self._moves}:
-            raise StorageError(f"{path} is written by batch {self.batch_id}; it cannot be deleted too")
-        self._hold_lock()
-        if path not in self._deletes:
-            self._deletes.append(path)
-
-    def commit(self) -> None:
-        """Journal the moves and deletes (commit point), apply them, drop the journal entry."""
+    def write_new_file(self, dataset: str, rel: str, data: bytes) -> None:
+        """Write a not-yet-committed file of a table (invisible until a commit lists it)."""
+        full = self.path(dataset, rel)
+        if self.location is None:
+            self._fs.create_dir(posixpath.dirname(full), recursive=True)
         try:
-            self._commit()
-        finally:
-            self.release()
+            with self._fs.open_output_stream(full) as out:
+                out.write(data)
+            _fsync_local(self._fs, full)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.uri(dataset, rel)}: {exc}") from exc
 
-    def _commit(self) -> None:
-        if not self._moves and not self._deletes:
-            return
-        if set(self._deletes) & {final for _, final in self._moves}:
-            raise StorageError(f"batch {self.batch_id} would delete a file it writes")
-        journal = self._store.path(_JOURNAL, f"{self.batch_id}.json")
-        record: dict[str, object] = {"batch": self.batch_id, "moves": self._moves}
-        if self._deletes:
-            record["deletes"] = self._deletes
-        self._store.write_bytes_atomic(journal, json.dumps(record).encode())
-        self._store._apply_moves(self._moves)
-        self._store._apply_deletes(self._deletes)
-        self._store._fs.delete_file(journal)
-        if self._store.exists(self._staging):
-            self._store._fs.delete_dir(self._staging)
+    @contextlib.contextmanager
+    def open_new_file(self, dataset: str, rel: str):
+        """A stream to a not-yet-committed file of a table (for writers that stream row groups)."""
+        full = self.path(dataset, rel)
+        if self.location is None:
+            self._fs.create_dir(posixpath.dirname(full), recursive=True)
+        with self._fs.open_output_stream(full) as out:
+            yield out
+        _fsync_local(self._fs, full)
+
+    def new_file_of(self, dataset: str, rel: str, rows: int, stats: Mapping[str, tuple[object, object]]) -> NewFile:
+        """Describe a file written by a streaming writer (size and SHA-256 read back)."""
+        full = self.path(dataset, rel)
+        digest = hashlib.sha256()
+        size = 0
+        with self._fs.open_input_stream(full) as handle:
+            while chunk := handle.read(8 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+        return NewFile(rel, size, rows, digest.hexdigest(), stats)
+
+    def commit_files(
+        self,
+        dataset: str,
+        adds: Sequence[NewFile],
+        *,
+        removes: Iterable[str] = (),
+        txns: Mapping[str, int] | None = None,
+        data_change: bool = True,
+    ) -> int:
+        """One Delta commit: ``adds`` appear, ``removes`` (paths relative to the table) vanish,
+        ``txns`` are recorded. Raises :class:`CommitConflict` if another writer got in the way."""
+        return self.table(dataset).commit(adds, removes=removes, txns=txns, data_change=data_change)
+
+
+def _stats(table: pa.Table) -> dict[str, tuple[object, object]]:
+    import pyarrow.compute as pc
+
+    out: dict[str, tuple[object, object]] = {}
+    for column in _STATS_COLUMNS:
+        if column in table.column_names and table.num_rows:
+            mm = pc.min_max(table.column(column))
+            out[column] = (mm["min"].as_py(), mm["max"].as_py())
+    return out
+
+
+def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except OSError:
+        pass
 
 
 def _fsync_local(fs: pafs.FileSystem, path: str) -> None:

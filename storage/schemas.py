@@ -90,3 +90,10 @@ USAGE_HOURLY = pa.schema(
     ]
 )
 USAGE_HOURLY_PARTITIONS = ("period", "date")
+
+# The datasets kept as Delta tables (storage.delta): name → (schema, partition directories)
+TABLES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
+    "raw": (RAW_EVENTS, RAW_PARTITIONS),
+    "quarantine": (QUARANTINE, QUARANTINE_PARTITIONS),
+    "usage_hourly": (USAGE_HOURLY, USAGE_HOURLY_PARTITIONS),
+}

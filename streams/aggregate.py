@@ -10,25 +10,13 @@ from __future__ import annotations
 
 import polars as pl
 
+from storage.rollup import HOURLY_KEYS as ROLLUP_KEYS
+from storage.rollup import hourly_rows
 from streams.schema import MICROSECONDS_PER_SECOND
 
 KST_OFFSET = pl.duration(hours=9)
 
-HOURLY_KEYS = [
-    "period",
-    "date",
-    "hour_start",
-    "site",
-    "node",
-    "entity",
-    "project",
-    "job_id",
-    "gpu_uuid",
-    "device_uuid",
-    "gpu_model",
-    "mig_profile",
-    "gpu_fraction",
-]
+HOURLY_KEYS = ROLLUP_KEYS
 
 
 def _micro(column: str) -> pl.Expr:
@@ -51,20 +39,7 @@ def to_raw(accepted: pl.DataFrame) -> pl.DataFrame:
 
 
 def hourly(raw: pl.DataFrame) -> pl.DataFrame:
-    """Raw rows summed per KST hour × device × owner (``usage_hourly/`` rows), sorted."""
-    partial = pl.col("flags").list.contains("partial_interval").cast(pl.Int64)
-    return (
-        raw.with_columns(hour_start=pl.col("interval_start").dt.truncate("1h"))
-        .group_by(HOURLY_KEYS)
-        .agg(
-            gpu_microseconds=pl.col("gpu_microseconds").sum(),
-            busy_gpu_microseconds=pl.col("busy_gpu_microseconds").sum(),
-            energy_joules=pl.when(pl.col("energy_joules").is_not_null().any())
-            .then(pl.col("energy_joules").sum()),
-            events=pl.len().cast(pl.Int64),
-            partial_events=partial.sum(),
-            samples=pl.col("samples").sum().cast(pl.Int64),
-            expected_samples=pl.col("expected_samples").sum().cast(pl.Int64),
-        )
-        .sort(HOURLY_KEYS, nulls_last=True)
-    )
+    """Raw rows summed per KST hour × device × owner (``usage_hourly/`` rows), sorted.
+
+    The same aggregation the roll-up job runs over stored ``raw`` (:mod:`storage.rollup`)."""
+    return hourly_rows(raw.lazy()).collect()

@@ -3,11 +3,11 @@
 Order per batch, which is what makes a crash harmless:
 
 1. poll up to ``max_batch_records`` messages;
-2. :class:`~streams.pipeline.BatchProcessor` writes raw, hourly and quarantine rows in one
-   transaction (the commit point of the data);
+2. :class:`~streams.pipeline.BatchProcessor` commits the batch's quarantine and raw rows to
+   their tables, each commit recording the batch's offsets per partition (the commit point);
 3. refused lines are published to the quarantine topic when one is given (flushed);
-4. offsets are committed — a crash before this replays the batch, and dedupe by event id
-   (and by line hash for quarantine) drops what was already stored.
+4. offsets are committed to the bus — advisory: a crash before this replays the batch, and
+   the offsets stored with the rows make the replay a no-op.
 
 The loop never polls again while it holds uncommitted records, so a rebalance never revokes a
 partition with unwritten data: revocation happens inside ``poll``, after the last commit.
@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from streams.bus import BusRecord, Consumer, Producer
 from streams.errors import BusUnavailable
-from streams.pipeline import BatchProcessor, BatchResult
+from streams.pipeline import BatchProcessor, BatchResult, Position
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,10 @@ class RunTotals:
     accepted: int = 0
     refused: int = 0
     duplicates: int = 0
+    replayed: int = 0  # messages skipped: storage already held them (offsets in its commits)
 
     def add(self, result: BatchResult) -> None:
+        self.replayed += result.replayed
         self.batches += 1
         self.messages += result.messages
         self.accepted += result.accepted
@@ -74,7 +76,9 @@ class StreamConsumer:
         before_commit: Callable[[BatchResult], None] | None = None,
         retry_s: float = 1.0,
         retry_max_s: float = 30.0,
+        group: str = "gpuledger",
     ):
+        self._group = group
         self._retry_s = retry_s
         self._retry_max_s = retry_max_s
         self._consumer = consumer
@@ -105,7 +109,8 @@ class StreamConsumer:
         if not records:
             return None
         messages = [(record_source(r), r.value) for r in records]
-        result = self._processor.process(messages)
+        positions = [Position(f"{self._group}/{r.topic}/{r.partition}", r.offset) for r in records]
+        result = self._processor.process(messages, positions)
         if self._quarantine is not None and result.refused_lines:
             for line in result.refused_lines:
                 self._quarantine.send(

@@ -1,93 +1,174 @@
-"""Which event ids are already stored: the consumer's memory against double counting.
+"""Which event ids are already stored: a bounded event-time window, then storage, hour by hour.
 
-The source of truth is ``raw/``: an event id is *seen* once the batch that holds it has
-committed (see ``storage.dataset.Transaction``). The index loads the ids of a KST date from
-``raw/period=…/date=…`` the first time a batch touches that date and keeps the most recently
-used dates in memory; ids are added only *after* their batch committed (marking them seen
-before the write would lose them if the write failed — openmeter#5118).
+Two mechanisms keep an event from being counted twice (docs/architecture.md, "Exactly once"):
 
-Quarantine has its own index (``quarantine_id``, the hash of a refused line), so a replayed
-poison message is kept once.
+1. **Bus replays** (a consumer restarted, a partition moved, a commit was lost) are caught by
+   offsets, not by ids: each ``raw`` commit records, per Kafka partition, the last offset it
+   holds (storage's ``txn``), and the pipeline drops messages at or below it.
+2. **Re-sends** (a collector's spool sending an interval again, ``ingest`` of the same file)
+   arrive as new messages with old ``event_id``\\ s. They are caught here, by id, within the
+   event's own UTC hour (ids are unique per device-interval and an interval lies in one hour):
+
+   * hours within ``window_hours`` of the newest hour this process has seen are held in
+     memory: the ids stored for the hour (loaded from ``raw`` on first touch, so ids stored
+     by an earlier process or before a rebalance count) plus those this process stored since;
+   * an event of an older hour is checked against ``raw`` for that hour only, reading only the
+     ids it asks about (a predicate pushed into the scan), so memory stays bounded by the batch.
+
+Memory is bounded by the load, never by history: ids are held as two 64-bit integers (the
+128-bit id exactly, 16 bytes), so the window costs about 16 bytes × events per hour × hours
+kept. At national load (~18M events an hour across the programme) and 2 hours that is ~580 MB
+for a consumer that owns every partition, and 1/N of it with N consumers.
+
+Ids are added only after their batch committed (marking them first would lose them if the
+write failed — openmeter#5118). :meth:`EventWindow.clear` forgets everything (the pipeline
+calls it when a commit conflicted: another writer stored something this process did not see).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 from storage.dataset import Store
+from storage.schemas import RAW_EVENTS
 
 RAW = "raw"
-QUARANTINE = "quarantine"
+_HOUR = timedelta(hours=1)
 
 
-class SeenIndex:
-    """Event ids already committed, per KST date, loaded lazily from ``raw/``."""
+def id_words(event_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The 128-bit ids (32 hex characters) as (high, low) 64-bit words."""
+    frame = pl.DataFrame({"id": event_ids}).select(
+        hi=pl.col("id").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64(), strict=False).fill_null(0),
+        lo=pl.col("id").str.slice(16, 16).str.to_integer(base=16, dtype=pl.UInt64(), strict=False).fill_null(0),
+    )
+    return frame["hi"].to_numpy(), frame["lo"].to_numpy()
 
-    def __init__(self, store: Store, max_dates: int = 62):
-        self._store = store
-        self._max_dates = max_dates
-        self._dates: OrderedDict[str, set[str]] = OrderedDict()
-        self._quarantine: set[str] | None = None
 
-    def _date(self, date: str) -> set[str]:
-        ids = self._dates.get(date)
-        if ids is None:
-            ids = self._load(date)
-            self._dates[date] = ids
-            while len(self._dates) > self._max_dates:
-                self._dates.popitem(last=False)
-        self._dates.move_to_end(date)
-        return ids
+@dataclass(slots=True)
+class HourIds:
+    """Sorted runs of (hi, lo) ids of one hour; lookups are binary searches."""
 
-    def _load(self, date: str, attempts: int = 5) -> set[str]:
-        """Ids stored for ``date``; re-lists when compaction replaced a file between list and read."""
-        for attempt in range(attempts):
-            files = [p for p in self._store.files(RAW) if f"/date={date}/" in p]
-            if not files:
-                return set()
-            try:
-                return set(pl.read_parquet(files, columns=["event_id"])["event_id"].to_list())
-            except FileNotFoundError:
-                if attempt == attempts - 1:
-                    raise
-        return set()
+    runs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    size: int = 0
 
-    def seen_mask(self, dates: pl.Series, event_ids: pl.Series) -> pl.Series:
-        """``True`` where the id is already stored for its date (row order preserved)."""
-        if dates.len() == 0:
-            return pl.Series("seen", [], dtype=pl.Boolean())
-        if dates.n_unique() == 1:  # the common case: a live batch lies in one KST date
-            return self._seen_on(dates[0], event_ids)
-        frame = pl.DataFrame({"date": dates, "event_id": event_ids}).with_row_index("row")
-        parts = []
-        for (date,), part in frame.partition_by("date", as_dict=True).items():
-            parts.append(part.select("row").with_columns(self._seen_on(date, part["event_id"])))
-        return pl.concat(parts).sort("row")["seen"]
-
-    def _seen_on(self, date: str, event_ids: pl.Series) -> pl.Series:
-        ids = self._date(date)
-        batch = event_ids.to_list()
-        if ids.isdisjoint(batch):  # nothing seen: one pass in C, no per-row Python
-            return pl.Series("seen", [False] * len(batch), dtype=pl.Boolean())
-        return pl.Series("seen", [e in ids for e in batch], dtype=pl.Boolean())
-
-    def add(self, dates: pl.Series, event_ids: pl.Series) -> None:
-        """Mark ids as stored (call only after their batch committed)."""
-        if dates.len() and dates.n_unique() == 1:
-            self._date(dates[0]).update(event_ids.to_list())
+    def add(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        if hi.size == 0:
             return
-        frame = pl.DataFrame({"date": dates, "event_id": event_ids})
-        for (date,), part in frame.partition_by("date", as_dict=True).items():
-            self._date(date).update(part["event_id"].to_list())
+        order = np.lexsort((lo, hi))
+        self.runs.append((hi[order], lo[order]))
+        self.size += int(hi.size)
+        if len(self.runs) > 8:  # keep lookups cheap: merge into one run (amortised doubling)
+            all_hi = np.concatenate([r[0] for r in self.runs])
+            all_lo = np.concatenate([r[1] for r in self.runs])
+            order = np.lexsort((all_lo, all_hi))
+            self.runs = [(all_hi[order], all_lo[order])]
 
-    def quarantine_ids(self) -> set[str]:
-        if self._quarantine is None:
-            files = self._store.files(QUARANTINE)
-            self._quarantine = (
-                set(pl.read_parquet(files, columns=["quarantine_id"])["quarantine_id"].to_list())
-                if files
-                else set()
-            )
-        return self._quarantine
+    def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        found = np.zeros(hi.size, dtype=bool)
+        for run_hi, run_lo in self.runs:
+            left = np.searchsorted(run_hi, hi, side="left")
+            right = np.searchsorted(run_hi, hi, side="right")
+            one = (right - left) == 1
+            idx = np.minimum(left, run_hi.size - 1)
+            found |= one & (run_lo[idx] == lo)
+            for i in np.flatnonzero((right - left) > 1):  # equal high words: 2^-64 per pair
+                found[i] |= bool(np.any(run_lo[left[i] : right[i]] == lo[i]))
+        return found
+
+
+class EventWindow:
+    """Stored event ids by UTC hour: recent hours in memory, older hours asked of storage."""
+
+    def __init__(self, store: Store, window_hours: int = 2):
+        if window_hours < 1:
+            raise ValueError("window_hours must be at least 1")
+        self._store = store
+        self._window = timedelta(hours=window_hours)
+        self._hours: dict[datetime, HourIds] = {}
+        self._newest: datetime | None = None
+
+    @property
+    def ids_held(self) -> int:
+        """Ids held in memory now (the dedupe window's size, for metrics and benchmarks)."""
+        return sum(h.size for h in self._hours.values())
+
+    @property
+    def hours_held(self) -> int:
+        return len(self._hours)
+
+    def clear(self) -> None:
+        self._hours.clear()
+
+    def seen_mask(self, interval_starts: pl.Series, event_ids: pl.Series) -> pl.Series:
+        """``True`` where the id is already stored (row order preserved)."""
+        n = event_ids.len()
+        seen = np.zeros(n, dtype=bool)
+        if n == 0:
+            return pl.Series("seen", seen)
+        frame = pl.DataFrame({"t": interval_starts, "id": event_ids}).with_row_index("row").with_columns(
+            hour=pl.col("t").dt.truncate("1h")
+        )
+        newest = frame["hour"].max()
+        if self._newest is None or newest > self._newest:  # type: ignore[operator]
+            self._newest = newest  # type: ignore[assignment]
+            self._evict()
+        for (hour,), part in frame.partition_by("hour", as_dict=True).items():
+            rows = part["row"].to_numpy()
+            if self._in_window(hour):
+                hi, lo = id_words(part["id"])
+                seen[rows] = self._hour(hour).contains(hi, lo)
+            else:
+                stored = self._stored_among(hour, part["id"])
+                seen[rows] = part["id"].is_in(stored.implode()).to_numpy()
+        return pl.Series("seen", seen)
+
+    def add(self, interval_starts: pl.Series, event_ids: pl.Series) -> None:
+        """Remember ids as stored (call only after their batch committed)."""
+        if event_ids.len() == 0:
+            return
+        frame = pl.DataFrame({"t": interval_starts, "id": event_ids}).with_columns(
+            hour=pl.col("t").dt.truncate("1h")
+        )
+        for (hour,), part in frame.partition_by("hour", as_dict=True).items():
+            if hour in self._hours:  # an hour not held is loaded from storage when needed
+                self._hours[hour].add(*id_words(part["id"]))
+
+    # -- internals -------------------------------------------------------------------------
+    def _in_window(self, hour: datetime) -> bool:
+        return self._newest is not None and hour > self._newest - self._window
+
+    def _evict(self) -> None:
+        for hour in [h for h in self._hours if not self._in_window(h)]:
+            del self._hours[hour]
+
+    def _hour(self, hour: datetime) -> HourIds:
+        held = self._hours.get(hour)
+        if held is None:
+            held = HourIds()
+            ids = self._scan_hour(hour).select("event_id").collect()["event_id"]
+            held.add(*id_words(ids))
+            self._hours[hour] = held
+        return held
+
+    def _stored_among(self, hour: datetime, event_ids: pl.Series) -> pl.Series:
+        wanted = event_ids.unique().implode()
+        return (
+            self._scan_hour(hour)
+            .filter(pl.col("event_id").is_in(wanted))
+            .select("event_id")
+            .collect()["event_id"]
+        )
+
+    def _scan_hour(self, hour: datetime) -> pl.LazyFrame:
+        """Rows of ``raw`` in one UTC hour: only the files of its KST date are listed."""
+        kst = hour + timedelta(hours=9)
+        date = kst.strftime("%Y-%m-%d")
+        files = self._store.files(f"{RAW}/period={date[:7]}/date={date}")
+        return self._store.scan_files(files, RAW_EVENTS).filter(
+            (pl.col("interval_start") >= hour) & (pl.col("interval_start") < hour + _HOUR)
+        )

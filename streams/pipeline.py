@@ -1,41 +1,59 @@
-"""One micro-batch from bytes to committed Parquet: decode → validate → dedupe → aggregate → write.
+"""One micro-batch from bytes to committed Parquet: decode → validate → dedupe → write.
 
 :class:`BatchProcessor` is the whole consumer minus the bus: the stream consumer, ``quarantine
-replay`` and the tests all go through it. One call of :meth:`BatchProcessor.process` writes
-``raw/``, ``usage_hourly/`` and ``quarantine/`` rows of the batch in one
-``storage.dataset.Transaction``, so they appear together or not at all. Only after the
-transaction committed are the ids marked seen, and only then may the caller commit its
-offsets.
+replay`` and the tests all go through it. A batch's refused rows are committed to the
+``quarantine`` table, then its accepted rows to the ``raw`` table (two Delta commits,
+:mod:`storage.delta`). When the messages come with bus positions, each commit records, per
+bus partition, the last offset it covers (``txn``: app id ``<group>/<topic>/<partition>``).
+That makes the sink exactly-once per partition whatever the bus or the process remembers:
 
-Invariants (DESIGN.md 1 and 4): an event id is stored once however often it is delivered;
-every refused line is stored in ``quarantine/`` with its reason (once per distinct line).
+* a message at or below ``raw``'s recorded offset is skipped whole (both of its tables hold it:
+  quarantine is committed first);
+* a refused row of a message at or below ``quarantine``'s recorded offset is not written again
+  (a crash between the two commits);
+* two members writing one partition (a zombie after a rebalance) cannot both commit: the
+  second commit conflicts, and the batch is re-filtered against what the winner stored.
+
+Re-sends of an event in a new message (a collector's spool, a second ``ingest``) are dropped
+by id (:class:`~streams.dedupe.EventWindow`). ``usage_hourly`` is not written here: it is rolled
+up from ``raw`` (:mod:`storage.rollup`), one row per hour × device × owner.
+
+Invariants (docs/architecture.md 1 and 4): an event id is stored once however often it is
+delivered; every refused line is stored in ``quarantine/`` with its reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import polars as pl
 
-from storage.dataset import Store
-from storage.schemas import (
-    QUARANTINE,
-    QUARANTINE_PARTITIONS,
-    RAW_EVENTS,
-    RAW_PARTITIONS,
-    USAGE_HOURLY,
-    USAGE_HOURLY_PARTITIONS,
-)
-from streams.aggregate import KST_OFFSET, hourly, to_raw
-from streams.dedupe import SeenIndex
+from storage.dataset import CommitConflict, Store
+from streams.aggregate import KST_OFFSET, to_raw
+from streams.dedupe import EventWindow
 from streams.validate import Accounts, Refused, check_rules, decode_messages, line_id
+
+RAW = "raw"
+QUARANTINE = "quarantine"
+_MESSAGE_OF_ROW = re.compile(r"#\d+$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Position:
+    """Where a message sits on the bus: ``stream`` = ``<group>/<topic>/<partition>``, its offset."""
+
+    stream: str
+    offset: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BatchResult:
-    """What one batch did. ``refused_lines`` are the quarantine rows, for the bus's quarantine topic."""
+    """What one batch did. ``refused_lines`` are the quarantine rows, for the bus's quarantine topic.
+
+    ``replayed`` counts messages skipped because storage already holds them (by offset)."""
 
     messages: int
     accepted: int
@@ -43,19 +61,85 @@ class BatchResult:
     duplicates: int
     batch_id: str | None
     refused_lines: tuple[Refused, ...] = ()
+    replayed: int = 0
 
 
 class BatchProcessor:
-    """Turns messages of JSON Lines events into committed Parquet rows."""
+    """Turns messages of usage events into committed Parquet rows, exactly once."""
 
-    def __init__(self, store: Store, accounts: Accounts, seen: SeenIndex | None = None):
+    def __init__(
+        self,
+        store: Store,
+        accounts: Accounts,
+        seen: EventWindow | None = None,
+        *,
+        max_conflicts: int = 20,
+    ):
         self._store = store
         self._accounts = accounts
-        self._seen = seen or SeenIndex(store)
+        self._seen = seen or EventWindow(store)
+        self._max_conflicts = max_conflicts
+        self.conflicts = 0  # commits that lost to another writer (a moved partition), for metrics
 
-    def process(self, messages: Sequence[tuple[str, bytes]]) -> BatchResult:
-        """Process ``(source, payload)`` messages; returns once everything is durably written."""
-        frame, early = decode_messages(messages)
+    @property
+    def window(self) -> EventWindow:
+        return self._seen
+
+    def stored_offsets(self, streams: Sequence[str]) -> dict[str, int]:
+        """Per stream, the last offset ``raw`` holds (absent: nothing stored yet): where a
+        member that is assigned a partition resumes."""
+        out = {}
+        for stream in streams:
+            version = self._store.txn_version(RAW, stream)
+            if version is not None:
+                out[stream] = version
+        return out
+
+    def process(
+        self, messages: Sequence[tuple[str, bytes]], positions: Sequence[Position] | None = None
+    ) -> BatchResult:
+        """Process ``(source, payload)`` messages; returns once everything is durably written.
+
+        ``positions`` (one per message) make the write exactly-once per bus partition; without
+        them (a file, a quarantine replay) dedupe by id alone applies.
+        """
+        if positions is not None and len(positions) != len(messages):
+            raise ValueError("one position per message")
+        for attempt in range(self._max_conflicts + 1):
+            try:
+                return self._process_once(messages, positions)
+            except CommitConflict:
+                # someone else committed to a partition of this batch (it moved): what we
+                # remember may be stale; re-read offsets and ids and filter again
+                self.conflicts += 1
+                self._seen.clear()
+                if attempt == self._max_conflicts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _process_once(
+        self, messages: Sequence[tuple[str, bytes]], positions: Sequence[Position] | None
+    ) -> BatchResult:
+        txns: dict[str, int] = {}
+        quarantine_done: dict[str, int] = {}
+        by_source: dict[str, Position] = {}
+        kept = list(messages)
+        if positions is not None:
+            streams = sorted({p.stream for p in positions})
+            raw_done = {s: self._store.txn_version(RAW, s) for s in streams}
+            quarantine_done = {
+                s: v for s in streams if (v := self._store.txn_version(QUARANTINE, s)) is not None
+            }
+            kept = []
+            for message, position in zip(messages, positions, strict=True):
+                txns[position.stream] = max(txns.get(position.stream, -1), position.offset)
+                done = raw_done.get(position.stream)
+                if done is None or position.offset > done:
+                    kept.append(message)
+                    by_source[message[0]] = position
+        replayed = len(messages) - len(kept)
+
+        frame, early = decode_messages(kept)
         checked = check_rules(frame, self._accounts)
         valid = checked.filter(pl.col("reason_code").is_null())
         invalid = checked.filter(pl.col("reason_code").is_not_null())
@@ -66,24 +150,25 @@ class BatchProcessor:
             if raw["event_id"].n_unique() == raw.height
             else raw.unique(subset="event_id", keep="first", maintain_order=True)
         )
-        fresh = unique.filter(~self._seen.seen_mask(unique["date"], unique["event_id"]))
+        fresh = unique.filter(~self._seen.seen_mask(unique["interval_start"], unique["event_id"]))
         fresh = fresh.sort(pl.col("interval_start"), _ID_PREFIX, maintain_order=True)
         duplicates = raw.height - fresh.height
 
         quarantine = self._quarantine_rows(invalid, early)
-        known = self._seen.quarantine_ids()
         quarantine = quarantine.unique(subset="quarantine_id", keep="first", maintain_order=True)
-        quarantine = quarantine.filter(~pl.col("quarantine_id").is_in(list(known)))
+        if quarantine_done:
+            quarantine = quarantine.filter(
+                ~pl.Series(_already_in(quarantine["source"], by_source, quarantine_done), dtype=pl.Boolean())
+            )
 
         batch_id = _batch_id(fresh["event_id"], quarantine["quarantine_id"])
-        if batch_id is not None:
-            with self._store.transaction(batch_id) as tx:
-                tx.stage("usage_hourly", hourly(fresh), USAGE_HOURLY, USAGE_HOURLY_PARTITIONS)
-                tx.stage("raw", fresh, RAW_EVENTS, RAW_PARTITIONS)
-                tx.stage("quarantine", quarantine, QUARANTINE, QUARANTINE_PARTITIONS)
-                tx.commit()
-            self._seen.add(fresh["date"], fresh["event_id"])
-            known.update(quarantine["quarantine_id"].to_list())
+        if quarantine.height:
+            files = self._store.write_files(QUARANTINE, quarantine, batch_id or "empty")
+            self._store.commit_files(QUARANTINE, files, txns=txns)
+        if fresh.height or txns:
+            files = self._store.write_files(RAW, fresh, batch_id or "empty")
+            self._store.commit_files(RAW, files, txns=txns)
+        self._seen.add(fresh["interval_start"], fresh["event_id"])
         refused_lines = tuple(
             Refused(s, r, c, m)
             for s, r, c, m in quarantine.select("source", "raw", "reason_code", "reason").iter_rows()
@@ -95,6 +180,7 @@ class BatchProcessor:
             duplicates=duplicates,
             batch_id=batch_id,
             refused_lines=refused_lines,
+            replayed=replayed,
         )
 
     def _quarantine_rows(self, invalid: pl.DataFrame, early: list[Refused]) -> pl.DataFrame:
@@ -165,3 +251,15 @@ def _batch_id(event_ids: pl.Series, quarantine_ids: pl.Series) -> str | None:
     parts = (event_ids, quarantine_ids.sort())
     text = "\x1e".join(ids.cast(pl.String()).str.join("\n").item() for ids in parts)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def _already_in(sources: pl.Series, by_source: Mapping[str, Position], done: Mapping[str, int]) -> list[bool]:
+    """For each quarantine row: does the quarantine table already hold its message?"""
+    out = []
+    for source in sources.to_list():
+        position = by_source.get(_MESSAGE_OF_ROW.sub("", source or ""))
+        if position is None:
+            position = by_source.get(source or "")
+        stored = done.get(position.stream) if position is not None else None
+        out.append(stored is not None and position is not None and position.offset <= stored)
+    return out

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from storage.schemas import QUARANTINE, RAW_EVENTS
+
 from storage.dataset import Store
 from streams.pipeline import BatchProcessor, BatchResult
 from streams.wire import payload_of_raw
@@ -35,15 +37,14 @@ def replay_quarantine(
     batch_lines: int = 50_000,
 ) -> list[BatchResult]:
     """Re-process quarantined lines refused for ``reasons`` (registry problems by default)."""
-    files = store.files("quarantine")
+    where = f"/period={period}" if period is not None else ""
+    files = store.files(f"quarantine{where}")
     if not files:
         return []
-    rows = pl.scan_parquet(files).filter(pl.col("reason_code").is_in(list(reasons)))
-    if period is not None:
-        rows = rows.filter(pl.col("period") == period)
-    raw_files = store.files("raw")
+    rows = store.scan_files(files, QUARANTINE).filter(pl.col("reason_code").is_in(list(reasons)))
+    raw_files = store.files(f"raw{where}")  # only the period's raw: its events live there
     if raw_files:
-        stored = pl.scan_parquet(raw_files).select("event_id")
+        stored = store.scan_files(raw_files, RAW_EVENTS).select("event_id")
         rows = rows.join(stored, on="event_id", how="anti")
     lines = rows.select("source", "raw").sort("source").collect()
     results = []

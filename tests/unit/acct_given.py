@@ -1,6 +1,6 @@
 """Given-helpers for the accounting tests: write consumer datasets exactly as the consumer does.
 
-Rows go through ``Store.transaction(...).stage(...)`` with the declared schemas of
+Rows go through ``Store.write_files`` + ``Store.commit_files`` with the declared schemas of
 ``storage.schemas`` (the stream consumer writes exactly those); ledgers are read back with
 DuckDB, an independent reader.
 """
@@ -18,11 +18,8 @@ import polars as pl
 from storage.dataset import Store
 from storage.schemas import (
     QUARANTINE,
-    QUARANTINE_PARTITIONS,
     RAW_EVENTS,
-    RAW_PARTITIONS,
     USAGE_HOURLY,
-    USAGE_HOURLY_PARTITIONS,
 )
 
 HOUR_US = 3_600_000_000
@@ -89,9 +86,7 @@ def hours(start: str, count: int, **fields) -> list[dict]:
 
 def write_usage(store: Store, rows: list[dict], batch: str) -> None:
     frame = pl.from_dicts(rows, schema=pl.from_arrow(USAGE_HOURLY.empty_table()).schema)
-    tx = store.transaction(batch)
-    tx.stage("usage_hourly", frame, USAGE_HOURLY, USAGE_HOURLY_PARTITIONS)
-    tx.commit()
+    store.commit_files("usage_hourly", store.write_files("usage_hourly", frame, batch))
 
 
 def quarantined(
@@ -125,9 +120,7 @@ def quarantined(
 def write_quarantine(store: Store, rows: list[dict], batch: str) -> None:
     schema = pl.from_arrow(QUARANTINE.empty_table()).schema
     frame = pl.from_dicts([{k: r.get(k) for k in schema} for r in rows], schema=schema)
-    tx = store.transaction(batch)
-    tx.stage("quarantine", frame, QUARANTINE, QUARANTINE_PARTITIONS)
-    tx.commit()
+    store.commit_files("quarantine", store.write_files("quarantine", frame, batch))
 
 
 def write_raw_ids(store: Store, interval_start: str, event_ids: list[str], batch: str) -> None:
@@ -146,9 +139,7 @@ def write_raw_ids(store: Store, interval_start: str, event_ids: list[str], batch
             flags=[],
         )
         rows.append(row)
-    tx = store.transaction(batch)
-    tx.stage("raw", pl.from_dicts(rows, schema=schema), RAW_EVENTS, RAW_PARTITIONS)
-    tx.commit()
+    store.commit_files("raw", store.write_files("raw", pl.from_dicts(rows, schema=schema), batch))
 
 
 def ledger(store: Store, kind: str, period: str, where: str = "true") -> list[dict]:

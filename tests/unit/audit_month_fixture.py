@@ -128,8 +128,9 @@ def compliance_frame() -> pl.DataFrame:
 def build_month(root: Path, *, signing_key: Path | None = None) -> Store:
     """Write the month's hourly usage and ledgers under ``root`` and seal it."""
     store = Store(root)
-    usage = store.path("usage_hourly", f"period={PERIOD}", "date=2026-11-01", "part-b1.parquet")
-    store.write_parquet_atomic(usage, to_table(usage_frame(), USAGE_HOURLY))
+    added = store.write_files("usage_hourly", usage_frame(), "b1")
+    store.commit_files("usage_hourly", added)
+    usage = store.path("usage_hourly", added[0].path)
     billing = store.path("ledgers/billing", f"period={PERIOD}", "billing.parquet")
     store.write_parquet_atomic(billing, to_table(billing_frame(), BILLING))
     compliance = store.path("ledgers/compliance", f"period={PERIOD}", "compliance.parquet")

@@ -8,6 +8,7 @@ import pytest
 from spine_events import ACCOUNTS, event, jsonl
 
 from storage.dataset import Store
+from storage.rollup import roll_up
 from storage.schemas import QUARANTINE, RAW_EVENTS, USAGE_HOURLY
 from streams.pipeline import BatchProcessor
 
@@ -15,6 +16,8 @@ pytestmark = pytest.mark.unit
 
 
 def read(store: Store, dataset: str):
+    if dataset == "usage_hourly":
+        roll_up(store)  # usage_hourly is rolled up from raw, not written by the consumer
     files = store.files(dataset)
     return ds.dataset(files, format="parquet").to_table() if files else None
 
@@ -91,56 +94,18 @@ def test_files_have_exactly_the_declared_schemas(tmp_path) -> None:
             assert pq.read_schema(path).remove_metadata().equals(schema), dataset
 
 
-def test_a_batch_that_crashed_before_its_journal_leaves_nothing_visible(tmp_path) -> None:
-    """Given a transaction staged but never committed (the process died), readers see nothing
-    and recovery removes the staging; a committed journal is completed by recovery."""
+def test_files_of_a_batch_that_never_committed_are_invisible(tmp_path) -> None:
+    """Given a batch's files written but its Delta commit never made (the process died),
+    readers see nothing; the next commit does not pick them up either."""
     import polars as pl
 
     store = Store(tmp_path)
-    frame = pl.DataFrame({"period": ["2026-11"], "x": [1]})
-    import pyarrow as pa
-
-    schema = pa.schema([("period", pa.string()), ("x", pa.int64())])
-    tx = store.transaction("dead")
-    tx.stage("ds", frame, schema, ("period",))
-    assert store.files("ds") == []
-    tx.release()  # the writer died: the kernel dropped its lock
-    store.recover()
-    assert store.files("ds") == [] and not (tmp_path / "_staging" / "dead").exists()
-
-    tx = store.transaction("half")
-    tx.stage("ds", frame, schema, ("period",))
-    # simulate a crash right after the journal was written, before the moves
-    import json
-
-    store.write_bytes_atomic(store.path("_journal", "half.json"), json.dumps({"moves": tx._moves}).encode())
-    tx.release()
-    assert store.files("ds") == []
-    assert store.recover() == 1
-    assert len(store.files("ds")) == 1
-
-
-def test_recovery_waits_for_a_transaction_in_flight(tmp_path) -> None:
-    """A consumer starting up (recover) must not sweep away the staging of a batch another
-    writer (compaction in the scheduler) is still writing."""
-    import fcntl
-    import os
-
-    import polars as pl
-    import pyarrow as pa
-
-    store = Store(tmp_path)
-    schema = pa.schema([("period", pa.string()), ("x", pa.int64())])
-    tx = store.transaction("busy")
-    tx.stage("ds", pl.DataFrame({"period": ["2026-11"], "x": [1]}), schema, ("period",))
-    fd = os.open(tmp_path / "_journal.lock", os.O_RDWR)
-    try:
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what recover() would wait for
-        tx.commit()
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once committed
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-    assert store.recover() == 0
-    assert len(store.files("ds")) == 1
+    BatchProcessor(store, ACCOUNTS).process([("m", jsonl(event("2026-11-02T00:00:00Z")))])
+    before = store.files("raw")
+    frame = read(store, "raw")
+    orphan = store.write_files("raw", pl.from_arrow(frame), "dead")  # written, never committed
+    assert orphan and store.exists(store.path("raw", orphan[0].path))
+    assert store.files("raw") == before
+    BatchProcessor(store, ACCOUNTS).process([("m2", jsonl(event("2026-11-02T00:01:00Z")))])
+    assert store.path("raw", orphan[0].path) not in store.files("raw")
+    assert read(store, "raw").num_rows == 2

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from spine_events import ACCOUNTS, event, jsonl
 
 from storage.dataset import Store
+from storage.rollup import rolled_up
+from storage.schemas import USAGE_HOURLY
 from streams.pipeline import BatchProcessor
 
 pytestmark = pytest.mark.unit
@@ -37,6 +39,6 @@ def test_stored_totals_equal_distinct_event_totals(tmp_path_factory, picks, cuts
         BatchProcessor(store, ACCOUNTS).process([(f"m{a}", jsonl(*stream[a:b]))])
     distinct = {EVENTS[i]["event_id"]: EVENTS[i] for i in picks}
     expected = sum(round(e["gpu_seconds"] * 1_000_000) for e in distinct.values())
-    hourly = store.scan("usage_hourly", None).collect()
+    hourly = rolled_up(store).scan("usage_hourly", USAGE_HOURLY).collect()
     assert hourly["gpu_microseconds"].sum() == expected
     assert hourly["events"].sum() == len(distinct)

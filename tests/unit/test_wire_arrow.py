@@ -13,6 +13,7 @@ import pytest
 from spine_events import ACCOUNTS, event, jsonl
 
 from storage.dataset import Store
+from storage.rollup import rolled_up
 from streams.pipeline import BatchProcessor
 from streams.replay import replay_quarantine
 from streams.validate import WIRE_SCHEMA, Accounts, check_rules, decode_messages
@@ -77,7 +78,7 @@ def test_arrow_and_json_store_identical_rows(tmp_path) -> None:
         store = Store(tmp_path / name)
         result = BatchProcessor(store, ACCOUNTS).process([("topic/0@1", payload)])
         raw = pl.concat([pl.from_arrow(pq.read_table(f)) for f in store.files("raw")])  # an independent reader
-        hourly = pl.read_parquet(store.files("usage_hourly"))
+        hourly = pl.read_parquet(rolled_up(store).files("usage_hourly"))
         quarantine = pl.read_parquet(store.files("quarantine")).sort("quarantine_id")
         results.append((result.accepted, result.refused, raw, hourly, quarantine.drop("raw")))
     (a_acc, a_ref, a_raw, a_hourly, a_q), (b_acc, b_ref, b_raw, b_hourly, b_q) = results

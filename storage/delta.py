@@ -1,0 +1,184 @@
+"""Delta Lake tables through ``deltalake`` (delta-rs): the commit point of every shared dataset.
+
+This is the only module that imports ``deltalake`` (STYLE 10). A :class:`DeltaDataset` is one
+table (``raw``, ``quarantine``, ``usage_hourly``) under the store root; its files are written
+by :class:`storage.dataset.Store` with our own declared schemas and deterministic names, then
+made visible by one Delta commit that lists them (``add`` actions), the files they replace
+(``remove``), and optionally *application transactions* (``txn``: an app id and a version).
+
+Why this holds on object storage with several writers on several machines:
+
+* a commit is the creation of ``_delta_log/<version>.json``; delta-rs creates it with a
+  conditional put (``If-None-Match`` on S3, ``conditional_put=etag``; an exclusive create on
+  a local disk), so two writers can never both make version N: the loser re-reads the log
+  and retries if its actions do not conflict, or fails with :class:`CommitConflict`;
+* a commit that sets the ``txn`` of an app id conflicts with any concurrent commit that set
+  the same app id (checked by delta-rs): a consumer that lost its Kafka partition (a zombie)
+  cannot commit behind the new owner's back — it is told, re-reads, and filters;
+* files not listed by a committed version are invisible to every reader, so a writer that
+  dies after writing files but before its commit leaves only garbage for ``vacuum``.
+
+Tables are not Delta-partitioned: partition values (``period``, ``date``) stay inside every
+file as declared columns (a file read alone still says where it belongs, and DuckDB/pyarrow
+read the files directly), and files sit in Hive-style directories, which the store uses for
+prefix listings. Each ``add`` carries min/max statistics for pruning.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction
+
+from storage.errors import StorageError
+
+# statistics kept per file (only columns that prune: partitions, event time)
+_STATS_COLUMNS = ("period", "date", "interval_start", "hour_start")
+FILES_METADATA_KEY = "gpuledger.files"  # commitInfo: per added file, its SHA-256 and rows
+
+
+class CommitConflict(StorageError):
+    """Another writer committed something this commit conflicts with (e.g. the same ``txn``
+    app id: the Kafka partition moved to another consumer). Re-read and try again."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewFile:
+    """A file already written under the table's directory, to be added by a commit."""
+
+    path: str  # relative to the table root, POSIX
+    size_bytes: int
+    rows: int
+    sha256: str
+    stats: Mapping[str, tuple[object, object]]  # column → (min, max)
+
+
+class DeltaDataset:
+    """One Delta table at ``uri`` (a local path or ``s3://…``)."""
+
+    def __init__(self, uri: str, schema: pa.Schema, storage_options: Mapping[str, str] | None = None):
+        self.uri = uri
+        self.schema = schema
+        self._options = dict(storage_options or {})
+        self._table: DeltaTable | None = None
+
+    # -- reading the log ------------------------------------------------------------------
+    def table(self, *, refresh: bool = True) -> DeltaTable | None:
+        """The table at its newest version (``None`` while it does not exist yet)."""
+        try:
+            if self._table is None:
+                self._table = DeltaTable(self.uri, storage_options=self._options or None)
+            elif refresh:
+                self._table.update_incremental()
+        except TableNotFoundError:
+            return None
+        except (DeltaError, OSError) as exc:
+            raise StorageError(f"cannot read the Delta log of {self.uri}: {exc}") from exc
+        return self._table
+
+    def version(self) -> int:
+        table = self.table()
+        return -1 if table is None else table.version()
+
+    def files(self, version: int | None = None) -> list[str]:
+        """Paths (relative to the table root) of the files of the newest or a given version."""
+        table = self.table()
+        if table is None:
+            return []
+        if version is not None and version != table.version():
+            table = DeltaTable(self.uri, version=version, storage_options=self._options or None)
+        actions = table.get_add_actions(flatten=True)
+        return sorted(str(p) for p in actions.column("path").to_pylist())
+
+    def transaction_version(self, app_id: str) -> int | None:
+        """The version last committed for ``app_id`` (for a Kafka partition: its last offset)."""
+        table = self.table()
+        if table is None:
+            return None
+        return table.transaction_version(app_id)
+
+    # -- committing -----------------------------------------------------------------------
+    def create_if_missing(self) -> None:
+        if self.table(refresh=False) is not None:
+            return
+        try:
+            DeltaTable.create(
+                self.uri, schema=self.schema, mode="ignore", storage_options=self._options or None
+            )
+        except (DeltaError, OSError) as exc:
+            raise StorageError(f"cannot create the Delta table {self.uri}: {exc}") from exc
+        self._table = None
+
+    def commit(
+        self,
+        adds: Sequence[NewFile],
+        *,
+        removes: Iterable[str] = (),
+        txns: Mapping[str, int] | None = None,
+        data_change: bool = True,
+        max_retries: int = 20,
+    ) -> int:
+        """Make ``adds`` visible and ``removes`` invisible in one commit; returns its version.
+
+        ``txns`` (app id → version) are stored in the same commit. Raises
+        :class:`CommitConflict` when a concurrent commit conflicts (same app id, or a removed
+        file already removed by someone else); nothing of this commit is then visible.
+        """
+        removes = list(removes)
+        if not adds and not removes and not txns:
+            return self.version()
+        self.create_if_missing()
+        table = self.table()
+        assert table is not None
+        now_ms = int(time.time() * 1000)
+        actions: list[AddAction | RemoveAction] = [
+            AddAction(f.path, f.size_bytes, {}, now_ms, data_change, _stats_json(f))
+            for f in adds
+        ]
+        actions.extend(
+            RemoveAction(path=p, data_change=data_change, deletion_timestamp=now_ms)
+            for p in removes
+        )
+        meta = {FILES_METADATA_KEY: json.dumps({f.path: {"sha256": f.sha256, "rows": f.rows} for f in adds})}
+        props = CommitProperties(
+            custom_metadata=meta,
+            max_commit_retries=max_retries,
+            app_transactions=[Transaction(app, int(v)) for app, v in sorted((txns or {}).items())] or None,
+        )
+        try:
+            table.create_write_transaction(actions, "append", self.schema, commit_properties=props)
+        except CommitFailedError as exc:
+            self._table = None
+            raise CommitConflict(f"commit to {self.uri} conflicted with another writer: {exc}") from exc
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise StorageError(f"cannot commit to {self.uri}: {exc}") from exc
+        return self.version()
+
+    def vacuum(self, retention_hours: int) -> list[str]:
+        """Delete files no version younger than ``retention_hours`` still lists."""
+        table = self.table()
+        if table is None:
+            return []
+        return list(
+            table.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False)
+        )
+
+
+def _stats_json(f: NewFile) -> str:
+    mins = {c: _json_value(v[0]) for c, v in f.stats.items() if c in _STATS_COLUMNS and v[0] is not None}
+    maxs = {c: _json_value(v[1]) for c, v in f.stats.items() if c in _STATS_COLUMNS and v[1] is not None}
+    return json.dumps({"numRecords": f.rows, "minValues": mins, "maxValues": maxs})
+
+
+def _json_value(value: object) -> object:
+    if hasattr(value, "isoformat"):
+        text = value.isoformat()  # type: ignore[union-attr]
+        return text.replace("+00:00", "Z") if "+" in text else text
+    return value

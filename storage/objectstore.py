@@ -1,0 +1,106 @@
+"""Where an ``s3://bucket/prefix`` data directory lives, and how each library is told.
+
+Endpoint, region and credentials come from the caller's settings or, for each one not given,
+from the standard environment variables every S3 tool reads: ``AWS_ENDPOINT_URL``,
+``AWS_REGION`` (or ``AWS_DEFAULT_REGION``), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``.
+pyarrow (single files, manifests), delta-rs (table commits) and Polars (scans) each take them
+in their own spelling; this module is the one place that translates. Secrets are never part
+of ``repr`` or of an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from storage.errors import StorageError
+
+_KEYS = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@dataclass(frozen=True, slots=True)
+class S3Location:
+    bucket: str
+    prefix: str
+    endpoint_url: str | None
+    region: str
+    access_key_id: str | None = field(repr=False)
+    secret_access_key: str | None = field(repr=False)
+
+    @property
+    def fs_root(self) -> str:
+        return f"{self.bucket}/{self.prefix}".rstrip("/")
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.fs_root}"
+
+    def _scheme_host(self) -> tuple[str, str | None]:
+        if not self.endpoint_url:
+            return "https", None
+        parsed = urlparse(self.endpoint_url)
+        return parsed.scheme or "https", parsed.netloc or parsed.path
+
+    def filesystem(self) -> pafs.S3FileSystem:
+        scheme, host = self._scheme_host()
+        return pafs.S3FileSystem(
+            access_key=self.access_key_id,
+            secret_key=self.secret_access_key,
+            region=self.region,
+            endpoint_override=host,
+            scheme=scheme,
+            allow_bucket_creation=False,
+        )
+
+    def delta_options(self) -> dict[str, str]:
+        options = {"AWS_REGION": self.region, "conditional_put": "etag"}
+        if self.endpoint_url:
+            options["AWS_ENDPOINT_URL"] = self.endpoint_url
+            if self.endpoint_url.startswith("http://"):
+                options["AWS_ALLOW_HTTP"] = "true"
+        if self.access_key_id:
+            options["AWS_ACCESS_KEY_ID"] = self.access_key_id
+        if self.secret_access_key:
+            options["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
+        return options
+
+    def polars_options(self) -> dict[str, str]:
+        options = {"aws_region": self.region}
+        if self.endpoint_url:
+            options["aws_endpoint_url"] = self.endpoint_url
+            if self.endpoint_url.startswith("http://"):
+                options["aws_allow_http"] = "true"
+        if self.access_key_id:
+            options["aws_access_key_id"] = self.access_key_id
+        if self.secret_access_key:
+            options["aws_secret_access_key"] = self.secret_access_key
+        return options
+
+
+def parse_s3_root(root: str, options: Mapping[str, str] | None = None) -> S3Location:
+    """``s3://bucket/prefix`` plus settings (keys as in :data:`_KEYS`) or the environment."""
+    parsed = urlparse(root)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise StorageError(f"{root!r} is not an s3://bucket/prefix data directory")
+    given = {k.upper(): v for k, v in (options or {}).items() if v}
+
+    def pick(key: str, *alternatives: str) -> str | None:
+        for name in (key, *alternatives):
+            if given.get(name):
+                return given[name]
+            if os.environ.get(name):
+                return os.environ[name]
+        return None
+
+    return S3Location(
+        bucket=parsed.netloc,
+        prefix=parsed.path.strip("/"),
+        endpoint_url=pick("AWS_ENDPOINT_URL"),
+        region=pick("AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1",
+        access_key_id=pick("AWS_ACCESS_KEY_ID"),
+        secret_access_key=pick("AWS_SECRET_ACCESS_KEY"),
+    )
