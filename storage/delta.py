@@ -97,10 +97,15 @@ class DeltaDataset:
         return sorted(str(p) for p in actions.column("path").to_pylist())
 
     def transaction_version(self, app_id: str) -> int | None:
-        """The version last committed for ``app_id`` (for a Kafka partition: its last offset)."""
+        """The version last committed for ``app_id`` (for a Kafka partition: its last offset).
+
+        Writers ask this before a commit, so the table is created if missing: the answer must
+        come from a real snapshot, the one the commit is then checked against."""
         table = self.table()
         if table is None:
-            return None
+            self.create_if_missing()
+            table = self.table()
+            assert table is not None
         return table.transaction_version(app_id)
 
     # -- committing -----------------------------------------------------------------------
@@ -134,7 +139,9 @@ class DeltaDataset:
         if not adds and not removes and not txns:
             return self.version()
         self.create_if_missing()
-        table = self.table()
+        # the snapshot the caller read (txn versions, files) is the one the commit is checked
+        # against: refreshing here would hide a concurrent commit of the same app id
+        table = self.table(refresh=False)
         assert table is not None
         now_ms = int(time.time() * 1000)
         actions: list[AddAction | RemoveAction] = [
