@@ -172,7 +172,8 @@ def consume(
             totals = consumer.run(until_idle=until_idle, idle_polls=settings.consumer.idle_polls, stop=stop)
         out.print(
             f"consume: {totals.accepted:,} events accepted, {totals.refused:,} refused (kept in quarantine/), "
-            f"{totals.duplicates:,} duplicates dropped, in {totals.batches} batches"
+            f"{totals.duplicates:,} duplicates dropped, {totals.replayed:,} messages already stored "
+            f"(skipped by offset), in {totals.batches} batches"
         )
 
     run_command(body)

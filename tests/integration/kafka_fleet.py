@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-import pyarrow.dataset as ds
+from deltalake import DeltaTable
 
 from accounting.registry import Registry, load_registry
 from collectors.integrate import IntervalIntegrator
@@ -100,12 +100,18 @@ def billable(t: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
     return {k: v for k, v in t.items() if k[1] != UNATTRIBUTED and v}
 
 
+def _table(data_dir: Path, name: str, columns: list[str]):
+    """A table's current rows read by delta-rs (an independent reader of the Delta log)."""
+    if not (data_dir / name / "_delta_log").exists():
+        return None
+    return DeltaTable(str(data_dir / name)).to_pyarrow_table(columns=columns)
+
+
 def stored(data_dir: Path) -> dict[tuple[str, str], int]:
-    """GPU-microseconds per (entity, project) in ``usage_hourly/``, read with pyarrow."""
-    files = sorted(str(p) for p in (data_dir / "usage_hourly").rglob("*.parquet"))
-    if not files:
+    """GPU-microseconds per (entity, project) stored in ``raw``, read by delta-rs."""
+    table = _table(data_dir, "raw", ["entity", "project", "gpu_microseconds"])
+    if table is None:
         return {}
-    table = ds.dataset(files, format="parquet").to_table(columns=["entity", "project", "gpu_microseconds"])
     out: Counter[tuple[str, str]] = Counter()
     for entity, project, us in zip(
         table["entity"].to_pylist(), table["project"].to_pylist(), table["gpu_microseconds"].to_pylist(),
@@ -116,17 +122,13 @@ def stored(data_dir: Path) -> dict[tuple[str, str], int]:
 
 
 def raw_event_ids(data_dir: Path) -> list[str]:
-    files = sorted(str(p) for p in (data_dir / "raw").rglob("*.parquet"))
-    if not files:
-        return []
-    return ds.dataset(files, format="parquet").to_table(columns=["event_id"])["event_id"].to_pylist()
+    table = _table(data_dir, "raw", ["event_id"])
+    return [] if table is None else table["event_id"].to_pylist()
 
 
 def quarantine_rows(data_dir: Path) -> list[dict]:
-    files = sorted(str(p) for p in (data_dir / "quarantine").rglob("*.parquet"))
-    if not files:
-        return []
-    return ds.dataset(files, format="parquet").to_table(columns=["reason_code", "reason", "source", "raw"]).to_pylist()
+    table = _table(data_dir, "quarantine", ["reason_code", "reason", "source", "raw"])
+    return [] if table is None else table.to_pylist()
 
 
 def kafka_bus(bootstrap: str, partitions: int = 4) -> KafkaBus:
@@ -148,14 +150,12 @@ class Parts:
 
 def stream_consumer(
     bus: KafkaBus, data_dir: Path, topic: str, group: str, *, quarantine_topic: str | None = None,
-    max_batch_records: int = 50_000, recover: bool = True,
+    max_batch_records: int = 50_000,
     before_commit: Callable[[BatchResult], None] | None = None,
 ) -> tuple[StreamConsumer, Parts]:
     """The consumer as ``gpuledger consume`` builds it, on a given topic and group, and the
     parts to close (the stream consumer does not own them)."""
     store = Store(data_dir)
-    if recover:
-        store.recover()
     consumer = bus.consumer(topic, group)
     quarantine = bus.producer(quarantine_topic) if quarantine_topic else None
     return StreamConsumer(
@@ -165,4 +165,5 @@ def stream_consumer(
         max_batch_records=max_batch_records,
         poll_timeout_s=0.5,
         before_commit=before_commit,
+        group=group,
     ), Parts(consumer, quarantine)

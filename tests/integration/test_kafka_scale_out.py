@@ -1,0 +1,68 @@
+"""Scale out: three consumer processes in one group, each on its own working directory, all
+writing to one shared store, SIGKILLed at random moments and restarted. Totals stay exact."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kafka_fleet import REPO, kafka_bus, known_fleet, publish, raw_event_ids, stored, truth
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_three_consumers_killed_at_random_moments_store_every_event_once(
+    kafka_bootstrap: str, kafka_topic: str, kafka_group: str, tmp_path: Path
+) -> None:
+    # given a fleet on a 4-partition topic and one shared data directory
+    fleet = known_fleet(nodes_per_entity=2, hours=3)
+    bus = kafka_bus(kafka_bootstrap, partitions=4)
+    bus.ensure_topics([kafka_topic])
+    publish(bus, kafka_topic, fleet.batches)
+    data_dir = tmp_path / "shared"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)])}
+    rng = random.Random(20261201)
+
+    def start(member: int, kill_after_s: float) -> subprocess.Popen:
+        workdir = tmp_path / f"machine-{member}"  # each member's own local state
+        workdir.mkdir(exist_ok=True)
+        return subprocess.Popen(
+            [sys.executable, str(HERE / "kafka_chaos_consumer.py"), kafka_bootstrap, str(data_dir),
+             kafka_topic, kafka_group, f"{kill_after_s:.2f}"],
+            env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    # when three members run and are SIGKILLed at random moments, then restarted, 9 times in all
+    members = {m: start(m, rng.uniform(2.0, 8.0)) for m in range(3)}
+    kills = 0
+    deadline = time.monotonic() + 400
+    while kills < 9 and time.monotonic() < deadline:
+        for m, proc in list(members.items()):
+            if proc.poll() is None:
+                continue
+            out, err = proc.communicate()
+            assert proc.returncode in (0, -9), err[-3000:]
+            kills += proc.returncode == -9
+            members[m] = start(m, rng.uniform(2.0, 8.0) if kills < 9 else 0)
+        time.sleep(0.2)
+    for proc in members.values():  # the last ones run without a kill timer... or were killed
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    # and one member drains whatever is left
+    last = start(9, 0)
+    out, err = last.communicate(timeout=300)
+    assert last.returncode == 0, err[-3000:]
+    # then every event is stored exactly once, and the totals are exact
+    assert kills >= 3
+    ids = raw_event_ids(data_dir)
+    assert len(ids) == len(set(ids)) == len({e.event_id for e in fleet.events})
+    assert stored(data_dir) == truth(fleet.events)
