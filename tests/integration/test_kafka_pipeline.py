@@ -26,6 +26,7 @@ from kafka_fleet import (
 from accounting.close import close_month
 from collectors.publish import DirectPublisher, encode_batch
 from storage.dataset import Store
+from storage.rollup import rolled_up
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ def test_a_known_fleet_through_kafka_closes_to_the_exact_truth(
         totals = consumer.run(until_idle=True, idle_polls=3)
     finally:
         parts.close()
-    close_month(Store(tmp_path), registry(), PERIOD)
+    close_month(rolled_up(Store(tmp_path)), registry(), PERIOD)
     # then every event is stored once, hourly usage equals the truth to the microsecond,
     # and the billing ledger bills exactly the attributed part of it
     distinct = {e.event_id for e in fleet.events}

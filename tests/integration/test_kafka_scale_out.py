@@ -11,9 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka_fleet import REPO, kafka_bus, known_fleet, publish, raw_event_ids, stored, truth
+from kafka_fleet import REPO, kafka_bus, known_fleet, raw_event_ids, stored, truth
+
+from collectors.publish import DirectPublisher
 
 pytestmark = pytest.mark.integration
+
+
+def publish(bus, topic: str, batches) -> None:
+    publisher = DirectPublisher(bus.producer(topic))
+    for node, events in batches:
+        publisher.publish(node, list(events))
+    publisher.close()
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,14 +39,21 @@ def test_three_consumers_killed_at_random_moments_store_every_event_once(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)])}
     rng = random.Random(20261201)
 
+    starts = iter(range(1_000))
+
     def start(member: int, kill_after_s: float) -> subprocess.Popen:
         workdir = tmp_path / f"machine-{member}"  # each member's own local state
         workdir.mkdir(exist_ok=True)
-        return subprocess.Popen(
-            [sys.executable, str(HERE / "kafka_chaos_consumer.py"), kafka_bootstrap, str(data_dir),
-             kafka_topic, kafka_group, f"{kill_after_s:.2f}"],
-            env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        with open(workdir / f"run-{next(starts)}.log", "w") as log:  # the child keeps its own copy
+            return subprocess.Popen(
+                [sys.executable, str(HERE / "kafka_chaos_consumer.py"), kafka_bootstrap, str(data_dir),
+                 kafka_topic, kafka_group, f"{kill_after_s:.2f}"],
+                env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def output(member: int) -> str:
+        logs = sorted((tmp_path / f"machine-{member}").glob("run-*.log"), key=lambda p: p.stat().st_mtime)
+        return logs[-1].read_text()[-3000:] if logs else ""
 
     # when three members run and are SIGKILLed at random moments, then restarted, 9 times in all
     members = {m: start(m, rng.uniform(2.0, 8.0)) for m in range(3)}
@@ -47,8 +63,7 @@ def test_three_consumers_killed_at_random_moments_store_every_event_once(
         for m, proc in list(members.items()):
             if proc.poll() is None:
                 continue
-            out, err = proc.communicate()
-            assert proc.returncode in (0, -9), err[-3000:]
+            assert proc.returncode in (0, -9), output(m)
             kills += proc.returncode == -9
             members[m] = start(m, rng.uniform(2.0, 8.0) if kills < 9 else 0)
         time.sleep(0.2)
@@ -59,8 +74,7 @@ def test_three_consumers_killed_at_random_moments_store_every_event_once(
             proc.kill()
     # and one member drains whatever is left
     last = start(9, 0)
-    out, err = last.communicate(timeout=300)
-    assert last.returncode == 0, err[-3000:]
+    assert last.wait(timeout=300) == 0, output(9)
     # then every event is stored exactly once, and the totals are exact
     assert kills >= 3
     ids = raw_event_ids(data_dir)
