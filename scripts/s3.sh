@@ -2,8 +2,8 @@
 # A single-node S3-compatible object store (SeaweedFS `weed mini`) for development and tests,
 # built from its Go module. No Docker, no downloaded binary.
 #
-#   scripts/s3.sh build    build and cache the `weed` binary (idempotent; ~15 min on 2 cores
-#                          the first time, seconds afterwards)
+#   scripts/s3.sh build    build and cache the `weed` binary (idempotent: a cached binary of the
+#                          pinned release is kept; ~15 min on 2 cores the first time)
 #   scripts/s3.sh up       start the server if it is not running, wait until S3 answers, print
 #                          `export AWS_…=…` lines:   eval "$(scripts/s3.sh up)"
 #   scripts/s3.sh down     stop the server (data kept: `up` resumes it)
@@ -35,8 +35,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${GPULEDGER_CACHE:-$HOME/.cache/gpuledger}"
 WEED="$CACHE/weed"
 MODULE="github.com/seaweedfs/seaweedfs"
-VERSION="v0.0.0-20261109003541-7506e5f91cd6"  # pinned: the build stamp names it
-STAMP="$CACHE/weed.version"
+VERSION="v0.0.0-20261109003541-7506e5f91cd6"  # pinned commit of the Go module
+RELEASE="4.53"  # what `weed version` of that commit says; docker-compose.yml runs chrislusf/seaweedfs:<this>
 HOME_DIR="${S3_HOME_DIR:-$ROOT/.s3}"
 PORT="${S3_PORT:-8333}"
 BUCKET="${S3_BUCKET:-gpuledger}"
@@ -50,9 +50,13 @@ CREDENTIALS="$HOME_DIR/credentials"
 
 die() { echo "s3.sh: $*" >&2; exit 1; }
 
+cached() {
+    # the binary is there and is the pinned release
+    [[ -x "$WEED" ]] && "$WEED" version 2>/dev/null | grep " $RELEASE " >/dev/null
+}
+
 build() {
-    # a binary without a stamp was built by hand from the same pinned version: keep it
-    if [[ -x "$WEED" ]] && { [[ ! -f "$STAMP" ]] || [[ "$(cat "$STAMP")" == "$VERSION" ]]; }; then
+    if cached; then
         return 0
     fi
     command -v go >/dev/null || die "Go 1.24+ is needed to build SeaweedFS (https://go.dev/dl/, or apt-get install golang)"
@@ -84,7 +88,7 @@ build() {
     fi
     rm -rf "$work"
     mv "$WEED.tmp" "$WEED"
-    echo "$VERSION" >"$STAMP"
+    cached || die "built $WEED, but \`weed version\` does not say $RELEASE: update RELEASE in $0"
     echo "s3.sh: built $WEED in $((SECONDS - started)) s" >&2
 }
 
