@@ -126,3 +126,32 @@ def kafka_topic(request: pytest.FixtureRequest) -> str:
 def kafka_group(request: pytest.FixtureRequest) -> str:
     """A fresh consumer group per test."""
     return f"group-{_slug(request)}-{uuid.uuid4().hex[:8]}"
+
+
+# --- the S3-compatible server (SeaweedFS), started once per session: tests/s3_server.py ---
+
+from s3_server import S3Endpoint, S3Server  # noqa: E402  (tests/ is on sys.path: tests/conftest.py)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server) -> S3Endpoint:
+    """Endpoint, credentials and bucket; restarts the shared server if a test left it down."""
+    if not s3_server.is_running():
+        s3_server.start()
+    return s3_server.endpoint
+
+
+@pytest.fixture
+def s3_prefix(request: pytest.FixtureRequest) -> str:
+    """A fresh key prefix per test in the shared bucket."""
+    return f"{_slug(request)}-{uuid.uuid4().hex[:8]}"
