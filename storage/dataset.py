@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from storage.delta import CommitConflict, DeltaDataset, NewFile
 from storage.errors import StorageError
-from storage.objectstore import S3Location, parse_s3_root
+from storage.objectstore import S3Location, parse_s3_root, refused_credentials_hint
 from storage.schemas import TABLES
 
 __all__ = ["CommitConflict", "NewFile", "Store", "partition_dir", "to_table"]
@@ -108,7 +108,9 @@ class Store:
         try:
             self._fs.create_dir(self.root, recursive=True)
         except OSError as exc:
-            raise StorageError(f"cannot open the data directory {self.display_root}: {exc}") from exc
+            raise StorageError(
+                f"cannot open the data directory {self.display_root}: {exc}{refused_credentials_hint(str(exc))}"
+            ) from exc
         self._tables: dict[str, DeltaDataset] = {}
 
     @property
@@ -276,7 +278,7 @@ class Store:
                 out.write(data)
             _fsync_local(self._fs, full)
         except OSError as exc:
-            raise StorageError(f"cannot write {self.uri(dataset, rel)}: {exc}") from exc
+            raise StorageError(f"cannot write {self.uri(dataset, rel)}: {exc}{refused_credentials_hint(str(exc))}") from exc
 
     @contextlib.contextmanager
     def open_new_file(self, dataset: str, rel: str):

@@ -37,6 +37,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.transaction import AddAction, RemoveAction
 
 from storage.errors import StorageError
+from storage.objectstore import refused_credentials_hint
 
 # statistics kept per file (only columns that prune: partitions, event time)
 _STATS_COLUMNS = ("period", "date", "interval_start", "hour_start")
@@ -79,7 +80,7 @@ class DeltaDataset:
         except TableNotFoundError:
             return None
         except (DeltaError, OSError) as exc:
-            raise StorageError(f"cannot read the Delta log of {self.uri}: {exc}") from exc
+            raise StorageError(f"cannot read the Delta log of {self.uri}: {exc}{refused_credentials_hint(str(exc))}") from exc
         return self._table
 
     def version(self) -> int:
@@ -117,7 +118,7 @@ class DeltaDataset:
                 self.uri, schema=self.schema, mode="ignore", storage_options=self._options or None
             )
         except (DeltaError, OSError) as exc:
-            raise StorageError(f"cannot create the Delta table {self.uri}: {exc}") from exc
+            raise StorageError(f"cannot create the Delta table {self.uri}: {exc}{refused_credentials_hint(str(exc))}") from exc
         self._table = None
 
     def commit(
@@ -165,7 +166,7 @@ class DeltaDataset:
             raise CommitConflict(f"commit to {self.uri} conflicted with another writer: {exc}") from exc
         except (DeltaError, OSError) as exc:
             self._table = None
-            raise StorageError(f"cannot commit to {self.uri}: {exc}") from exc
+            raise StorageError(f"cannot commit to {self.uri}: {exc}{refused_credentials_hint(str(exc))}") from exc
         return self.version()
 
     def vacuum(self, retention_hours: int) -> list[str]:

@@ -104,3 +104,16 @@ def parse_s3_root(root: str, options: Mapping[str, str] | None = None) -> S3Loca
         access_key_id=pick("AWS_ACCESS_KEY_ID"),
         secret_access_key=pick("AWS_SECRET_ACCESS_KEY"),
     )
+
+
+_REFUSED = ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden")
+
+
+def refused_credentials_hint(error_text: str) -> str:
+    """What to do when the store refused our credentials ('' if the error is something else)."""
+    if not any(marker in error_text for marker in _REFUSED):
+        return ""
+    return (
+        " — the S3 server refused the credentials: check AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (or [storage] in gpuledger.toml) and that the key may use the bucket"
+    )

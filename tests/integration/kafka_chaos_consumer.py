@@ -22,7 +22,7 @@ def main() -> int:
     bootstrap, data_dir, topic, group, kill_after_s = sys.argv[1:6]
     if float(kill_after_s) > 0:
         threading.Timer(float(kill_after_s), lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
-    consumer, parts = stream_consumer(kafka_bus(bootstrap), Path(data_dir), topic, group, max_batch_records=37)
+    consumer, parts = stream_consumer(kafka_bus(bootstrap), data_dir if data_dir.startswith("s3:") else Path(data_dir), topic, group, max_batch_records=37)
     try:
         totals = consumer.run(until_idle=True, idle_polls=4)
     finally:

@@ -8,6 +8,7 @@ under test.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -100,11 +101,20 @@ def billable(t: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
     return {k: v for k, v in t.items() if k[1] != UNATTRIBUTED and v}
 
 
-def _table(data_dir: Path, name: str, columns: list[str]):
-    """A table's current rows read by delta-rs (an independent reader of the Delta log)."""
-    if not (data_dir / name / "_delta_log").exists():
+def _table(data_dir: Path | str, name: str, columns: list[str]):
+    """A table's current rows read by delta-rs (an independent reader of the Delta log); an
+    ``s3://`` data directory is read with the ``AWS_*`` variables of the environment."""
+    text = str(data_dir)
+    if text.startswith("s3:"):
+        uri = "s3://" + text.split(":", 1)[1].lstrip("/") + "/" + name
+        keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP")
+        options = {k: os.environ[k] for k in keys if k in os.environ}
+        if not DeltaTable.is_deltatable(uri, storage_options=options):
+            return None
+        return DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=columns)
+    if not (Path(data_dir) / name / "_delta_log").exists():
         return None
-    return DeltaTable(str(data_dir / name)).to_pyarrow_table(columns=columns)
+    return DeltaTable(str(Path(data_dir) / name)).to_pyarrow_table(columns=columns)
 
 
 def stored(data_dir: Path) -> dict[tuple[str, str], int]:
@@ -149,7 +159,7 @@ class Parts:
 
 
 def stream_consumer(
-    bus: KafkaBus, data_dir: Path, topic: str, group: str, *, quarantine_topic: str | None = None,
+    bus: KafkaBus, data_dir: Path | str, topic: str, group: str, *, quarantine_topic: str | None = None,
     max_batch_records: int = 50_000,
     before_commit: Callable[[BatchResult], None] | None = None,
 ) -> tuple[StreamConsumer, Parts]:

@@ -27,15 +27,23 @@ def publish(bus, topic: str, batches) -> None:
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
 def test_three_consumers_killed_at_random_moments_store_every_event_once(
-    kafka_bootstrap: str, kafka_topic: str, kafka_group: str, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: str, kafka_group: str, tmp_path: Path, where: str,
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # given a fleet on a 4-partition topic and one shared data directory
+    # given a fleet on a 4-partition topic and one shared data directory (a local one, or a
+    # bucket on the project's S3 server: three machines would share that)
     fleet = known_fleet(nodes_per_entity=2, hours=3)
     bus = kafka_bus(kafka_bootstrap, partitions=4)
     bus.ensure_topics([kafka_topic])
     publish(bus, kafka_topic, fleet.batches)
-    data_dir = tmp_path / "shared"
+    data_dir: Path | str = tmp_path / "shared"
+    if where == "s3":
+        s3 = request.getfixturevalue("s3")
+        data_dir = s3.url(request.getfixturevalue("s3_prefix"), "shared")
+        for key, value in s3.environ().items():
+            monkeypatch.setenv(key, value)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)])}
     rng = random.Random(20261201)
 
