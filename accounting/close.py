@@ -170,9 +170,12 @@ def close_month(
         pl.col("gpu_microseconds").sum()
     ).sort(["period", "date", "entity", "project", "gpu_model"])
     priced = price_usage(daily, registry)
+    # what was billed for the changed periods: only ledgers closed since the oldest of them
+    # can hold lines about them (a period is billed by its own close and later corrections)
+    since = [p for p in closed if earlier and p >= min(earlier)]
     billed = {
         key: value
-        for key, value in billed_so_far(_earlier_billing_rows(store, closed)).items()
+        for key, value in billed_so_far(_earlier_billing_rows(store, since)).items()
         if key.usage_period not in unchanged
     }
     lines = billing_lines(period, priced, billed, registry.rounding)
@@ -349,5 +352,4 @@ def _seal(
 
 
 def _period_inputs(store: Store, dataset: str, period: str) -> list[str]:
-    marker = f"/period={period}/"
-    return [p for p in store.files(dataset) if marker in p]
+    return store.files(f"{dataset}/period={period}")

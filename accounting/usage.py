@@ -88,8 +88,8 @@ def usage_periods(store: Store, files: list[str] | None = None) -> list[str]:
 
 
 def period_files(store: Store, dataset: str, period: str) -> list[str]:
-    marker = f"/period={period}/"
-    return [p for p in store.files(dataset) if marker in p]
+    """Files of ``<dataset>/period=<period>/`` only (a prefix listing, not the history)."""
+    return store.files(f"{dataset}/period={period}")
 
 
 def hourly_by_owner(usage: pl.LazyFrame) -> pl.LazyFrame:
