@@ -103,6 +103,7 @@ def test_every_event_is_accepted_and_totals_reconcile(tmp_path: Path) -> None:
     assert (refused, accepted, duplicates) == (0, counts.distinct, counts.duplicates)
     raw = ds.dataset(store.files("raw"), format="parquet").to_table()
     assert raw.num_rows == counts.distinct == len(set(raw["event_id"].to_pylist()))
+    roll_up(store)
     hourly = ds.dataset(store.files("usage_hourly"), format="parquet").to_table()
     assert sum(hourly["gpu_microseconds"].to_pylist()) == counts.gpu_microseconds
     assert store.files("quarantine") == []
