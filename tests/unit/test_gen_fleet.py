@@ -28,6 +28,7 @@ from accounting.registry import load_registry  # noqa: E402
 from bench.gen_fleet import Counts, FleetOptions, fleet, generate, national_mix, to_json_lines  # noqa: E402
 from gpuledger.wiring import accounts_of  # noqa: E402
 from storage.dataset import Store  # noqa: E402
+from storage.rollup import roll_up  # noqa: E402
 from streams.pipeline import BatchProcessor  # noqa: E402
 from streams.schema import make_event_id  # noqa: E402
 from streams.wire import encode_arrow  # noqa: E402
