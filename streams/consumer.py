@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from streams.bus import BusRecord, Consumer, Producer
 from streams.errors import BusUnavailable
+from streams.metrics import COMMIT_REFUSED, COMMIT_UNAVAILABLE, ConsumerObserver
 from streams.pipeline import BatchProcessor, BatchResult
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ class StreamConsumer:
         before_commit: Callable[[BatchResult], None] | None = None,
         retry_s: float = 1.0,
         retry_max_s: float = 30.0,
+        observer: ConsumerObserver | None = None,
     ):
+        self._observer = observer  # metrics and heartbeat (streams.metrics); never raises
         self._retry_s = retry_s
         self._retry_max_s = retry_max_s
         self._consumer = consumer
@@ -102,6 +105,8 @@ class StreamConsumer:
     def run_once(self) -> BatchResult | None:
         """Process one batch; ``None`` when the poll returned nothing."""
         records = self._consumer.poll_batch(self._max, self._timeout)
+        if self._observer is not None:
+            self._observer.polled(len(records))
         if not records:
             return None
         messages = [(record_source(r), r.value) for r in records]
@@ -117,7 +122,15 @@ class StreamConsumer:
         next_offsets: dict[int, int] = {}
         for r in records:
             next_offsets[r.partition] = max(next_offsets.get(r.partition, 0), r.offset + 1)
-        self._consumer.commit(next_offsets)
+        try:
+            # the Kafka bus returns False when the group refused the commit (a rebalance)
+            refused = self._consumer.commit(next_offsets) is False
+        except BusUnavailable:
+            if self._observer is not None:
+                self._observer.batch_done(result, COMMIT_UNAVAILABLE)
+            raise
+        if self._observer is not None:
+            self._observer.batch_done(result, COMMIT_REFUSED if refused else None)
         log.info(
             "batch committed",
             extra={"accepted": result.accepted, "refused": result.refused, "duplicates": result.duplicates},
