@@ -212,7 +212,7 @@ def health(
     def body() -> None:
         from gpuledger.health import HeartbeatFile, assess, describe
 
-        settings = settings_from(data_dir, None, None)
+        settings = settings_from(data_dir)
         progress = HeartbeatFile(heartbeat_file or settings.heartbeat_file).read()
         now_s = time.time()
         problems = assess(progress, now_s, max_stale_s)
@@ -232,7 +232,6 @@ app.add_typer(quarantine_app, name="quarantine")
 def quarantine_replay(
     data_dir: DataDirOpt = None,
     registry: RegistryOpt = None,
-    bus: BusOpt = None,
     month: Annotated[str | None, typer.Option("--month", help="Only events of this KST month (YYYY-MM).")] = None,
 ) -> None:
     """Re-check events refused for an unknown entity or project against the registry as it is now.
@@ -246,7 +245,7 @@ def quarantine_replay(
         from streams.pipeline import BatchProcessor
         from streams.replay import replay_quarantine
 
-        settings = settings_from(data_dir, registry, bus)
+        settings = settings_from(data_dir, registry)
         store = make_store(settings)
         store.recover()
         results = replay_quarantine(store, BatchProcessor(store, accounts_of(registry_from(settings))), period=month)
@@ -261,7 +260,6 @@ def quarantine_replay(
 def quarantine_list(
     data_dir: DataDirOpt = None,
     registry: RegistryOpt = None,
-    bus: BusOpt = None,
     month: Annotated[str | None, typer.Option("--month", help="Only this KST month (YYYY-MM, or 'unknown').")] = None,
 ) -> None:
     """Count refused lines per period and reason (the lines themselves are in quarantine/)."""
@@ -272,7 +270,7 @@ def quarantine_list(
 
         from gpuledger.wiring import make_store
 
-        store = make_store(settings_from(data_dir, registry, bus))
+        store = make_store(settings_from(data_dir, registry))
         files = store.files("quarantine")
         table = Table(title="quarantine")
         for name in ("period", "reason", "lines", "GPU-hours"):
