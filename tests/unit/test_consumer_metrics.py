@@ -266,3 +266,16 @@ def test_a_stuck_batch_step_makes_the_last_heartbeat_stale(tmp_path: Path) -> No
     after = file.read()
     assert after.lag_total == 0 and after.last_commit_s == clock.now
     assert assess(after, clock.now + 1, 300) == []
+
+
+def test_the_compose_consumer_health_check_is_gpuledger_health() -> None:
+    """docker-compose.yml's consumer is judged by its progress, not by being alive."""
+    import yaml
+
+    from gpuledger.cli import app
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
+    test = compose["services"]["consumer"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "gpuledger", "health"] and "--max-stale-s" in test
+    assert "health" in {c.name or c.callback.__name__ for c in app.registered_commands}
+    assert compose["services"]["consumer"]["environment"]["GPULEDGER_CONSUMER__METRICS_PORT"] == "9401"
