@@ -9,8 +9,10 @@ Order per batch, which is what makes a crash harmless:
 4. offsets are committed — a crash before this replays the batch, and dedupe by event id
    (and by line hash for quarantine) drops what was already stored.
 
-The loop never polls again while it holds uncommitted records, so a rebalance never revokes a
-partition with unwritten data: revocation happens inside ``poll``, after the last commit.
+The loop never polls again while it holds unwritten records, and revocation happens inside
+``poll``. The group can still move a partition away mid-batch when the step outlasts
+``max_poll_interval_ms`` or the process stops answering for the session timeout: the batch is
+written, its commit refused, and the next owner reads it again.
 """
 
 from __future__ import annotations

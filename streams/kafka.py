@@ -420,8 +420,11 @@ class KafkaConsumer:
     """:class:`streams.bus.Consumer` on Kafka: a group member that commits only when told.
 
     Rebalances happen inside :meth:`poll_batch` (kafka-python's poll); the stream consumer
-    writes and commits each batch before it polls again, so nothing uncommitted is held when
-    ``on_revoke`` is called, and the partition's next owner resumes at the last commit.
+    writes and commits each batch before it polls again, so nothing unwritten is held when
+    ``on_revoke`` is called, and the partition's next owner resumes at the last commit. A
+    member whose batch step outlasts ``max_poll_interval_ms`` (or that stops heartbeating for
+    the session timeout) loses its partitions mid-batch: its commit is then refused
+    (:meth:`commit` returns ``False``) and the next owner reads the batch again.
     """
 
     lag_unit = "records"  # what :meth:`lag` counts
