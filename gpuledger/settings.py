@@ -100,7 +100,8 @@ class ConsumerSettings(BaseModel):
     max_batch_records: int = Field(default=50_000, ge=1)
     poll_timeout_s: float = Field(default=0.5, gt=0)
     idle_polls: int = Field(default=2, ge=1)  # --until-idle: empty polls in a row before exit
-    # where `consume` writes its progress for `gpuledger health` (default <data-dir>/consumer.heartbeat.json)
+    # where `consume` writes its progress for `gpuledger health` (default <data-dir>/consumer.heartbeat.json;
+    # one per process: consumers sharing a data dir each need their own)
     heartbeat_file: Path | None = None
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus /metrics; None: not served
 

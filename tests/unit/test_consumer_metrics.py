@@ -279,3 +279,14 @@ def test_the_compose_consumer_health_check_is_gpuledger_health() -> None:
     assert test[:3] == ["CMD", "gpuledger", "health"] and "--max-stale-s" in test
     assert "health" in {c.name or c.callback.__name__ for c in app.registered_commands}
     assert compose["services"]["consumer"]["environment"]["GPULEDGER_CONSUMER__METRICS_PORT"] == "9401"
+
+
+def test_compose_replicas_each_judge_their_own_heartbeat() -> None:
+    """`--scale consumer=N` shares the data volume: the heartbeat must not live on it."""
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
+    consumer = compose["services"]["consumer"]
+    beat = consumer["environment"]["GPULEDGER_CONSUMER__HEARTBEAT_FILE"]
+    mounts = [volume.split(":")[1] for volume in consumer["volumes"]]
+    assert not any(beat.startswith(mount.rstrip("/") + "/") for mount in mounts)
