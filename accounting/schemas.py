@@ -1,4 +1,4 @@
-"""Declared Arrow schemas of the ledgers (DESIGN.md, Ledgers). Public: finance and auditors read these.
+"""Declared Arrow schemas of the ledgers (docs/architecture.md, Ledgers). Public: finance and auditors read these.
 
 Money is ``decimal128`` (exact), never float. ``gpu_microseconds`` is the exact usage the
 line bills; ``gpu_hours`` is that value in hours rounded half-even to 6 places for reading;

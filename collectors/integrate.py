@@ -15,7 +15,7 @@ Each sample stands for ``sample_period_s`` seconds of its device. Over one align
   period implies (a silent node simply yields no event: nothing is zero-filled);
 * the owner is the one seen in most samples (ties broken by name); per-sample flags carry over.
 
-Invariant (DESIGN.md 2): a device's ``gpu_seconds`` never exceeds the interval × its fraction,
+Invariant 2 (docs/architecture.md): a device's ``gpu_seconds`` never exceeds the interval × its fraction,
 so the MIG instances of one GPU sum to at most the interval.
 """
 

@@ -156,25 +156,73 @@ def consume(
     registry: RegistryOpt = None,
     bus: BusOpt = None,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="Drain what is on the bus, then exit.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port (0: any free port; default: not served).", show_default=False),
+    ] = None,
 ) -> None:
-    """Run the stream consumer: validate, dedupe, aggregate and write Parquet, then commit offsets."""
+    """Run the stream consumer: validate, dedupe, aggregate and write Parquet, then commit offsets.
+
+    It writes its progress to a heartbeat file that `gpuledger health` checks.
+    """
 
     def body() -> None:
+        from prometheus_client import CollectorRegistry
+
+        from collectors.metrics import serve
         from gpuledger.wiring import make_bus, make_store, make_stream_consumer, registry_from
 
         settings = settings_from(data_dir, registry, bus)
         reg = registry_from(settings)
-        consumer = make_stream_consumer(settings, reg, make_bus(settings), make_store(settings))
+        metrics = CollectorRegistry()
+        consumer = make_stream_consumer(settings, reg, make_bus(settings), make_store(settings), metrics_registry=metrics)
+        port = metrics_port if metrics_port is not None else settings.consumer.metrics_port
+        server = None
+        if port is not None:
+            server, bound = serve(metrics, port)
+            console.print(f"consume: metrics on http://0.0.0.0:{bound}/metrics", highlight=False)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        with consumer:
-            totals = consumer.run(until_idle=until_idle, idle_polls=settings.consumer.idle_polls, stop=stop)
+        try:
+            with consumer:
+                totals = consumer.run(until_idle=until_idle, idle_polls=settings.consumer.idle_polls, stop=stop)
+        finally:
+            if server is not None:
+                server.shutdown()
         out.print(
             f"consume: {totals.accepted:,} events accepted, {totals.refused:,} refused (kept in quarantine/), "
             f"{totals.duplicates:,} duplicates dropped, {totals.replayed:,} messages already stored "
             f"(skipped by offset), in {totals.batches} batches"
         )
+
+    run_command(body)
+
+
+@app.command()
+def health(
+    data_dir: DataDirOpt = None,
+    max_stale_s: Annotated[
+        float, typer.Option("--max-stale-s", min=1, help="Seconds without progress (or, with a backlog, without a commit) before the consumer counts as unhealthy.")
+    ] = 300,
+    heartbeat_file: Annotated[
+        Path | None,
+        typer.Option("--heartbeat-file", help="Heartbeat of the consumer (default <data-dir>/consumer.heartbeat.json).", show_default=False),
+    ] = None,
+) -> None:
+    """Exit 0 when the stream consumer on this data dir is making progress, 1 naming why not (a container health check)."""
+
+    def body() -> None:
+        from gpuledger.health import HeartbeatFile, assess, describe
+
+        settings = settings_from(data_dir)
+        progress = HeartbeatFile(heartbeat_file or settings.heartbeat_file).read()
+        now_s = time.time()
+        problems = assess(progress, now_s, max_stale_s)
+        if problems:
+            console.print(f"unhealthy: {'; '.join(problems)}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+        out.print(f"healthy: {describe(progress, now_s)}", markup=False, highlight=False, soft_wrap=True)
 
     run_command(body)
 
@@ -187,7 +235,6 @@ app.add_typer(quarantine_app, name="quarantine")
 def quarantine_replay(
     data_dir: DataDirOpt = None,
     registry: RegistryOpt = None,
-    bus: BusOpt = None,
     month: Annotated[str | None, typer.Option("--month", help="Only events of this KST month (YYYY-MM).")] = None,
 ) -> None:
     """Re-check events refused for an unknown entity or project against the registry as it is now.
@@ -201,7 +248,7 @@ def quarantine_replay(
         from streams.pipeline import BatchProcessor
         from streams.replay import replay_quarantine
 
-        settings = settings_from(data_dir, registry, bus)
+        settings = settings_from(data_dir, registry)
         store = make_store(settings)
         results = replay_quarantine(store, BatchProcessor(store, accounts_of(registry_from(settings))), period=month)
         accepted = sum(r.accepted for r in results)
@@ -215,7 +262,6 @@ def quarantine_replay(
 def quarantine_list(
     data_dir: DataDirOpt = None,
     registry: RegistryOpt = None,
-    bus: BusOpt = None,
     month: Annotated[str | None, typer.Option("--month", help="Only this KST month (YYYY-MM, or 'unknown').")] = None,
 ) -> None:
     """Count refused lines per period and reason (the lines themselves are in quarantine/)."""
@@ -226,7 +272,7 @@ def quarantine_list(
 
         from gpuledger.wiring import make_store
 
-        store = make_store(settings_from(data_dir, registry, bus))
+        store = make_store(settings_from(data_dir, registry))
         files = store.files("quarantine")
         table = Table(title="quarantine")
         for name in ("period", "reason", "lines", "GPU-hours"):

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, console, out, run_command, settings_from
+from gpuledger.cli_common import DataDirOpt, RegistryOpt, console, out, run_command, settings_from
 
 registry_app = typer.Typer(help="Check the registry (entities, allocations, projects, rate cards).", no_args_is_help=True)
 
@@ -21,7 +21,6 @@ def close(
     month: Annotated[str, typer.Option("--month", help="KST calendar month to close, YYYY-MM.")],
     data_dir: DataDirOpt = None,
     registry: RegistryOpt = None,
-    bus: BusOpt = None,
     signing_key: Annotated[
         Path | None,
         typer.Option("--signing-key", help="Ed25519 private key (PEM) to sign the period's manifest."),
@@ -45,7 +44,7 @@ def close(
         from storage.rollup import roll_up
 
         _refuse_unfinished(month, early)
-        settings = settings_from(data_dir, registry, bus)
+        settings = settings_from(data_dir, registry)
         reg = load_registry(settings.registry)
         store = Store(settings.data_dir)
         with console.status(f"closing {month}") as status:

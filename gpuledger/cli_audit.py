@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, console, out, run_command, settings_from
+from gpuledger.cli_common import DataDirOpt, RegistryOpt, console, out, run_command, settings_from
 
 
 def Store(root: Path):  # noqa: N802 - imported on use: Polars/pyarrow are not needed by `collect`
@@ -34,7 +34,6 @@ SigningKeyOpt = Annotated[
 def verify(
     data_dir: DataDirOpt = None,
     registry: RegistryOpt = None,
-    bus: BusOpt = None,
     public_key: Annotated[
         Path | None,
         typer.Option("--public-key", help="Ed25519 public key (PEM); with it every manifest signature is checked."),
@@ -44,7 +43,7 @@ def verify(
     from storage.manifest import verify as verify_store
 
     def body() -> None:
-        settings = settings_from(data_dir, registry, bus)
+        settings = settings_from(data_dir, registry)
         report = verify_store(Store(settings.data_dir), public_key=public_key)
         for note in report.notes:
             console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
@@ -67,14 +66,13 @@ def export(
     out_dir: OutOpt = None,
     data_dir: DataDirOpt = None,
     registry: RegistryOpt = None,
-    bus: BusOpt = None,
 ) -> None:
     """Write the finance pack (CSV/XLSX statements in KRW) and the auditor pack of a closed month."""
     from accounting.export import export_month
     from accounting.registry import load_registry
 
     def body() -> None:
-        settings = settings_from(data_dir, registry, bus)
+        settings = settings_from(data_dir, registry)
         reg = load_registry(settings.registry)
         result = export_month(
             Store(settings.data_dir), month, out_dir, registry=reg, registry_file=settings.registry
@@ -92,14 +90,13 @@ def report(
     out_dir: OutOpt = None,
     data_dir: DataDirOpt = None,
     registry: RegistryOpt = None,
-    bus: BusOpt = None,
 ) -> None:
     """Draw the month's charts (PNG) and a self-contained HTML page (GPU 사용 보고서)."""
     from accounting.registry import load_registry
     from accounting.report import render_report
 
     def body() -> None:
-        settings = settings_from(data_dir, registry, bus)
+        settings = settings_from(data_dir, registry)
         reg = load_registry(settings.registry) if Path(settings.registry).exists() else None
         result = render_report(Store(settings.data_dir), month, out_dir, registry=reg)
         for name in result.files:
@@ -111,7 +108,6 @@ def report(
 def schedule(
     data_dir: DataDirOpt = None,
     registry: RegistryOpt = None,
-    bus: BusOpt = None,
     signing_key: SigningKeyOpt = None,
     close_hour: Annotated[int, typer.Option("--close-hour", min=0, max=23, help="KST hour of the monthly close on the 1st.")] = 1,
 ) -> None:
@@ -123,7 +119,7 @@ def schedule(
     from accounting.scheduler import ScheduleConfig, serve
 
     def body() -> None:
-        settings = settings_from(data_dir, registry, bus)
+        settings = settings_from(data_dir, registry)
         config = ScheduleConfig(
             data_dir=settings.data_dir, registry=settings.registry, signing_key=signing_key, close_hour=close_hour
         )

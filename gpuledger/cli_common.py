@@ -1,7 +1,7 @@
 """Options every command takes, and the one way a command turns them into settings.
 
-Each command declares ``data_dir``, ``registry`` and ``bus`` with these annotated types and
-calls :func:`settings_from` first thing. Errors that are ours (:class:`GpuledgerError`) end the
+Each command declares ``data_dir``, and ``registry`` and ``bus`` where it uses them, with these
+annotated types, and calls :func:`settings_from` first thing. Errors that are ours (:class:`GpuledgerError`) end the
 command with exit status 1 and a one-line reason on stderr (see :func:`run_command`).
 """
 
@@ -37,7 +37,7 @@ out = Console()
 T = TypeVar("T")
 
 
-def settings_from(data_dir: Path | None, registry: Path | None, bus: str | None) -> Settings:
+def settings_from(data_dir: Path | None, registry: Path | None = None, bus: str | None = None) -> Settings:
     return load_settings(data_dir=data_dir, registry=registry, bus=bus)
 
 

@@ -44,6 +44,11 @@ class KafkaSettings(BaseModel):
     retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000)
     consumer_group: str = "gpuledger-consumer"
     linger_ms: int = Field(default=20, ge=0)
+    # The longest one batch step (write + commit) may take before the group evicts the member
+    # and moves its partitions (Kafka's max.poll.interval.ms). The worst step measured is a
+    # few seconds (docs/BENCHMARKS.md); 10 min leaves room for slow storage, and a stuck
+    # member is still evicted. Kafka's own default is 5 min.
+    max_poll_interval_ms: int = Field(default=600_000, ge=10_000)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -95,6 +100,10 @@ class ConsumerSettings(BaseModel):
     max_batch_records: int = Field(default=50_000, ge=1)
     poll_timeout_s: float = Field(default=0.5, gt=0)
     idle_polls: int = Field(default=2, ge=1)  # --until-idle: empty polls in a row before exit
+    # where `consume` writes its progress for `gpuledger health` (default <data-dir>/consumer.heartbeat.json;
+    # one per process: consumers sharing a data dir each need their own)
+    heartbeat_file: Path | None = None
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus /metrics; None: not served
 
 
 class Settings(BaseSettings):
@@ -131,6 +140,10 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.collector.spool_dir or self.data_dir / "spool"
+
+    @property
+    def heartbeat_file(self) -> Path:
+        return self.consumer.heartbeat_file or self.data_dir / "consumer.heartbeat.json"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from accounting.registry import Registry, load_registry
+from gpuledger.health import HeartbeatFile
 from gpuledger.settings import Settings
 from storage.dataset import Store
 from streams.bus import Bus
 from streams.consumer import StreamConsumer
+from streams.metrics import ConsumerMetrics
 from streams.pipeline import BatchProcessor
 from streams.validate import Accounts
 
@@ -51,19 +55,37 @@ def accounts_of(registry: Registry) -> Accounts:
     )
 
 
-def make_stream_consumer(settings: Settings, registry: Registry, bus: Bus, store: Store) -> StreamConsumer:
+def make_stream_consumer(
+    settings: Settings,
+    registry: Registry,
+    bus: Bus,
+    store: Store,
+    *,
+    metrics_registry: CollectorRegistry | None = None,
+) -> StreamConsumer:
     """A consumer of the usage topic in the configured group, writing into ``store``.
 
     Nothing to recover on start: a batch is visible only once its Delta commit exists, and
     the offsets in that commit say where to resume.
+
+    With ``metrics_registry`` the consumer reports to a :class:`ConsumerMetrics` on it (the
+    caller serves it, or not) and writes its heartbeat (``settings.heartbeat_file``, read by
+    ``gpuledger health``), a first one before it polls.
     """
     topic = settings.kafka.usage_topic
     quarantine = bus.producer(settings.kafka.quarantine_topic)
+    bus_consumer = bus.consumer(topic, settings.kafka.consumer_group)
+    metrics = None
+    if metrics_registry is not None:
+        heartbeat = HeartbeatFile(settings.heartbeat_file)
+        metrics = ConsumerMetrics(metrics_registry, lag=bus_consumer, on_progress=heartbeat.write)  # type: ignore[arg-type]
+        metrics.report()
     return StreamConsumer(
-        bus.consumer(topic, settings.kafka.consumer_group),
+        bus_consumer,
         BatchProcessor(store, accounts_of(registry)),
         quarantine_producer=quarantine,
         max_batch_records=settings.consumer.max_batch_records,
         poll_timeout_s=settings.consumer.poll_timeout_s,
         group=settings.kafka.consumer_group,
+        observer=metrics,
     )

@@ -8,7 +8,7 @@ for the first); and ``manifest_sha256``, the SHA-256 of the canonical JSON of ev
 (so an edit of the newest manifest, which no successor points at yet, is caught too).
 
 The bytes are deterministic (sorted keys, sorted files, no wall-clock time unless the caller
-passes ``sealed_at``): the same inputs seal to the same bytes and the same hash (DESIGN.md,
+passes ``sealed_at``): the same inputs seal to the same bytes and the same hash (docs/architecture.md,
 invariant 3). An optional detached Ed25519 signature ``YYYY-MM.json.sig`` (64 raw bytes over
 the manifest's bytes, so ``openssl pkeyutl -verify -rawin`` checks it too) proves the operator
 who holds the private key sealed it.

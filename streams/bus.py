@@ -57,8 +57,10 @@ class Consumer(Protocol):
     def poll_batch(self, max_records: int, timeout_s: float) -> list[BusRecord]:
         """Up to ``max_records`` records after the current position; ``[]`` when idle."""
 
-    def commit(self, next_offsets: Mapping[int, int]) -> None:
-        """Record, per partition, the offset of the next record to read."""
+    def commit(self, next_offsets: Mapping[int, int]) -> bool | None:
+        """Record, per partition, the offset of the next record to read. ``False``: the bus
+        refused it because the group rebalanced (the records come again); raises
+        ``BusUnavailable`` when the bus did not answer."""
 
     def caught_up(self) -> bool:
         """``True`` when nothing is left after the current position, as far as the bus knows

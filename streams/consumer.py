@@ -9,8 +9,10 @@ Order per batch, which is what makes a crash harmless:
 4. offsets are committed to the bus — advisory: a crash before this replays the batch, and
    the offsets stored with the rows make the replay a no-op.
 
-The loop never polls again while it holds uncommitted records, so a rebalance never revokes a
-partition with unwritten data: revocation happens inside ``poll``, after the last commit.
+The loop never polls again while it holds unwritten records, and revocation happens inside
+``poll``. The group can still move a partition away mid-batch when the step outlasts
+``max_poll_interval_ms`` or the process stops answering for the session timeout: the batch is
+written, its commit refused, and the next owner reads it again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Callable
 
 from streams.bus import BusRecord, Consumer, Producer
 from streams.errors import BusUnavailable
+from streams.metrics import COMMIT_REFUSED, COMMIT_UNAVAILABLE, ConsumerObserver
 from streams.pipeline import BatchProcessor, BatchResult, Position
 
 log = logging.getLogger(__name__)
@@ -77,8 +80,10 @@ class StreamConsumer:
         retry_s: float = 1.0,
         retry_max_s: float = 30.0,
         group: str = "gpuledger",
+        observer: ConsumerObserver | None = None,
     ):
         self._group = group
+        self._observer = observer  # metrics and heartbeat (streams.metrics); never raises
         self._retry_s = retry_s
         self._retry_max_s = retry_max_s
         self._consumer = consumer
@@ -106,11 +111,15 @@ class StreamConsumer:
     def run_once(self) -> BatchResult | None:
         """Process one batch; ``None`` when the poll returned nothing."""
         records = self._consumer.poll_batch(self._max, self._timeout)
+        if self._observer is not None:
+            self._observer.polled(len(records))
         if not records:
             return None
         messages = [(record_source(r), r.value) for r in records]
         positions = [Position(f"{self._group}/{r.topic}/{r.partition}", r.offset) for r in records]
         result = self._processor.process(messages, positions)
+        if self._observer is not None and hasattr(self._observer, "set_dedupe_window"):
+            self._observer.set_dedupe_window(self._processor.window.ids_held)
         if self._quarantine is not None and result.refused_lines:
             for line in result.refused_lines:
                 self._quarantine.send(
@@ -122,7 +131,15 @@ class StreamConsumer:
         next_offsets: dict[int, int] = {}
         for r in records:
             next_offsets[r.partition] = max(next_offsets.get(r.partition, 0), r.offset + 1)
-        self._consumer.commit(next_offsets)
+        try:
+            # the Kafka bus returns False when the group refused the commit (a rebalance)
+            refused = self._consumer.commit(next_offsets) is False
+        except BusUnavailable:
+            if self._observer is not None:
+                self._observer.batch_done(result, COMMIT_UNAVAILABLE)
+            raise
+        if self._observer is not None:
+            self._observer.batch_done(result, COMMIT_REFUSED if refused else None)
         log.info(
             "batch committed",
             extra={"accepted": result.accepted, "refused": result.refused, "duplicates": result.duplicates},

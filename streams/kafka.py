@@ -60,6 +60,7 @@ class KafkaSettings(Protocol):
     retention_ms: int
     consumer_group: str
     linger_ms: int
+    max_poll_interval_ms: int
 
 log = logging.getLogger(__name__)
 
@@ -419,9 +420,14 @@ class KafkaConsumer:
     """:class:`streams.bus.Consumer` on Kafka: a group member that commits only when told.
 
     Rebalances happen inside :meth:`poll_batch` (kafka-python's poll); the stream consumer
-    writes and commits each batch before it polls again, so nothing uncommitted is held when
-    ``on_revoke`` is called, and the partition's next owner resumes at the last commit.
+    writes and commits each batch before it polls again, so nothing unwritten is held when
+    ``on_revoke`` is called, and the partition's next owner resumes at the last commit. A
+    member whose batch step outlasts ``max_poll_interval_ms`` (or that stops heartbeating for
+    the session timeout) loses its partitions mid-batch: its commit is then refused
+    (:meth:`commit` returns ``False``) and the next owner reads the batch again.
     """
+
+    lag_unit = "records"  # what :meth:`lag` counts
 
     def __init__(
         self,
@@ -447,6 +453,9 @@ class KafkaConsumer:
                 fetch_max_bytes=64 * 1024 * 1024,
                 session_timeout_ms=int(bus.session_timeout_s * 1000),
                 heartbeat_interval_ms=int(max(1.0, bus.session_timeout_s / 4) * 1000),
+                # the longest a batch step (write + commit) may take before the group evicts
+                # this member and hands its partitions on (kafka-python's default is 5 min)
+                max_poll_interval_ms=s.max_poll_interval_ms,
                 bootstrap_timeout_ms=int(bus.connect_timeout_s * 1000),
                 **client_config(s),
             )
@@ -539,9 +548,11 @@ class KafkaConsumer:
         except kerr.KafkaError as exc:
             raise _translate(exc, f"looking up the end offsets of {self.topic}", sasl=self._sasl) from exc
 
-    def commit(self, next_offsets: Mapping[int, int]) -> None:
+    def commit(self, next_offsets: Mapping[int, int]) -> bool:
+        """Commit; ``False`` when the group refused it because it rebalanced meanwhile (the
+        batch is read again and deduplicated), ``True`` when committed. Other failures raise."""
         if not next_offsets:
-            return
+            return True
         offsets = {
             TopicPartition(self.topic, partition): OffsetAndMetadata(offset, "", -1)
             for partition, offset in next_offsets.items()
@@ -550,7 +561,7 @@ class KafkaConsumer:
         while True:
             try:
                 self._consumer.commit(offsets=offsets)
-                return
+                return True
             except _REBALANCE_ERRORS as exc:
                 # The group moved on while the batch was being written: these partitions'
                 # next owner (maybe this member again) resumes at the last commit. The batch
@@ -559,12 +570,29 @@ class KafkaConsumer:
                     "offsets of %s not committed, the group rebalanced meanwhile (%s); "
                     "the batch will be read again and deduplicated", self.topic, exc,
                 )
-                return
+                return False
             except kerr.KafkaError as exc:
                 if exc.retriable and time.monotonic() < deadline:
                     time.sleep(0.5)  # coordinator moving or restarting: try again
                     continue
                 raise _translate(exc, f"committing offsets of {self.topic}", sasl=self._sasl) from exc
+
+    def lag(self) -> dict[int, int]:
+        """Per assigned partition, records between the position and the end of the log (the
+        end offsets are one request to the broker: ask every few seconds, not per record)."""
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return {}
+        timeout_ms = int(self._bus.connect_timeout_s * 1000)
+        try:
+            ends = self._consumer.end_offsets(assigned, timeout_ms=timeout_ms)
+            positions = {tp: self._consumer.position(tp, timeout_ms=timeout_ms) for tp in assigned}
+        except kerr.IllegalStateError:
+            return {}  # a rebalance took a partition meanwhile: the next look sees the new set
+        except kerr.KafkaError as exc:
+            raise _translate(exc, f"looking up the lag of {self.topic}", sasl=self._sasl) from exc
+        # a position not resolved yet (just assigned) is left out rather than guessed
+        return {tp.partition: max(0, ends[tp] - at) for tp, at in positions.items() if at is not None}
 
     def assigned_partitions(self) -> Sequence[int]:
         """The partitions this member holds now (for diagnostics and tests)."""

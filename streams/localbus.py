@@ -175,6 +175,17 @@ class LocalConsumer:
         os.replace(tmp, self._group_file)
         self._positions = {k: v for k, v in self._positions.items() if k >= offset}
 
+    lag_unit = "bytes"  # what :meth:`lag` counts: records would mean reading the backlog
+
+    def lag(self) -> dict[int, int]:
+        """Bytes of log after the position (a torn tail a crashed producer left counts until
+        the next producer cuts it off)."""
+        try:
+            size = self._path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        return {0: max(0, size - self._position)}
+
     def caught_up(self) -> bool:
         if not self._path.exists():
             return True

@@ -1,4 +1,4 @@
-"""Usage event, schema version 1: the public wire contract (DESIGN.md, Contracts).
+"""Usage event, schema version 1: the public wire contract (docs/architecture.md, Contracts).
 
 One event is one device (a whole GPU or one MIG instance) over one aligned interval. The
 same contract travels as JSON in Kafka messages (several events per message, one per line)

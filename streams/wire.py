@@ -15,7 +15,7 @@ refused as a whole (``bad_arrow_batch``) and kept, base64 of the original bytes,
 reason.
 
 Collectors keep JSON: they send a node's few events per interval, and pyarrow would triple
-the agent's memory (DESIGN.md, collector budget). Arrow pays off from about a thousand
+the agent's memory (docs/architecture.md, Budgets and scale). Arrow pays off from about a thousand
 events per message.
 """
 

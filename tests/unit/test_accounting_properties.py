@@ -1,4 +1,4 @@
-"""Invariants of DESIGN.md, checked with hypothesis over random months and late arrivals.
+"""Invariants of docs/architecture.md, checked with hypothesis over random months and late arrivals.
 
 * Invariant 1: over all ledgers, each usage period's billed GPU-time equals the distinct
   billable usage of that period (no loss, no double counting), however late it arrived.

@@ -1,4 +1,4 @@
-"""The rooms of DESIGN.md: imports flow one way, vendor libraries stay in their module.
+"""The rooms of docs/architecture.md: imports flow one way, vendor libraries stay in their module.
 
     gpuledger → accounting → storage
     gpuledger → streams → storage

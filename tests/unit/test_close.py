@@ -101,7 +101,7 @@ def test_bad_month_is_refused(tmp_path: Path) -> None:
 
 
 def test_sample_registry_closes_a_small_month(tmp_path: Path) -> None:
-    # The sample registry of DESIGN.md prices every model of every pool: a close never stops
+    # The sample registry of docs/architecture.md prices every model of every pool: a close never stops
     store = Store(tmp_path)
     reg = load_registry(SAMPLE_REGISTRY)
     rows = [

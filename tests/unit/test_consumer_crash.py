@@ -1,5 +1,5 @@
 """Crash safety: a consumer stopped between the Parquet write and the offset commit, restarted,
-produces the same ledger as an uninterrupted run (DESIGN.md invariants 1 and 3)."""
+produces the same ledger as an uninterrupted run (docs/architecture.md invariants 1 and 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sealing a period and verifying it: tampering, chain breaks, signatures (DESIGN.md invariant 5)."""
+"""Sealing a period and verifying it: tampering, chain breaks, signatures (docs/architecture.md invariant 5)."""
 
 from __future__ import annotations
 

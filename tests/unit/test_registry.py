@@ -1,4 +1,4 @@
-"""The registry: the sample loads as DESIGN.md describes it; every mistake is reported at once."""
+"""The registry: the sample loads as docs/architecture.md describes it; every mistake is reported at once."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Property: however events are duplicated, split into batches and ordered, stored totals equal
-the totals of the distinct events (DESIGN.md invariant 1)."""
+the totals of the distinct events (docs/architecture.md invariant 1)."""
 
 from __future__ import annotations
 
