@@ -59,9 +59,15 @@ build() {
     if cached; then
         return 0
     fi
-    command -v go >/dev/null || die "Go 1.24+ is needed to build SeaweedFS (https://go.dev/dl/, or apt-get install golang)"
+    command -v go >/dev/null || die "Go is needed to build SeaweedFS (https://go.dev/dl/; an older Go fetches the toolchain the module asks for)"
     mkdir -p "$CACHE"
-    local work src build_log started
+    # one build at a time per cache (make test and a test session may both ask)
+    exec 9>"$CACHE/build.lock"
+    flock 9
+    if cached; then
+        return 0
+    fi
+    local work build_log started
     work="$(mktemp -d)"
     build_log="$CACHE/build.log"
     started=$SECONDS
@@ -201,7 +207,7 @@ up() {
         -master.telemetry=false
     )
     : >"$LOG"
-    echo "$secret" >"$HOME_DIR/secret" && chmod 600 "$HOME_DIR/secret"
+    (umask 077 && echo "$secret" >"$HOME_DIR/secret")
     cat >"$STATE" <<EOF
 S3_STATE_PORT=$PORT
 S3_STATE_BUCKET=$BUCKET
