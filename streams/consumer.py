@@ -118,8 +118,9 @@ class StreamConsumer:
         messages = [(record_source(r), r.value) for r in records]
         positions = [Position(f"{self._group}/{r.topic}/{r.partition}", r.offset) for r in records]
         result = self._processor.process(messages, positions)
-        if self._observer is not None and hasattr(self._observer, "set_dedupe_window"):
-            self._observer.set_dedupe_window(self._processor.window.ids_held)
+        window = getattr(self._processor, "window", None)
+        if self._observer is not None and window is not None and hasattr(self._observer, "set_dedupe_window"):
+            self._observer.set_dedupe_window(window.ids_held)
         if self._quarantine is not None and result.refused_lines:
             for line in result.refused_lines:
                 self._quarantine.send(

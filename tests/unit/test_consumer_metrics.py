@@ -40,7 +40,7 @@ class SlowStep:
     def __init__(self, inner: BatchProcessor, clock: FakeClock, step_s: float):
         self._inner, self._clock, self._step_s = inner, clock, step_s
 
-    def process(self, messages):
+    def process(self, messages, positions=None):
         result = self._inner.process(messages)
         self._clock.now += self._step_s
         return result
