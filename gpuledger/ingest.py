@@ -6,30 +6,35 @@ message key) so one node's events keep their order on a partitioned bus. Before 
 same column-wise rules the consumer applies are run to tell the user how many lines will be
 refused and why.
 
+The prediction is the consumer's own verdict: the same decoder and rules run on each line
+(``streams.validate``), and a line's verdict does not depend on the lines around it, so the
+count of refusals ingest prints is the count the consumer makes (with the same registry and
+a clock on the same day).
+
 With ``wire="arrow"`` (the default: this is bulk traffic) each message is one Arrow IPC batch
-(``streams.wire``) when its lines decode cleanly under the wire schema, which is exactly what
-the consumer's JSON fast path would have made of them. A chunk holding a line that does not
-(not JSON, a wrong type) goes as JSON Lines, so the consumer keeps the refused line's own
-bytes in quarantine.
+(``streams.wire``) of the rows the strict decoder made of its lines. A chunk holding a line
+the decoder refuses (not JSON, a wrong type, a key named twice) goes as JSON Lines, so the
+consumer keeps the refused line's own bytes in quarantine.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import sys
 from collections import Counter
 from pathlib import Path
 
+import polars as pl
+
 from storage.errors import GpuledgerError
 from streams.bus import Producer
-from streams.validate import WIRE_SCHEMA, Accounts, check_rules, decode_messages
+from streams.validate import Accounts, check_rules, decode_line, decode_messages
 from streams.wire import encode_arrow
 
 WIRES = ("arrow", "json")
 
 UNPARSED_KEY = "unparsed"
+_JSON_WHITESPACE = b" \t\r"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,37 +54,39 @@ def ingest_file(
         data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
     except OSError as exc:
         raise GpuledgerError(f"cannot read {path}: {exc.strerror}") from exc
-    by_node: dict[str, list[bytes]] = {}
-    lines = [line for line in data.split(b"\n") if line.strip()]
-    for line in lines:
-        try:
-            node = json.loads(line).get("node")
-        except (ValueError, AttributeError):
-            node = None
-        by_node.setdefault(node if isinstance(node, str) and node else UNPARSED_KEY, []).append(line)
-    frame, early = decode_messages([(str(path), b"\n".join(lines))])
+    lines = [line for line in data.split(b"\n") if line.strip(_JSON_WHITESPACE)]
+    frame, early = decode_messages([("ingest", b"\n".join(lines))])
+    # row of the decoded frame for each line (None: refused by the decoder)
+    numbers = frame["_source"].str.extract(r"#(\d+)$").cast(pl.Int64).to_list()
+    row_of: list[int | None] = [None] * len(lines)
+    for row, number in enumerate(numbers):
+        row_of[number - 1] = row
+    nodes = frame["node"].to_list()
+    by_node: dict[str, list[int]] = {}
+    for index, line in enumerate(lines):
+        row = row_of[index]
+        node = nodes[row] if row is not None else _node_of_refused(line)
+        by_node.setdefault(node if isinstance(node, str) and node else UNPARSED_KEY, []).append(index)
     checked = check_rules(frame, accounts)
     refusals = Counter(str(r.reason_code) for r in early)
     refusals.update(c for c in checked["reason_code"].to_list() if c is not None)
     for node in sorted(by_node):
         node_lines = by_node[node]
         for start in range(0, len(node_lines), lines_per_message):
-            chunk_lines = node_lines[start : start + lines_per_message]
-            chunk = b"\n".join(chunk_lines)
-            producer.send(node, _as_arrow(chunk, len(chunk_lines)) if wire == "arrow" else chunk)
+            chunk = node_lines[start : start + lines_per_message]
+            rows = [row_of[i] for i in chunk]
+            if wire == "arrow" and all(row is not None for row in rows):
+                payload = encode_arrow(frame[rows].drop("_source", "_raw").to_arrow(compat_level=pl.CompatLevel.oldest()))
+            else:
+                payload = b"\n".join(lines[i] for i in chunk)
+            producer.send(node, payload)
     producer.flush()
     refused = sum(refusals.values())
     return IngestReport(len(lines), len(lines) - refused, refused, dict(refusals))
 
 
-def _as_arrow(chunk: bytes, lines: int) -> bytes:
-    """The chunk as one Arrow batch, or the chunk itself when any line would be refused unread."""
-    import polars as pl
-
-    try:
-        frame = pl.read_ndjson(io.BytesIO(chunk), schema=WIRE_SCHEMA)
-    except Exception:  # noqa: BLE001 - the consumer's slow path finds the line and says why
-        return chunk
-    if frame.height != lines:
-        return chunk
-    return encode_arrow(frame.to_arrow(compat_level=pl.CompatLevel.oldest()))
+def _node_of_refused(line: bytes) -> str | None:
+    """The node of a line the decoder refused, when it still names one (to keep its order)."""
+    obj = decode_line(line)
+    node = obj.get("node") if isinstance(obj, dict) else None
+    return node if isinstance(node, str) else None

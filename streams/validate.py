@@ -276,7 +276,7 @@ def decode_json_lines(
                 try:
                     values[row] = float(value)
                 except OverflowError:
-                    values[row] = math.copysign(math.inf, value)
+                    values[row] = math.inf if value > 0 else -math.inf
     for name in (*_TEXT_COLUMNS, "flags"):
         values = columns[name]
         if not _all_encodable(values):
@@ -479,13 +479,16 @@ def _rules(accounts: Accounts, now: datetime) -> list[Rule]:
         [pl.col(n).str.strip_chars() == "" for n in ("site", "node", "entity", "project", "gpu_model")]
     )
     flags_have_null = pl.col("flags").list.eval(pl.element().is_null()).list.any()
-    bad_text = pl.any_horizontal(
-        [pl.col(n).str.contains_any(_CONTROL) | (pl.col(n).str.len_bytes() > MAX_TEXT_BYTES) for n in _TEXT_FIELDS]
-        + [
-            pl.col("flags")
-            .list.eval(pl.element().str.contains_any(_CONTROL) | (pl.element().str.len_bytes() > MAX_TEXT_BYTES))
-            .list.any()
-        ]
+    text_broken = {
+        n: pl.col(n).str.contains_any(_CONTROL) | (pl.col(n).str.len_bytes() > MAX_TEXT_BYTES) for n in _TEXT_FIELDS
+    } | {
+        "flags": pl.col("flags")
+        .list.eval(pl.element().str.contains_any(_CONTROL) | (pl.element().str.len_bytes() > MAX_TEXT_BYTES))
+        .list.any()
+    }
+    bad_text = pl.any_horizontal(list(text_broken.values()))
+    bad_text_names = pl.concat_str(
+        [pl.when(broken).then(pl.lit(name)) for name, broken in text_broken.items()], separator=", ", ignore_nulls=True
     )
     rules: list[Rule] = [
         (any_missing, RefusalReason.MISSING_FIELD, pl.format("missing or null: {}", missing_names)),
@@ -499,10 +502,7 @@ def _rules(accounts: Accounts, now: datetime) -> list[Rule]:
         (
             bad_text,
             RefusalReason.BAD_TEXT,
-            pl.lit(
-                f"a text field (site, node, UUIDs, gpu_model, mig_profile, entity, project, job_id, flags) "
-                f"holds a control character or is longer than {MAX_TEXT_BYTES} bytes"
-            ),
+            pl.format(f"{{}}: a control character, or longer than {MAX_TEXT_BYTES} bytes", bad_text_names),
         ),
         *_ts_rules("interval_start", now),
         *_ts_rules("interval_end", now),
