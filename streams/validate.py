@@ -202,25 +202,30 @@ _INT_RANGE_REASON = {
 def decode_line(line: bytes) -> dict[str, Any] | tuple[RefusalReason, str]:
     """One JSON line as the object it holds, or ``(reason code, sentence)`` when the strict
     decoder cannot read it as a JSON object: not UTF-8, not JSON (nested past Python's
-    recursion limit included), a key named twice, not an object. Types are checked by
+    recursion limit included), a key named twice, not an object. Field types are checked by
     :func:`decode_json_lines`."""
+    return _decode_line(line)[0]
+
+
+def _decode_line(line: bytes) -> tuple[dict[str, Any] | tuple[RefusalReason, str], str]:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return RefusalReason.NOT_UTF8, f"not UTF-8: byte {exc.start} is 0x{line[exc.start]:02x}; send UTF-8 JSON"
+        return (RefusalReason.NOT_UTF8, f"not UTF-8: byte {exc.start} is 0x{line[exc.start]:02x}; send UTF-8 JSON"), ""
     if text.startswith("\ufeff"):
-        return RefusalReason.NOT_JSON, "not JSON: the line starts with a byte order mark; send UTF-8 without one"
+        return (RefusalReason.NOT_JSON, "not JSON: the line starts with a byte order mark; send UTF-8 without one"), text
     try:
         obj = _STRICT_JSON.decode(text)
     except _DuplicateKey as exc:
-        return RefusalReason.DUPLICATE_KEY, f"key {exc.key!r} appears twice in one object: which value counts is ambiguous"
+        why = f"key {exc.key!r} appears twice in one object: which value counts is ambiguous"
+        return (RefusalReason.DUPLICATE_KEY, why), text
     except RecursionError:
-        return RefusalReason.NOT_JSON, "not JSON this decoder reads: nested too deeply"
+        return (RefusalReason.NOT_JSON, "not JSON this decoder reads: nested too deeply"), text
     except ValueError as exc:
-        return RefusalReason.NOT_JSON, f"not JSON: {exc}"
+        return (RefusalReason.NOT_JSON, f"not JSON: {exc}"), text
     if not isinstance(obj, dict):
-        return RefusalReason.NOT_AN_OBJECT, "a usage event must be a JSON object"
-    return obj
+        return (RefusalReason.NOT_AN_OBJECT, "a usage event must be a JSON object"), text
+    return obj, text
 
 
 def decode_json_lines(
@@ -231,84 +236,87 @@ def decode_json_lines(
 
     Returns ``(table, kept, refused)``: ``kept[i]`` is the index in ``lines`` of table row
     ``i``; ``refused`` holds ``(index, code, sentence)``. Each line is judged alone: its
-    verdict is the same whatever lines surround it.
+    verdict is the same whatever lines surround it. The checks run column-wise and fall back
+    to row by row only for a column that fails them.
     """
     problems: dict[int, tuple[RefusalReason, list[str]]] = {}
     objects: list[dict[str, Any]] = []
     texts: list[str] = []
     kept: list[int] = []
     for index, line in enumerate(lines):
-        obj = decode_line(line)
+        obj, text = _decode_line(line)
         if isinstance(obj, tuple):
             problems[index] = (obj[0], [obj[1]])
             continue
         objects.append(obj)
-        texts.append(line.decode("utf-8"))
+        texts.append(text)
         kept.append(index)
-    columns = {name: [obj.get(name) for obj in objects] for name in FIELDS}
     bad_rows: dict[int, tuple[RefusalReason, list[str]]] = {}
 
     def refuse(row: int, code: RefusalReason, what: str) -> None:
-        first = bad_rows.setdefault(row, (code, []))
-        first[1].append(what)
+        bad_rows.setdefault(row, (code, []))[1].append(what)
 
-    for name, values in columns.items():  # column-wise type check; row by row only where it fails
-        if not set(map(type, values)) <= _ACCEPTED[name]:
+    arrays = []
+    for name, field in zip(FIELDS, ARROW_WIRE_SCHEMA, strict=True):
+        values = [obj.get(name) for obj in objects]
+        kinds = set(map(type, values))
+        if not kinds <= _ACCEPTED[name]:
             for row, value in enumerate(values):
                 if type(value) not in _ACCEPTED[name]:
                     refuse(row, RefusalReason.WRONG_TYPE, f"{name} is {type(value).__name__}")
-    flags = columns["flags"]
-    if any(flags):
-        for row, value in enumerate(flags):
-            if type(value) is list and not all(type(f) is str for f in value):
-                refuse(row, RefusalReason.WRONG_TYPE, "flags must be strings")
-    for name in _INT_COLUMNS:
-        values = columns[name]
-        present = [v for v in values if type(v) is int]
-        if present and (min(present) < _INT64_MIN or max(present) > _INT64_MAX):
+                    values[row] = None
+        if name == "flags" and any(values):
             for row, value in enumerate(values):
-                if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
-                    refuse(row, _INT_RANGE_REASON[name], f"{name} {value} does not fit a 64-bit integer")
-    for name in _FLOAT_COLUMNS:
-        values = columns[name]
-        for row, value in enumerate(values):
-            if type(value) is int:  # JSON 60 for 60.0; one too large for a float is ±inf
-                try:
-                    values[row] = float(value)
-                except OverflowError:
-                    values[row] = math.inf if value > 0 else -math.inf
-    for name in (*_TEXT_COLUMNS, "flags"):
-        values = columns[name]
-        if not _all_encodable(values):
-            for row, value in enumerate(values):
-                if not _all_encodable(value if type(value) is list else [value]):
-                    refuse(row, RefusalReason.BAD_TEXT, f"{name} holds a lone surrogate, which UTF-8 cannot encode")
+                if value and not all(type(f) is str for f in value):
+                    refuse(row, RefusalReason.WRONG_TYPE, "flags must be strings")
+                    values[row] = None
+        if name in _FLOAT_COLUMNS and int in kinds:  # JSON 60 for 60.0; beyond a float: ±inf
+            values = [_as_float(v) if type(v) is int else v for v in values]
+        arrays.append(_column(name, values, field.type, refuse))
+    arrays.append(pa.array(texts, type=pa.string()))
+    table = pa.Table.from_arrays(arrays, names=[*FIELDS, "_raw"])
     for row, (code, what) in bad_rows.items():
         problems[kept[row]] = (code, what)
-    keep_rows = [row for row in range(len(kept)) if row not in bad_rows]
-    arrays = [
-        pa.array([columns[name][row] for row in keep_rows] if bad_rows else columns[name], type=field.type)
-        for name, field in zip(FIELDS, ARROW_WIRE_SCHEMA, strict=True)
-    ]
-    arrays.append(pa.array([texts[row] for row in keep_rows] if bad_rows else texts, type=pa.string()))
-    table = pa.Table.from_arrays(arrays, names=[*FIELDS, "_raw"])
-    refusals = [
-        (index, code, _sentence(code, what)) for index, (code, what) in sorted(problems.items())
-    ]
-    return table, [kept[row] for row in keep_rows], refusals
+    if bad_rows:
+        table = table.filter(pa.array([row not in bad_rows for row in range(len(kept))]))
+        kept = [index for row, index in enumerate(kept) if row not in bad_rows]
+    refusals = [(index, code, _sentence(code, what)) for index, (code, what) in sorted(problems.items())]
+    return table, kept, refusals
 
 
-def _all_encodable(values: Sequence[object]) -> bool:
-    """Every string among ``values`` (and in lists among them) encodes as UTF-8."""
-    joined = "".join(
-        v if type(v) is str else "".join(f for f in v if type(f) is str) if type(v) is list else "" for v in values
-    )
-    if joined.isascii():
-        return True
+def _as_float(value: int) -> float:
     try:
-        joined.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _column(name: str, values: list[Any], arrow_type: pa.DataType, refuse: Callable[[int, RefusalReason, str], None]) -> pa.Array:
+    """``values`` as an Arrow array; a value the type cannot hold (an integer beyond 64 bits, a
+    string with a lone surrogate) is refused, its row nulled, and the rest converted."""
+    try:
+        return pa.array(values, type=arrow_type)
+    except (OverflowError, UnicodeEncodeError, pa.ArrowException):
+        pass
+    for row, value in enumerate(values):
+        if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+            refuse(row, _INT_RANGE_REASON[name], f"{name} {value} does not fit a 64-bit integer")
+            values[row] = None
+        elif not _encodable(value):
+            refuse(row, RefusalReason.BAD_TEXT, f"{name} holds a lone surrogate, which UTF-8 cannot encode")
+            values[row] = None
+    return pa.array(values, type=arrow_type)
+
+
+def _encodable(value: object) -> bool:
+    """A string (or each string of a list) encodes as UTF-8: no lone surrogate, which a JSON
+    ``\\ud800`` escape can make."""
+    for text in value if type(value) is list else (value,):
+        if type(text) is str and not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
     return True
 
 
