@@ -28,13 +28,13 @@ import polars as pl
 
 from storage.errors import GpuledgerError
 from streams.bus import Producer
-from streams.validate import Accounts, check_rules, decode_line, decode_messages
+from streams.jsonlines import JSON_WHITESPACE, decode_line
+from streams.validate import Accounts, check_rules, decode_messages
 from streams.wire import encode_arrow
 
 WIRES = ("arrow", "json")
 
 UNPARSED_KEY = "unparsed"
-_JSON_WHITESPACE = b" \t\r"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ def ingest_file(
         data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
     except OSError as exc:
         raise GpuledgerError(f"cannot read {path}: {exc.strerror}") from exc
-    lines = [line for line in data.split(b"\n") if line.strip(_JSON_WHITESPACE)]
+    lines = [line for line in data.split(b"\n") if line.strip(JSON_WHITESPACE)]
     frame, early = decode_messages([("ingest", b"\n".join(lines))])
     # row of the decoded frame for each line (None: refused by the decoder)
     numbers = frame["_source"].str.extract(r"#(\d+)$").cast(pl.Int64).to_list()

@@ -25,9 +25,10 @@ from spine_events import ACCOUNTS, event
 
 from gpuledger.ingest import ingest_file
 from storage.dataset import Store
+from streams.jsonlines import decode_json_lines
 from streams.pipeline import BatchProcessor
 from streams.schema import FIELDS, make_event_id, to_microseconds
-from streams.validate import check_rules, decode_json_lines, decode_messages
+from streams.validate import check_rules, decode_messages
 from streams.wire import encode_arrow, payload_of_raw
 
 pytestmark = pytest.mark.unit
