@@ -444,7 +444,9 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
 
     ``reason_code`` is null for a valid row, else the code of the first rule broken, in the
     order of :func:`_rules`; ``reason`` is that rule's sentence. ``accounts.clock`` is read
-    once per call.
+    once per call. A timestamp outside the window is left null in ``_interval_start``/
+    ``_interval_end``: a refused row then names no period (no ``0000-01`` or ``+10000-01``
+    partition, no instant Python cannot hold).
     """
     now = accounts.clock().astimezone(UTC)
     rules = _rules(accounts, now)
@@ -482,6 +484,8 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
         return checked.with_columns(
             reason_code=pl.lit(None, dtype=pl.String()), reason=pl.lit(None, dtype=pl.String())
         ).drop("_owner", "_id_ok", "_rule")
+    first = pl.lit(PROGRAMME_START, dtype=pl.Datetime("us", "UTC"))
+    last = pl.lit(now + MAX_AHEAD, dtype=pl.Datetime("us", "UTC"))
     # sentences are built only for the refused rows (building them for all rows costs more
     # than every rule together)
     reason = pl.lit(None, dtype=pl.String())
@@ -496,4 +500,8 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
         .with_columns(_rule=first_broken(list(range(len(rules)))))
         .with_columns(reason_code=code_of(pl.col("_rule")), reason=reason)
     )
-    return pl.concat([good, bad]).sort("_row").drop("_row", "_owner", "_id_ok", "_rule")
+    in_window = {
+        column: pl.when(pl.col(column).is_between(first, last)).then(pl.col(column))
+        for column in ("_interval_start", "_interval_end")
+    }
+    return pl.concat([good, bad]).sort("_row").drop("_row", "_owner", "_id_ok", "_rule").with_columns(**in_window)

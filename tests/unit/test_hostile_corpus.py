@@ -308,3 +308,123 @@ def test_a_line_gets_the_same_verdict_alone_and_in_any_message_on_either_wire(li
     if decodes(line):  # what the decoder reads can travel as Arrow: the same verdict there
         arrow = [("a", arrow_message([*good[:before], line, *good[before:]])), ("j", MALFORMED)]
         assert verdict_in(arrow, f"a#{before + 1}") == alone
+
+
+# --- Arrow batches carry typed values the JSON decoder never makes -----------------------
+
+
+def arrow_of_rows(rows: list[dict]) -> bytes:
+    import pyarrow as pa
+
+    from streams.wire import ARROW_WIRE_SCHEMA
+
+    return encode_arrow(pa.Table.from_pylist(rows, schema=ARROW_WIRE_SCHEMA))
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"samples": 2**40, "expected_samples": 2**40}, "bad_samples"),
+        ({"samples": -(2**63), "expected_samples": 2**63 - 1}, "bad_samples"),
+        ({"schema_version": 2**63 - 1}, "bad_schema_version"),
+        ({"energy_joules": float("inf")}, "bad_energy"),
+        ({"energy_joules": float("nan")}, "bad_energy"),
+        ({"gpu_seconds": float("nan")}, "bad_duration"),
+        ({"gpu_seconds": -float("inf")}, "bad_duration"),
+        ({"busy_gpu_seconds": float("nan")}, "bad_busy"),
+        ({"flags": ["partial_interval", None]}, "wrong_type"),
+        ({"site": "dc\x00"}, "bad_text"),
+        ({"job_id": "j" * 1025}, "bad_text"),
+        ({"interval_start": "2026-11-20T22:59:60Z"}, "bad_timestamp"),
+        ({"gpu_model": "NVIDIA A100"}, "unknown_gpu_model"),
+    ],
+)
+def test_typed_values_out_of_range_in_an_arrow_batch_are_refused_by_the_same_rules(tmp_path: Path, change: dict, code: str) -> None:
+    good = [event(f"2026-11-11T00:{m:02d}:00Z", node="arrow-1") for m in range(3)]
+    bad = event("2026-11-11T00:59:00Z", node="arrow-1") | change
+    result = BatchProcessor(Store(tmp_path), RULES).process([("a", arrow_of_rows([good[0], bad, *good[1:]]))])
+    assert (result.accepted, result.refused) == (3, 1)
+    assert [str(r.reason_code) for r in result.refused_lines] == [code]
+
+
+def test_an_arrow_batch_whose_strings_are_not_utf8_is_refused_whole_not_raised(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from streams.wire import ARROW_WIRE_SCHEMA
+
+    table = pa.Table.from_pylist([event("2026-11-11T01:00:00Z", node="arrow-2")], schema=ARROW_WIRE_SCHEMA)
+    site = table.column("site").chunk(0)
+    forged = pa.Array.from_buffers(pa.string(), 1, [None, site.buffers()[1], pa.py_buffer(b"d\xff1")])
+    table = table.set_column(table.schema.get_field_index("site"), "site", forged)
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    payload = sink.getvalue().to_pybytes()
+    good = json.dumps(event("2026-11-11T01:01:00Z", node="arrow-2")).encode()
+    result = BatchProcessor(Store(tmp_path), RULES).process([("a", payload), ("j", good)])
+    assert (result.accepted, result.refused) == (1, 1)
+    [refused] = result.refused_lines
+    assert refused.reason_code == "bad_arrow_batch" and "UTF8" in refused.reason.upper().replace("-", "")
+    assert payload_of_raw(refused.raw) == payload
+
+
+def test_the_registry_wiring_refuses_a_model_no_rate_card_prices(tmp_path: Path) -> None:
+    from accounting.registry import load_registry
+    from gpuledger.wiring import accounts_of
+
+    registry = load_registry(Path(__file__).resolve().parents[2] / "examples" / "registry.toml")
+    accounts = accounts_of(registry, clock=lambda: CLOCK)
+    assert accounts.gpu_models == {"NVIDIA B200", "NVIDIA GB200", "NVIDIA H100 80GB HBM3"}
+    assert accounts.clock() == CLOCK
+    lines = [
+        json.dumps(event("2026-11-12T00:00:00Z", node="w1", gpu_model=model)).encode()
+        for model in ("NVIDIA GB200", "NVIDIA A100", "NVIDIA B200 ")
+    ]
+    frame, early = decode_messages([("m", b"\n".join(lines))])
+    assert not early
+    assert check_rules(frame, accounts)["reason_code"].to_list() == [None, "unknown_gpu_model", "unknown_gpu_model"]
+
+
+_TYPED_ROW = st.fixed_dictionaries(  # each field present or not: a few hostile values per row
+    {},
+    optional={
+        "samples": st.integers(-(2**63), 2**63 - 1),
+        "expected_samples": st.integers(-(2**63), 2**63 - 1),
+        "schema_version": st.integers(-(2**63), 2**63 - 1),
+        "gpu_seconds": st.floats(allow_nan=True, allow_infinity=True),
+        "busy_gpu_seconds": st.floats(allow_nan=True, allow_infinity=True),
+        "energy_joules": st.none() | st.floats(allow_nan=True, allow_infinity=True),
+        "gpu_fraction": st.floats(allow_nan=True, allow_infinity=True),
+        "site": st.text(max_size=8),
+        "flags": st.lists(st.none() | st.text(max_size=4), max_size=2),
+    }
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rows=st.lists(_TYPED_ROW, min_size=1, max_size=6))
+def test_any_typed_row_in_an_arrow_batch_is_stored_or_refused_never_raised(tmp_path_factory, rows) -> None:
+    events = [event(f"2026-11-13T00:{minute:02d}:00Z", node="typed-1") | change for minute, change in enumerate(rows)]
+    store = Store(tmp_path_factory.mktemp("typed"))
+    result = BatchProcessor(store, RULES).process([("a", arrow_of_rows(events))])
+    assert result.accepted + result.refused + result.duplicates == len(events)
+    if result.accepted:
+        raw = pl.read_parquet(store.files("raw"))
+        assert raw["gpu_microseconds"].sum() == sum(to_microseconds(g) for g in raw["gpu_seconds"])
+        assert raw["samples"].max() <= 2**31 - 1
+
+
+def test_a_refused_timestamp_outside_the_window_names_no_period(tmp_path: Path) -> None:
+    lines = []
+    for start, end in (("0000-01-01T00:00:00Z", "0000-01-01T00:01:00Z"), ("9999-12-31T23:58:00Z", "9999-12-31T23:59:00Z")):
+        obj = event("2026-11-03T00:00:00Z", node="w2") | {"interval_start": start, "interval_end": end}
+        lines.append(json.dumps(obj | {"event_id": make_event_id("w2", obj["device_uuid"], start)}).encode())
+    store = Store(tmp_path)
+    result = BatchProcessor(store, RULES).process([("m", b"\n".join(lines))])
+    assert result.refused == 2
+    quarantine = pl.read_parquet(store.files("quarantine"))
+    assert quarantine["reason_code"].to_list() == ["bad_timestamp", "bad_timestamp"]
+    assert quarantine["period"].to_list() == ["unknown", "unknown"]
+    assert quarantine["interval_start"].null_count() == 2
+    assert [p.name for p in (tmp_path / "quarantine").iterdir()] == ["period=unknown"]
