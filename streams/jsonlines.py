@@ -159,31 +159,24 @@ def _as_float(value: int) -> float:
 
 def _column(name: str, values: list[Any], arrow_type: pa.DataType, refuse: Callable[[int, RefusalReason, str], None]) -> pa.Array:
     """``values`` as an Arrow array; a value the type cannot hold (an integer beyond 64 bits, a
-    string with a lone surrogate) is refused, its row nulled, and the rest converted."""
+    string with a lone surrogate) is refused, its row nulled, and the rest converted. Tried
+    for the whole column first, row by row only when that fails."""
     try:
         return pa.array(values, type=arrow_type)
     except (OverflowError, UnicodeEncodeError, pa.ArrowException):
         pass
     for row, value in enumerate(values):
-        if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
-            refuse(row, _INT_RANGE_REASON[name], f"{name} {value} does not fit a 64-bit integer")
-            values[row] = None
-        elif not _encodable(value):
-            refuse(row, RefusalReason.BAD_TEXT, f"{name} holds a lone surrogate, which UTF-8 cannot encode")
+        try:
+            pa.array([value], type=arrow_type)
+        except (OverflowError, UnicodeEncodeError, pa.ArrowException) as exc:
+            if type(value) is int:
+                refuse(row, _INT_RANGE_REASON[name], f"{name} {value} does not fit a 64-bit integer")
+            elif isinstance(exc, UnicodeEncodeError):
+                refuse(row, RefusalReason.BAD_TEXT, f"{name} holds a lone surrogate, which UTF-8 cannot encode")
+            else:  # a value of the right JSON type that Arrow still refuses: say what it said
+                refuse(row, RefusalReason.WRONG_TYPE, f"{name} cannot be stored ({exc})"[:300])
             values[row] = None
     return pa.array(values, type=arrow_type)
-
-
-def _encodable(value: object) -> bool:
-    """A string (or each string of a list) encodes as UTF-8: no lone surrogate, which a JSON
-    ``\\ud800`` escape can make."""
-    for text in value if type(value) is list else (value,):
-        if type(text) is str and not text.isascii():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
-    return True
 
 
 def _sentence(code: RefusalReason, what: list[str]) -> str:
