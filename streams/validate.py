@@ -448,7 +448,10 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
     ``_interval_end``: a refused row then names no period (no ``0000-01`` or ``+10000-01``
     partition, no instant Python cannot hold).
     """
-    now = accounts.clock().astimezone(UTC)
+    now = accounts.clock()
+    if now.tzinfo is None:
+        raise ValueError("Accounts.clock returned a naive datetime: give it an aware UTC clock (streams.validate.utc_now)")
+    now = now.astimezone(UTC)
     rules = _rules(accounts, now)
     projects = pl.DataFrame(
         {"project": list(accounts.project_entity), "_owner": list(accounts.project_entity.values())},

@@ -428,3 +428,19 @@ def test_a_refused_timestamp_outside_the_window_names_no_period(tmp_path: Path) 
     assert quarantine["period"].to_list() == ["unknown", "unknown"]
     assert quarantine["interval_start"].null_count() == 2
     assert [p.name for p in (tmp_path / "quarantine").iterdir()] == ["period=unknown"]
+
+
+@pytest.mark.parametrize(("start", "code"), [("2026-12-01T23:59:00Z", None), ("2026-12-02T00:00:00Z", "bad_timestamp")])
+def test_the_window_ends_exactly_one_day_after_the_consumers_clock(start: str, code: str | None) -> None:
+    """CLOCK + 1 day is 2026-12-02T00:00:00Z: an interval may end there, not a minute later."""
+    frame, early = decode_messages([("m", json.dumps(event(start, node="w3")).encode())])
+    assert not early
+    assert check_rules(frame, RULES)["reason_code"].to_list() == [code]
+    later = dataclasses.replace(RULES, clock=lambda: datetime(2026, 12, 1, 0, 1, tzinfo=UTC))
+    assert check_rules(frame, later)["reason_code"].to_list() == [None]  # the clock moved on: now it fits
+
+
+def test_a_naive_clock_is_a_programming_error_named_as_such() -> None:
+    frame, _ = decode_messages([("m", json.dumps(event()).encode())])
+    with pytest.raises(ValueError, match="naive"):
+        check_rules(frame, dataclasses.replace(RULES, clock=lambda: datetime(2026, 12, 1)))
