@@ -7,19 +7,21 @@ same column-wise rules the consumer applies are run to tell the user how many li
 refused and why. The file is read in chunks of about 64 MiB (:data:`CHUNK_BYTES`): memory is
 bounded by the chunk, not by the file.
 
+The prediction is the consumer's own verdict: the same decoder and rules run on each line
+(``streams.validate``), and a line's verdict does not depend on the lines around it, so the
+count of refusals ingest prints is the count the consumer makes (with the same registry and
+a clock on the same day).
+
 With ``wire="arrow"`` (the default: this is bulk traffic) each message is one Arrow IPC batch
-(``streams.wire``) when its lines decode cleanly under the wire schema, which is exactly what
-the consumer's JSON fast path would have made of them. A chunk holding a line that does not
-(not JSON, a wrong type) goes as JSON Lines, so the consumer keeps the refused line's own
-bytes in quarantine.
+(``streams.wire``) of the rows the strict decoder made of its lines. A chunk holding a line
+the decoder refuses (not JSON, a wrong type, a key named twice) goes as JSON Lines, so the
+consumer keeps the refused line's own bytes in quarantine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
-import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +31,8 @@ import polars as pl
 
 from storage.errors import GpuledgerError
 from streams.bus import Producer
-from streams.validate import WIRE_SCHEMA, Accounts, check_rules, decode_messages
+from streams.jsonlines import JSON_WHITESPACE, decode_line
+from streams.validate import Accounts, check_rules, decode_messages
 from streams.wire import encode_arrow
 
 WIRES = ("arrow", "json")
@@ -72,13 +75,7 @@ def ingest_file(
     total = 0
     for lines in _chunks(path, chunk_bytes):
         total += len(lines)
-        frame, early = decode_messages([(str(path), b"\n".join(lines))])
-        checked = check_rules(frame, accounts)
-        refusals.update(str(r.reason_code) for r in early)
-        refusals.update(c for c in checked["reason_code"].to_list() if c is not None)
-        # every line decoded on the fast path: the frame holds them all, in order, typed
-        clean = not early and frame.height == len(lines) and frame["_raw"].null_count() == frame.height
-        _publish(lines, frame if clean else None, producer, lines_per_message, wire)
+        refusals.update(_publish_chunk(lines, producer, accounts, lines_per_message, wire))
     producer.flush()
     refused = sum(refusals.values())
     return IngestReport(total, total - refused, refused, dict(refusals))
@@ -94,7 +91,7 @@ def _chunks(path: Path, chunk_bytes: int) -> Iterator[list[bytes]]:
             for line in handle:
                 if line.endswith(b"\n"):
                     line = line[:-1]
-                if not line.strip():
+                if not line.strip(JSON_WHITESPACE):
                     continue
                 chunk.append(line)
                 size += len(line)
@@ -107,47 +104,41 @@ def _chunks(path: Path, chunk_bytes: int) -> Iterator[list[bytes]]:
         yield chunk
 
 
-def _publish(
-    lines: list[bytes], frame: pl.DataFrame | None, producer: Producer, lines_per_message: int, wire: str
-) -> None:
-    """Send one chunk's lines grouped by node, in messages of up to ``lines_per_message``.
-
-    ``frame``: the chunk decoded under the wire schema, when every line decoded cleanly; its
-    rows then become the Arrow messages directly (one decode per chunk, not per message)."""
-    if frame is not None:
-        keys = [n if n else UNPARSED_KEY for n in frame["node"].to_list()]
-    else:
-        keys = [_node_of(line) for line in lines]
+def _publish_chunk(
+    lines: list[bytes], producer: Producer, accounts: Accounts, lines_per_message: int, wire: str
+) -> Counter[str]:
+    """Check one chunk's lines with the consumer's decoder and rules, and send them grouped by
+    node in messages of up to ``lines_per_message``; returns the refusals by reason."""
+    frame, early = decode_messages([("ingest", b"\n".join(lines))])
+    # row of the decoded frame for each line (None: refused by the decoder)
+    numbers = frame["_source"].str.extract(r"#(\d+)$").cast(pl.Int64).to_list()
+    row_of: list[int | None] = [None] * len(lines)
+    for row, number in enumerate(numbers):
+        row_of[number - 1] = row
+    nodes = frame["node"].to_list()
     by_node: dict[str, list[int]] = {}
-    for index, key in enumerate(keys):
-        by_node.setdefault(key, []).append(index)
-    wire_columns = frame.select(list(WIRE_SCHEMA)) if frame is not None and wire == "arrow" else None
+    for index, line in enumerate(lines):
+        row = row_of[index]
+        node = nodes[row] if row is not None else _node_of_refused(line)
+        by_node.setdefault(node if isinstance(node, str) and node else UNPARSED_KEY, []).append(index)
+    checked = check_rules(frame, accounts)
+    refusals = Counter(str(r.reason_code) for r in early)
+    refusals.update(c for c in checked["reason_code"].to_list() if c is not None)
     for node in sorted(by_node):
-        indexes = by_node[node]
-        for start in range(0, len(indexes), lines_per_message):
-            part = indexes[start : start + lines_per_message]
-            if wire_columns is not None:
-                rows = wire_columns[part]
-                producer.send(node, encode_arrow(rows.to_arrow(compat_level=pl.CompatLevel.oldest())))
-                continue
-            payload = b"\n".join(lines[i] for i in part)
-            producer.send(node, _as_arrow(payload, len(part)) if wire == "arrow" else payload)
+        node_lines = by_node[node]
+        for start in range(0, len(node_lines), lines_per_message):
+            chunk = node_lines[start : start + lines_per_message]
+            rows = [row_of[i] for i in chunk]
+            if wire == "arrow" and all(row is not None for row in rows):
+                payload = encode_arrow(frame[rows].drop("_source", "_raw").to_arrow(compat_level=pl.CompatLevel.oldest()))
+            else:
+                payload = b"\n".join(lines[i] for i in chunk)
+            producer.send(node, payload)
+    return refusals
 
 
-def _node_of(line: bytes) -> str:
-    try:
-        node = json.loads(line).get("node")
-    except (ValueError, AttributeError):
-        node = None
-    return node if isinstance(node, str) and node else UNPARSED_KEY
-
-
-def _as_arrow(chunk: bytes, lines: int) -> bytes:
-    """The chunk as one Arrow batch, or the chunk itself when any line would be refused unread."""
-    try:
-        frame = pl.read_ndjson(io.BytesIO(chunk), schema=WIRE_SCHEMA)
-    except Exception:  # noqa: BLE001 - the consumer's slow path finds the line and says why
-        return chunk
-    if frame.height != lines:
-        return chunk
-    return encode_arrow(frame.to_arrow(compat_level=pl.CompatLevel.oldest()))
+def _node_of_refused(line: bytes) -> str | None:
+    """The node of a line the decoder refused, when it still names one (to keep its order)."""
+    obj = decode_line(line)
+    node = obj.get("node") if isinstance(obj, dict) else None
+    return node if isinstance(node, str) else None

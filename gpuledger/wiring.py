@@ -5,6 +5,9 @@ Nothing here holds business logic; each function turns settings into one object 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -47,12 +50,16 @@ def registry_from(settings: Settings) -> Registry:
     return load_registry(settings.registry)
 
 
-def accounts_of(registry: Registry) -> Accounts:
-    """What the stream consumer needs of the registry: who exists and who owns which project."""
-    return Accounts(
+def accounts_of(registry: Registry, clock: Callable[[], datetime] | None = None) -> Accounts:
+    """What the stream consumer needs of the registry: who exists, who owns which project,
+    which GPU models a rate card prices; and the clock that bounds timestamps (the real one
+    unless given)."""
+    accounts = Accounts(
         entities=frozenset(registry.entities),
         project_entity={name: p.entity for name, p in registry.projects.items()},
+        gpu_models=frozenset(card.gpu_model for card in registry.rates),
     )
+    return accounts if clock is None else dataclasses.replace(accounts, clock=clock)
 
 
 def make_stream_consumer(

@@ -31,6 +31,13 @@ TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 MICROSECONDS_PER_SECOND = 1_000_000
 EVENT_ID_SEPARATOR = "\x1f"  # between node, device_uuid and interval_start in the hashed key
 
+# Value ranges a consumer accepts (streams/README.md, "What a valid event is"). Each bound is
+# the stored type's or the programme's: an event outside them is refused, never clamped.
+PROGRAMME_START = datetime(2025, 1, 1, tzinfo=UTC)  # no usage of the programme is older
+MAX_AHEAD = timedelta(days=1)  # how far past the consumer's clock a timestamp may lie
+INT32_MAX = 2**31 - 1  # samples and expected_samples are int32 in raw/
+MAX_TEXT_BYTES = 1024  # longest text field (site, node, ids, model, job_id, flags), in UTF-8 bytes
+
 
 class Flag(StrEnum):
     """Quality flags an event may carry. Unknown flags are accepted and kept as they are."""
@@ -68,6 +75,10 @@ class RefusalReason(StrEnum):
     UNKNOWN_PROJECT = "unknown_project"
     PROJECT_OF_OTHER_ENTITY = "project_of_other_entity"
     BAD_ARROW_BATCH = "bad_arrow_batch"  # an Arrow IPC message that cannot be read as schema v1
+    NOT_UTF8 = "not_utf8"  # the line's bytes are not UTF-8 (UTF-16, Latin-1, a cut multi-byte character)
+    DUPLICATE_KEY = "duplicate_key"  # a JSON object names one key twice: which value counts is ambiguous
+    BAD_TEXT = "bad_text"  # a text field with control characters, a lone surrogate, or over MAX_TEXT_BYTES
+    UNKNOWN_GPU_MODEL = "unknown_gpu_model"  # no rate card of the registry has this exact model
 
 
 # field name -> (python types accepted, nullable). Order is the wire order.

@@ -1,26 +1,34 @@
-"""Decoding and validating usage events, column-wise with Polars.
+"""Decoding and validating usage events: one decoder for JSON, one set of rules for every row.
 
-Two paths give the same verdicts:
+A line's verdict depends on that line alone, never on the other lines of its message, the
+message's wire format or where it sits in a batch (``tests/unit/test_hostile_corpus.py``
+holds the code to this with a property test):
 
-* the fast path decodes a whole message (JSON Lines) with ``polars.read_ndjson`` under the
-  declared wire schema;
-* when that fails (a line that is not JSON, a field of the wrong type), the slow path parses
-  that message line by line with ``json.loads``, refuses the lines that are not well-typed
-  events, and hands the rest to the same column-wise rules.
+* **JSON Lines** are decoded line by line by one strict decoder (``streams.jsonlines``): the
+  bytes must be UTF-8, the line one RFC 8259 JSON object with no key named twice (at any
+  depth), each field of schema v1 of its JSON type (a string is a string: ``job_id: 123`` is
+  ``wrong_type``, not ``"123"``), integers within 64 bits and strings encodable as UTF-8.
+  Whatever the decoder cannot turn into a typed row is refused here, with a reason code.
+  ``NaN``, ``Infinity`` and numbers too large for a float are read as the floats they name,
+  and the rules refuse them by field (``bad_energy`` …), the same verdict an Arrow batch
+  carrying that float gets. Lines holding only JSON whitespace are not events and are skipped.
+* **Arrow IPC** messages (``streams.wire``) are typed already; a message that is not a valid
+  stream of schema v1's columns is refused whole (``bad_arrow_batch``).
+* :func:`check_rules` holds every semantic rule of schema v1 once, as Polars expressions, for
+  rows from both wire formats, and returns the first rule each row breaks (``reason_code``)
+  with a sentence naming the value (``reason``). Registry checks (entity, project, GPU model)
+  take an :class:`Accounts` so that ``streams`` never imports ``accounting``; so does the
+  clock, which bounds timestamps from above.
 
-:func:`check_rules` holds every semantic rule of schema v1 once, as Polars expressions, and
-returns the first rule each row breaks (``reason_code``) with a sentence naming the value
-(``reason``). Registry checks (entity and project known, project belongs to the entity) take
-an :class:`Accounts` so that ``streams`` never imports ``accounting``.
+Decoding never raises for what a message holds: anything it cannot read becomes a refusal.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 
 import polars as pl
 import pyarrow as pa
@@ -28,12 +36,17 @@ import pyarrow as pa
 from streams.schema import (
     EVENT_ID_SEPARATOR,
     FIELDS,
+    INT32_MAX,
+    MAX_AHEAD,
+    MAX_TEXT_BYTES,
+    PROGRAMME_START,
     SCHEMA_VERSION,
     UNATTRIBUTED,
     RefusalReason,
     event_ids_match,
 )
-from streams.wire import ARROW_WIRE_SCHEMA, ArrowBatchError, decode_arrow, is_arrow, raw_of_unreadable
+from streams.jsonlines import JSON_WHITESPACE, decode_json_lines
+from streams.wire import ARROW_WIRE_SCHEMA, ArrowBatchError, decode_arrow, is_arrow, raw_of_line, raw_of_unreadable
 
 # schema v1 as Polars types, from the same declaration as the Arrow wire schema
 WIRE_SCHEMA: dict[str, pl.DataType] = dict(pl.from_arrow(ARROW_WIRE_SCHEMA.empty_table()).schema)
@@ -41,12 +54,27 @@ WIRE_SCHEMA: dict[str, pl.DataType] = dict(pl.from_arrow(ARROW_WIRE_SCHEMA.empty
 EPSILON_SECONDS = 1e-6  # float slack when comparing seconds
 
 
+def utc_now() -> datetime:
+    """The real clock: the default of :attr:`Accounts.clock`."""
+    return datetime.now(UTC)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Accounts:
-    """Who may be billed: known entities and, per project, the entity that owns it."""
+    """What validation needs from outside ``streams``: the registry's names and a clock.
+
+    ``entities`` and ``project_entity`` say who may be billed. ``gpu_models`` are the models
+    some rate card of the registry prices; ``None`` (only for tests of other rules) accepts
+    every model, and :func:`gpuledger.wiring.accounts_of` always fills it, because a model no
+    card prices would make the month's close refuse to bill. ``clock`` gives the consumer's
+    "now" (aware, UTC): a timestamp more than :data:`~streams.schema.MAX_AHEAD` past it is
+    refused.
+    """
 
     entities: frozenset[str]
     project_entity: Mapping[str, str]
+    gpu_models: frozenset[str] | None = None
+    clock: Callable[[], datetime] = utc_now
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -68,22 +96,12 @@ def decode_messages(
     messages: Sequence[tuple[str, bytes]],
 ) -> tuple[pl.DataFrame, list[Refused]]:
     """Decode ``(source, payload)`` messages (JSON Lines or Arrow IPC, see ``streams.wire``)
-    into one typed frame plus early refusals.
+    into one typed frame plus early refusals. Never raises for what a payload holds.
 
-    The frame has the wire columns plus ``_source`` (``<message source>#<line>``) and
-    ``_raw`` (only filled for rows that came through the slow path; the fast path leaves it
-    null and :func:`raw_lines` recovers it for the rare refused row).
+    The frame has the wire columns plus ``_source`` (``<message source>#<line or row>``) and
+    ``_raw`` (the line's text for JSON rows; null for Arrow rows, whose refused rows are kept
+    as the JSON line of their values).
     """
-    messages = [(source, payload) for source, payload in messages if is_arrow(payload) or payload.strip()]
-    if any(is_arrow(payload) for _, payload in messages):
-        return _decode_mixed(messages)
-    return _decode_json(messages)
-
-
-def _decode_mixed(messages: Sequence[tuple[str, bytes]]) -> tuple[pl.DataFrame, list[Refused]]:
-    """Messages in order: each run of JSON messages decoded together, each run of Arrow
-    messages concatenated in Arrow and handed to Polars once (per-message conversion costs
-    more than the rows)."""
     frames: list[pl.DataFrame] = []
     refused: list[Refused] = []
     json_run: list[tuple[str, bytes]] = []
@@ -91,7 +109,7 @@ def _decode_mixed(messages: Sequence[tuple[str, bytes]]) -> tuple[pl.DataFrame, 
 
     def flush() -> None:
         if json_run:
-            frame, bad = _decode_json(json_run)
+            frame, bad = _decode_json_guarded(json_run)
             frames.append(frame)
             refused.extend(bad)
             json_run.clear()
@@ -125,54 +143,13 @@ def _arrow_frame(tables: Sequence[tuple[str, pa.Table]]) -> pl.DataFrame:
     # one chunk per column: Polars converts chunk by chunk, and a chunk per message costs 3×
     frame = pl.from_arrow(pa.concat_tables([table for _, table in tables]).combine_chunks())
     assert isinstance(frame, pl.DataFrame)
-    return _with_sources(frame, [source for source, _ in tables], [table.num_rows for _, table in tables])
-
-
-def _with_sources(frame: pl.DataFrame, sources: Sequence[str], rows: Sequence[int]) -> pl.DataFrame:
-    """Add ``_source`` (``<message source>#<row in message>``) and a null ``_raw`` to the rows
-    of consecutive messages that hold ``rows[i]`` rows each."""
-    message = pl.Series("_message", sources).repeat_by(pl.Series(rows, dtype=pl.UInt32())).explode()
+    message = pl.Series("_message", [s for s, _ in tables]).repeat_by(
+        pl.Series([t.num_rows for _, t in tables], dtype=pl.UInt32())
+    ).explode()
     return frame.with_columns(message).with_columns(
         _source=pl.format("{}#{}", pl.col("_message"), pl.int_range(1, pl.len() + 1).over("_message")),
         _raw=pl.lit(None, dtype=pl.String()),
     ).drop("_message")
-
-
-def _decode_json(messages: Sequence[tuple[str, bytes]]) -> tuple[pl.DataFrame, list[Refused]]:
-    whole = _fast_all(messages)
-    if whole is not None:
-        return whole, []
-    frames: list[pl.DataFrame] = []
-    refused: list[Refused] = []
-    for source, payload in messages:
-        frame = _fast(source, payload)
-        if frame is None:
-            frame, bad = _slow(source, payload)
-            refused.extend(bad)
-        if frame.height:
-            frames.append(frame)
-    if not frames:
-        return _empty(), refused
-    return pl.concat(frames, how="vertical"), refused
-
-
-def _line_count(payload: bytes) -> int:
-    return payload.count(b"\n") + (0 if payload.endswith(b"\n") else 1)
-
-
-def _fast_all(messages: Sequence[tuple[str, bytes]]) -> pl.DataFrame | None:
-    """All messages in one ``read_ndjson`` call (the common case: nothing wrong anywhere)."""
-    if not messages:
-        return _empty()
-    counts = [_line_count(payload) for _, payload in messages]
-    buffer = b"\n".join(payload.rstrip(b"\n") for _, payload in messages)
-    try:
-        frame = pl.read_ndjson(io.BytesIO(buffer), schema=WIRE_SCHEMA)
-    except Exception:  # some message is bad: find it message by message
-        return None
-    if frame.height != sum(counts):
-        return None
-    return _with_sources(frame, [source for source, _ in messages], counts)
 
 
 def _empty() -> pl.DataFrame:
@@ -180,74 +157,65 @@ def _empty() -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
-def _fast(source: str, payload: bytes) -> pl.DataFrame | None:
-    lines = _line_count(payload)
+def _decode_json_guarded(messages: Sequence[tuple[str, bytes]]) -> tuple[pl.DataFrame, list[Refused]]:
+    """:func:`_decode_json`, message by message if the run fails unexpectedly; a message that
+    still cannot be decoded is refused whole, never a raised batch."""
     try:
-        frame = pl.read_ndjson(io.BytesIO(payload), schema=WIRE_SCHEMA)
-    except Exception:  # any decode problem: the slow path finds the line and says why
-        return None
-    if frame.height != lines:  # blank lines: positions would not match, take the slow path
-        return None
-    return frame.with_columns(
-        _source=pl.format("{}#{}", pl.lit(source), pl.int_range(1, frame.height + 1)),
-        _raw=pl.lit(None, dtype=pl.String()),
-    )
-
-
-def _slow(source: str, payload: bytes) -> tuple[pl.DataFrame, list[Refused]]:
-    rows: list[dict] = []
+        return _decode_json(messages)
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the stream
+        if len(messages) == 1:
+            source, payload = messages[0]
+            why = f"message not decodable ({type(exc).__name__}: {exc})"[:500]
+            return _empty(), [Refused(source, raw_of_line(payload), RefusalReason.NOT_JSON, why)]
+    frames: list[pl.DataFrame] = []
     refused: list[Refused] = []
-    for number, raw_bytes in enumerate(payload.split(b"\n"), start=1):
-        if not raw_bytes.strip():
-            continue
-        raw = raw_bytes.decode("utf-8", "replace")
-        where = f"{source}#{number}"
-        try:
-            obj = json.loads(raw_bytes)
-        except ValueError as exc:
-            refused.append(Refused(where, raw, RefusalReason.NOT_JSON, f"not JSON: {exc}"))
-            continue
-        if not isinstance(obj, dict):
-            refused.append(
-                Refused(where, raw, RefusalReason.NOT_AN_OBJECT, "a usage event must be a JSON object")
-            )
-            continue
-        problem = _type_problem(obj)
-        if problem:
-            refused.append(Refused(where, raw, *problem))
-            continue
-        row = {name: obj.get(name) for name in WIRE_SCHEMA}
-        row["_source"], row["_raw"] = where, raw
-        rows.append(row)
-    schema = dict(WIRE_SCHEMA) | {"_source": pl.String(), "_raw": pl.String()}
-    return pl.DataFrame(rows, schema=schema, strict=False), refused
+    for message in messages:
+        frame, bad = _decode_json_guarded([message])
+        frames.append(frame)
+        refused.extend(bad)
+    return pl.concat(frames, how="vertical"), refused
 
 
-def _type_problem(obj: dict) -> tuple[RefusalReason, str] | None:
-    missing = [name for name, (_, nullable) in FIELDS.items() if not nullable and obj.get(name) is None]
-    if missing:
-        return RefusalReason.MISSING_FIELD, f"missing or null: {', '.join(missing)}"
-    wrong = []
-    for name, (types, _) in FIELDS.items():
-        value = obj.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, types):
-            wrong.append(f"{name} is {type(value).__name__}")
-        elif name == "flags" and not all(isinstance(f, str) for f in value):
-            wrong.append("flags must be strings")
-    if wrong:
-        return RefusalReason.WRONG_TYPE, "wrong type: " + "; ".join(wrong)
-    return None
+def _decode_json(messages: Sequence[tuple[str, bytes]]) -> tuple[pl.DataFrame, list[Refused]]:
+    lines: list[bytes] = []
+    sources: list[str] = []
+    numbers: list[int] = []
+    for source, payload in messages:
+        for number, line in enumerate(payload.split(b"\n"), start=1):
+            if line.strip(JSON_WHITESPACE):
+                lines.append(line)
+                sources.append(source)
+                numbers.append(number)
+    table, kept, bad = decode_json_lines(lines)
+    refused = [Refused(f"{sources[i]}#{numbers[i]}", raw_of_line(lines[i]), code, why) for i, code, why in bad]
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    frame = frame.with_columns(
+        _source=pl.format(
+            "{}#{}",
+            pl.Series([sources[i] for i in kept], dtype=pl.String()),
+            pl.Series([numbers[i] for i in kept], dtype=pl.Int64()),
+        )
+    ).select(*FIELDS, "_source", "_raw")
+    return frame, refused
 
 
-_TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
+# Timestamps: canonical RFC 3339 UTC only, ``YYYY-MM-DDTHH:MM:SSZ``: upper-case T and Z, whole
+# seconds (the string is hashed into event_id, so two spellings of one instant would be two
+# events), seconds 00-59 (a leap second :60 would be the next minute under its own id).
+_TS_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\dZ$"
 _NAIVE_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$"
 _OFFSET_PATTERN = r"[+-]\d{2}:?\d{2}$"
+_CONTROL = [chr(c) for c in (*range(0x20), 0x7F)]  # C0 controls and DEL, refused in text fields
+_TEXT_FIELDS = ("site", "node", "gpu_uuid", "device_uuid", "gpu_model", "mig_profile", "entity", "project", "job_id")
+
+Rule = tuple[pl.Expr, RefusalReason, pl.Expr]
 
 
-def _ts_rule(column: str) -> list[tuple[pl.Expr, RefusalReason, pl.Expr]]:
+def _ts_rules(column: str, now: datetime) -> list[Rule]:
     text = pl.col(column)
+    parsed = pl.col(f"_{column}")
+    latest = now + MAX_AHEAD
     return [
         (
             text.str.contains(_NAIVE_PATTERN),
@@ -260,9 +228,23 @@ def _ts_rule(column: str) -> list[tuple[pl.Expr, RefusalReason, pl.Expr]]:
             pl.format(f"{column} {{}} is not UTC; send it with a Z (2026-11-01T00:00:00Z)", text),
         ),
         (
-            pl.col(f"_{column}").is_null(),
+            parsed.is_null(),
             RefusalReason.BAD_TIMESTAMP,
-            pl.format(f"{column} {{}} is not an RFC 3339 UTC timestamp (YYYY-MM-DDTHH:MM:SSZ)", text),
+            pl.format(f"{column} {{}} is not a canonical RFC 3339 UTC timestamp (YYYY-MM-DDTHH:MM:SSZ, seconds 00-59)", text),
+        ),
+        (
+            parsed < pl.lit(PROGRAMME_START, dtype=pl.Datetime("us", "UTC")),
+            RefusalReason.BAD_TIMESTAMP,
+            pl.format(f"{column} {{}} is before the programme's start ({PROGRAMME_START:%Y-%m-%dT%H:%M:%SZ})", text),
+        ),
+        (
+            parsed > pl.lit(latest, dtype=pl.Datetime("us", "UTC")),
+            RefusalReason.BAD_TIMESTAMP,
+            pl.format(
+                f"{column} {{}} is more than {MAX_AHEAD.days} day after the consumer's clock "
+                f"({now:%Y-%m-%dT%H:%M:%SZ}); check the node's clock",
+                text,
+            ),
         ),
     ]
 
@@ -314,15 +296,16 @@ def _event_ids_ok_python(frame: pl.DataFrame) -> pl.Series:
 
 def _parse_ts(column: str) -> pl.Expr:
     text = pl.col(column)
-    parsed = text.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%SZ", strict=False)
+    parsed = text.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%SZ", strict=False)  # null for 02-30
     return pl.when(text.str.contains(_TS_PATTERN)).then(parsed).dt.replace_time_zone("UTC")
 
 
-def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
-    """Add ``interval_start_ts``/``interval_end_ts`` (UTC), ``reason_code`` and ``reason``.
+def _not_finite(column: str) -> pl.Expr:
+    return ~pl.col(column).is_finite()
 
-    ``reason_code`` is null for a valid row, else the first rule broken, in the order below.
-    """
+
+def _rules(accounts: Accounts, now: datetime) -> list[Rule]:
+    """Every rule of schema v1, in the order a row is judged: the first broken one is its verdict."""
     length_s = (pl.col("_interval_end") - pl.col("_interval_start")).dt.total_seconds()
     start_epoch = pl.col("_interval_start").dt.epoch("s")
     limit = length_s * pl.col("gpu_fraction") + EPSILON_SECONDS
@@ -334,21 +317,34 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
     empty = pl.any_horizontal(
         [pl.col(n).str.strip_chars() == "" for n in ("site", "node", "entity", "project", "gpu_model")]
     )
-    known_entities = list(accounts.entities)
-    projects = pl.DataFrame(
-        {"project": list(accounts.project_entity), "_owner": list(accounts.project_entity.values())},
-        schema={"project": pl.String(), "_owner": pl.String()},
+    flags_have_null = pl.col("flags").list.eval(pl.element().is_null()).list.any()
+    text_broken = {
+        n: pl.col(n).str.contains_any(_CONTROL) | (pl.col(n).str.len_bytes() > MAX_TEXT_BYTES) for n in _TEXT_FIELDS
+    } | {
+        "flags": pl.col("flags")
+        .list.eval(pl.element().str.contains_any(_CONTROL) | (pl.element().str.len_bytes() > MAX_TEXT_BYTES))
+        .list.any()
+    }
+    bad_text = pl.any_horizontal(list(text_broken.values()))
+    bad_text_names = pl.concat_str(
+        [pl.when(broken).then(pl.lit(name)) for name, broken in text_broken.items()], separator=", ", ignore_nulls=True
     )
-    rules: list[tuple[pl.Expr, RefusalReason, pl.Expr]] = [
+    rules: list[Rule] = [
         (any_missing, RefusalReason.MISSING_FIELD, pl.format("missing or null: {}", missing_names)),
+        (flags_have_null, RefusalReason.WRONG_TYPE, pl.lit("wrong type: flags must be strings (a flag is null)")),
         (
             pl.col("schema_version") != SCHEMA_VERSION,
             RefusalReason.BAD_SCHEMA_VERSION,
             pl.format("schema_version {} is not supported (expected 1)", pl.col("schema_version")),
         ),
         (empty, RefusalReason.EMPTY_FIELD, pl.lit("site, node, entity, project and gpu_model must not be empty")),
-        *_ts_rule("interval_start"),
-        *_ts_rule("interval_end"),
+        (
+            bad_text,
+            RefusalReason.BAD_TEXT,
+            pl.format(f"{{}}: a control character, or longer than {MAX_TEXT_BYTES} bytes", bad_text_names),
+        ),
+        *_ts_rules("interval_start", now),
+        *_ts_rules("interval_end", now),
         (
             (length_s <= 0) | (3600 % length_s.clip(1) != 0),
             RefusalReason.BAD_INTERVAL,
@@ -370,40 +366,46 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
             ),
         ),
         (
-            (pl.col("gpu_fraction") <= 0)
+            _not_finite("gpu_fraction")
+            | (pl.col("gpu_fraction") <= 0)
             | (pl.col("gpu_fraction") > 1)
             | ((pl.col("device_uuid") == pl.col("gpu_uuid")) & (pl.col("gpu_fraction") != 1)),
             RefusalReason.BAD_FRACTION,
             pl.format("gpu_fraction {} must be in (0, 1], and 1 for a whole GPU", pl.col("gpu_fraction")),
         ),
         (
-            (pl.col("gpu_seconds") < 0) | (pl.col("gpu_seconds") > limit) | pl.col("gpu_seconds").is_nan(),
+            _not_finite("gpu_seconds") | (pl.col("gpu_seconds") < 0) | (pl.col("gpu_seconds") > limit),
             RefusalReason.BAD_DURATION,
             pl.format(
-                "gpu_seconds {} is negative or more than the {} s interval × gpu_fraction {}",
+                "gpu_seconds {} is negative, not finite or more than the {} s interval × gpu_fraction {}",
                 pl.col("gpu_seconds"),
                 length_s,
                 pl.col("gpu_fraction"),
             ),
         ),
         (
-            (pl.col("busy_gpu_seconds") < 0)
-            | (pl.col("busy_gpu_seconds") > pl.col("gpu_seconds") + EPSILON_SECONDS)
-            | pl.col("busy_gpu_seconds").is_nan(),
+            _not_finite("busy_gpu_seconds")
+            | (pl.col("busy_gpu_seconds") < 0)
+            | (pl.col("busy_gpu_seconds") > pl.col("gpu_seconds") + EPSILON_SECONDS),
             RefusalReason.BAD_BUSY,
             pl.format("busy_gpu_seconds {} must be between 0 and gpu_seconds {}", pl.col("busy_gpu_seconds"), pl.col("gpu_seconds")),
         ),
         (
-            (pl.col("energy_joules") < 0) | pl.col("energy_joules").is_nan(),
+            _not_finite("energy_joules") | (pl.col("energy_joules") < 0),
             RefusalReason.BAD_ENERGY,
-            pl.format("energy_joules {} must not be negative", pl.col("energy_joules")),
+            pl.format("energy_joules {} must be a finite number, not negative", pl.col("energy_joules")),
         ),
         (
             (pl.col("samples") < 0)
             | (pl.col("expected_samples") < 1)
-            | (pl.col("samples") > pl.col("expected_samples")),
+            | (pl.col("samples") > pl.col("expected_samples"))
+            | (pl.col("expected_samples") > INT32_MAX),
             RefusalReason.BAD_SAMPLES,
-            pl.format("samples {} / expected_samples {} are inconsistent", pl.col("samples"), pl.col("expected_samples")),
+            pl.format(
+                f"samples {{}} / expected_samples {{}} are inconsistent (0 ≤ samples ≤ expected_samples ≤ {INT32_MAX})",
+                pl.col("samples"),
+                pl.col("expected_samples"),
+            ),
         ),
         (
             ~pl.col("_id_ok"),
@@ -411,7 +413,7 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
             pl.format("event_id {} is not the hash of node, device_uuid and interval_start", pl.col("event_id")),
         ),
         (
-            ~pl.col("entity").is_in(known_entities),
+            ~pl.col("entity").is_in(list(accounts.entities)),
             RefusalReason.UNKNOWN_ENTITY,
             pl.format("entity {} is not in the registry", pl.col("entity")),
         ),
@@ -426,17 +428,52 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
             pl.format("project {} belongs to {}, not to {}", pl.col("project"), pl.col("_owner"), pl.col("entity")),
         ),
     ]
-    def first_broken(rule_list: list[tuple[pl.Expr, RefusalReason, pl.Expr]]) -> pl.Expr:
-        code = pl.lit(None, dtype=pl.String())
-        for condition, rule_code, _ in reversed(rule_list):
-            code = pl.when(condition.fill_null(False)).then(pl.lit(str(rule_code))).otherwise(code)
-        return code
+    if accounts.gpu_models is not None:
+        rules.append(
+            (
+                ~pl.col("gpu_model").is_in(list(accounts.gpu_models)),
+                RefusalReason.UNKNOWN_GPU_MODEL,
+                pl.format("gpu_model {} has no rate card in the registry (names must match exactly)", pl.col("gpu_model")),
+            )
+        )
+    return rules
+
+
+def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
+    """Add ``_interval_start``/``_interval_end`` (UTC), ``reason_code`` and ``reason``.
+
+    ``reason_code`` is null for a valid row, else the code of the first rule broken, in the
+    order of :func:`_rules`; ``reason`` is that rule's sentence. ``accounts.clock`` is read
+    once per call. A timestamp outside the window is left null in ``_interval_start``/
+    ``_interval_end``: a refused row then names no period (no ``0000-01`` or ``+10000-01``
+    partition, no instant Python cannot hold).
+    """
+    now = accounts.clock()
+    if now.tzinfo is None:
+        raise ValueError("Accounts.clock returned a naive datetime: give it an aware UTC clock (streams.validate.utc_now)")
+    now = now.astimezone(UTC)
+    rules = _rules(accounts, now)
+    projects = pl.DataFrame(
+        {"project": list(accounts.project_entity), "_owner": list(accounts.project_entity.values())},
+        schema={"project": pl.String(), "_owner": pl.String()},
+    )
+
+    def first_broken(indices: list[int]) -> pl.Expr:
+        rule = pl.lit(None, dtype=pl.Int16())
+        for index in reversed(indices):
+            rule = pl.when(rules[index][0].fill_null(False)).then(pl.lit(index, dtype=pl.Int16())).otherwise(rule)
+        return rule
+
+    def code_of(rule: pl.Expr) -> pl.Expr:
+        return rule.replace_strict(
+            list(range(len(rules))), [str(code) for _, code, _ in rules], default=None, return_dtype=pl.String()
+        )
 
     # Every row goes through the cheap rules; the regex rules that only tell *why* a timestamp
     # did not parse (no timezone, not UTC) run on refused rows alone. They refine
     # bad_timestamp, which catches the same rows, so the verdicts do not change.
     precise_only = {RefusalReason.NO_TIMEZONE, RefusalReason.NOT_UTC}
-    code = first_broken([rule for rule in rules if rule[1] not in precise_only])
+    cheap = [i for i, (_, code, _) in enumerate(rules) if code not in precise_only]
     checked = (
         frame.with_columns(
             _interval_start=_parse_ts("interval_start"),
@@ -444,20 +481,30 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
             _id_ok=event_ids_ok(frame),
         )
         .join(projects, on="project", how="left", maintain_order="left")
-        .with_columns(reason_code=code)
+        .with_columns(_rule=first_broken(cheap))
     )
-    if checked["reason_code"].null_count() == checked.height:  # the common case: nothing wrong
-        return checked.with_columns(reason=pl.lit(None, dtype=pl.String())).drop("_owner", "_id_ok")
+    if checked["_rule"].null_count() == checked.height:  # the common case: nothing wrong
+        return checked.with_columns(
+            reason_code=pl.lit(None, dtype=pl.String()), reason=pl.lit(None, dtype=pl.String())
+        ).drop("_owner", "_id_ok", "_rule")
+    first = pl.lit(PROGRAMME_START, dtype=pl.Datetime("us", "UTC"))
+    last = pl.lit(now + MAX_AHEAD, dtype=pl.Datetime("us", "UTC"))
     # sentences are built only for the refused rows (building them for all rows costs more
     # than every rule together)
     reason = pl.lit(None, dtype=pl.String())
-    for _, rule_code, message in reversed(rules):
-        reason = pl.when(pl.col("reason_code") == str(rule_code)).then(message).otherwise(reason)
+    for index in reversed(range(len(rules))):
+        reason = pl.when(pl.col("_rule") == index).then(rules[index][2]).otherwise(reason)
     checked = checked.with_row_index("_row")
-    good = checked.filter(pl.col("reason_code").is_null()).with_columns(reason=pl.lit(None, dtype=pl.String()))
-    bad = (
-        checked.filter(pl.col("reason_code").is_not_null())
-        .with_columns(reason_code=first_broken(rules))
-        .with_columns(reason=reason)
+    good = checked.filter(pl.col("_rule").is_null()).with_columns(
+        reason_code=pl.lit(None, dtype=pl.String()), reason=pl.lit(None, dtype=pl.String())
     )
-    return pl.concat([good, bad]).sort("_row").drop("_row", "_owner", "_id_ok")
+    bad = (
+        checked.filter(pl.col("_rule").is_not_null())
+        .with_columns(_rule=first_broken(list(range(len(rules)))))
+        .with_columns(reason_code=code_of(pl.col("_rule")), reason=reason)
+    )
+    in_window = {
+        column: pl.when(pl.col(column).is_between(first, last)).then(pl.col(column))
+        for column in ("_interval_start", "_interval_end")
+    }
+    return pl.concat([good, bad]).sort("_row").drop("_row", "_owner", "_id_ok", "_rule").with_columns(**in_window)

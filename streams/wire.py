@@ -31,6 +31,7 @@ from streams.schema import FIELDS
 
 ARROW_MAGIC = b"\xff\xff\xff\xff"  # Arrow IPC stream continuation marker
 ARROW_RAW_PREFIX = "arrow-ipc-base64:"  # how an unreadable Arrow message is kept in quarantine
+BYTES_RAW_PREFIX = "bytes-base64:"  # how a refused line that is not UTF-8 text is kept in quarantine
 
 # Schema v1's fields (streams.schema.FIELDS) as Arrow types, in wire order. Every column is
 # nullable on the wire: a null where schema v1 forbids one is a row the rules refuse
@@ -78,6 +79,10 @@ def decode_arrow(payload: bytes) -> pa.Table:
     """
     try:
         table = ipc.open_stream(pa.py_buffer(payload)).read_all()
+        # IPC reading trusts offsets and bytes; a full validation refuses a batch whose
+        # strings are not UTF-8 or whose offsets point outside its buffers before anything
+        # downstream reads them
+        table.validate(full=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise ArrowBatchError(f"not a readable Arrow IPC stream: {exc}") from exc
     if table.schema.equals(ARROW_WIRE_SCHEMA):  # the common case (metadata is not compared)
@@ -114,8 +119,22 @@ def raw_of_unreadable(payload: bytes) -> str:
     return ARROW_RAW_PREFIX + base64.b64encode(payload).decode("ascii")
 
 
+def raw_of_line(line: bytes) -> str:
+    """How a refused JSON line is kept in quarantine: its text, or, when the bytes are not
+    UTF-8 (or the text starts like a kept binary), base64 of its bytes, so nothing is lost."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return BYTES_RAW_PREFIX + base64.b64encode(line).decode("ascii")
+    if text.startswith((ARROW_RAW_PREFIX, BYTES_RAW_PREFIX)):
+        return BYTES_RAW_PREFIX + base64.b64encode(line).decode("ascii")
+    return text
+
+
 def payload_of_raw(raw: str) -> bytes:
-    """The original message bytes of a quarantine ``raw`` (inverse of :func:`raw_of_unreadable`)."""
-    if raw.startswith(ARROW_RAW_PREFIX):
-        return base64.b64decode(raw[len(ARROW_RAW_PREFIX) :])
+    """The original bytes of a quarantine ``raw`` (inverse of :func:`raw_of_unreadable` and
+    :func:`raw_of_line`)."""
+    for prefix in (ARROW_RAW_PREFIX, BYTES_RAW_PREFIX):
+        if raw.startswith(prefix):
+            return base64.b64decode(raw[len(prefix) :])
     return raw.encode()

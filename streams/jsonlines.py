@@ -1,0 +1,185 @@
+"""JSON Lines on the wire: one strict decoder, the only reader of a JSON usage event.
+
+A line is read alone, so its verdict never depends on the lines around it: UTF-8 (no byte
+order mark), one RFC 8259 JSON object, no key named twice at any depth, each field of schema
+v1 of its JSON type (a string field holds a JSON string; ``job_id: 123`` is ``wrong_type``,
+never ``"123"``), integers within 64 bits, strings that UTF-8 can encode. ``NaN``,
+``Infinity`` and numbers beyond a float's range are read as the floats they name, and the
+rules (``streams.validate.check_rules``) refuse them by field, as they do the same float in
+an Arrow batch. Unknown extra fields are ignored.
+
+Python's ``json`` is the parser: it reads what RFC 8259 allows and reports every object's
+pairs (``object_pairs_hook``), which is what finds a duplicate key. Polars' and pyarrow's
+NDJSON readers are faster but not strict: they turn ``123`` into ``"123"`` for a string
+column, take one of two duplicate keys, or (pyarrow 26) crash on a line holding ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from streams.schema import FIELDS, RefusalReason
+from streams.wire import ARROW_WIRE_SCHEMA
+
+JSON_WHITESPACE = b" \t\r"  # with "\n", which ends a line; a line of only these is not an event
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_object)
+_NONE = type(None)
+# per wire column: the Python types json gives for a well-typed value (None: a null)
+_ACCEPTED: dict[str, frozenset[type]] = {
+    name: frozenset((_NONE, *(() if types[0] is not float else (int,)), types[0]))
+    for name, (types, _) in FIELDS.items()
+}
+_INT_COLUMNS = [name for name, (types, _) in FIELDS.items() if types[0] is int]
+_FLOAT_COLUMNS = [name for name, (types, _) in FIELDS.items() if types[0] is float]
+_TEXT_COLUMNS = [name for name, (types, _) in FIELDS.items() if types[0] is str]
+# an integer that does not fit 64 bits is refused by the range rule of its field
+_INT_RANGE_REASON = {
+    "schema_version": RefusalReason.BAD_SCHEMA_VERSION,
+    "samples": RefusalReason.BAD_SAMPLES,
+    "expected_samples": RefusalReason.BAD_SAMPLES,
+}
+
+
+def decode_line(line: bytes) -> dict[str, Any] | tuple[RefusalReason, str]:
+    """One JSON line as the object it holds, or ``(reason code, sentence)`` when the strict
+    decoder cannot read it as a JSON object: not UTF-8, not JSON (nested past Python's
+    recursion limit included), a key named twice, not an object. Field types are checked by
+    :func:`decode_json_lines`."""
+    return _decode_line(line)[0]
+
+
+def _decode_line(line: bytes) -> tuple[dict[str, Any] | tuple[RefusalReason, str], str]:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (RefusalReason.NOT_UTF8, f"not UTF-8: byte {exc.start} is 0x{line[exc.start]:02x}; send UTF-8 JSON"), ""
+    if text.startswith("\ufeff"):
+        return (RefusalReason.NOT_JSON, "not JSON: the line starts with a byte order mark; send UTF-8 without one"), text
+    try:
+        obj = _STRICT_JSON.decode(text)
+    except _DuplicateKey as exc:
+        why = f"key {exc.key!r} appears twice in one object: which value counts is ambiguous"
+        return (RefusalReason.DUPLICATE_KEY, why), text
+    except RecursionError:
+        return (RefusalReason.NOT_JSON, "not JSON this decoder reads: nested too deeply"), text
+    except ValueError as exc:
+        return (RefusalReason.NOT_JSON, f"not JSON: {exc}"), text
+    if not isinstance(obj, dict):
+        return (RefusalReason.NOT_AN_OBJECT, "a usage event must be a JSON object"), text
+    return obj, text
+
+
+def decode_json_lines(
+    lines: Sequence[bytes],
+) -> tuple[pa.Table, list[int], list[tuple[int, RefusalReason, str]]]:
+    """Non-blank JSON lines as one Arrow table of :data:`~streams.wire.ARROW_WIRE_SCHEMA`
+    (plus ``_raw``, the line's text) and the refusals.
+
+    Returns ``(table, kept, refused)``: ``kept[i]`` is the index in ``lines`` of table row
+    ``i``; ``refused`` holds ``(index, code, sentence)``. Each line is judged alone: its
+    verdict is the same whatever lines surround it. The checks run column-wise and fall back
+    to row by row only for a column that fails them.
+    """
+    problems: dict[int, tuple[RefusalReason, list[str]]] = {}
+    objects: list[dict[str, Any]] = []
+    texts: list[str] = []
+    kept: list[int] = []
+    for index, line in enumerate(lines):
+        obj, text = _decode_line(line)
+        if isinstance(obj, tuple):
+            problems[index] = (obj[0], [obj[1]])
+            continue
+        objects.append(obj)
+        texts.append(text)
+        kept.append(index)
+    bad_rows: dict[int, tuple[RefusalReason, list[str]]] = {}
+
+    def refuse(row: int, code: RefusalReason, what: str) -> None:
+        bad_rows.setdefault(row, (code, []))[1].append(what)
+
+    arrays = []
+    for name, field in zip(FIELDS, ARROW_WIRE_SCHEMA, strict=True):
+        values = [obj.get(name) for obj in objects]
+        kinds = set(map(type, values))
+        if not kinds <= _ACCEPTED[name]:
+            for row, value in enumerate(values):
+                if type(value) not in _ACCEPTED[name]:
+                    refuse(row, RefusalReason.WRONG_TYPE, f"{name} is {type(value).__name__}")
+                    values[row] = None
+        if name == "flags" and any(values):
+            for row, value in enumerate(values):
+                if value and not all(type(f) is str for f in value):
+                    refuse(row, RefusalReason.WRONG_TYPE, "flags must be strings")
+                    values[row] = None
+        if name in _FLOAT_COLUMNS and int in kinds:  # JSON 60 for 60.0; beyond a float: ±inf
+            values = [_as_float(v) if type(v) is int else v for v in values]
+        arrays.append(_column(name, values, field.type, refuse))
+    arrays.append(pa.array(texts, type=pa.string()))
+    table = pa.Table.from_arrays(arrays, names=[*FIELDS, "_raw"])
+    for row, (code, what) in bad_rows.items():
+        problems[kept[row]] = (code, what)
+    if bad_rows:
+        table = table.filter(pa.array([row not in bad_rows for row in range(len(kept))]))
+        kept = [index for row, index in enumerate(kept) if row not in bad_rows]
+    refusals = [(index, code, _sentence(code, what)) for index, (code, what) in sorted(problems.items())]
+    return table, kept, refusals
+
+
+def _as_float(value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _column(name: str, values: list[Any], arrow_type: pa.DataType, refuse: Callable[[int, RefusalReason, str], None]) -> pa.Array:
+    """``values`` as an Arrow array; a value the type cannot hold (an integer beyond 64 bits, a
+    string with a lone surrogate) is refused, its row nulled, and the rest converted. Tried
+    for the whole column first, row by row only when that fails."""
+    try:
+        return pa.array(values, type=arrow_type)
+    except (OverflowError, UnicodeEncodeError, pa.ArrowException):
+        pass
+    for row, value in enumerate(values):
+        try:
+            pa.array([value], type=arrow_type)
+        except (OverflowError, UnicodeEncodeError, pa.ArrowException) as exc:
+            if type(value) is int:
+                refuse(row, _INT_RANGE_REASON[name], f"{name} {value} does not fit a 64-bit integer")
+            elif isinstance(exc, UnicodeEncodeError):
+                refuse(row, RefusalReason.BAD_TEXT, f"{name} holds a lone surrogate, which UTF-8 cannot encode")
+            else:  # a value of the right JSON type that Arrow still refuses: say what it said
+                refuse(row, RefusalReason.WRONG_TYPE, f"{name} cannot be stored ({exc})"[:300])
+            values[row] = None
+    return pa.array(values, type=arrow_type)
+
+
+def _sentence(code: RefusalReason, what: list[str]) -> str:
+    if code == RefusalReason.WRONG_TYPE:
+        return "wrong type: " + "; ".join(what)
+    return "; ".join(what)
