@@ -154,13 +154,24 @@ def consume(
     registry: RegistryOpt = None,
     bus: BusOpt = None,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="Drain what is on the bus, then exit.")] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Run the stream consumer: validate, dedupe, aggregate and write Parquet, then commit offsets."""
+    """Run the stream consumer: validate, dedupe, aggregate and write Parquet, then commit offsets.
+
+    Logs are JSON lines on stderr, as the collector's; the final count goes to stdout.
+    """
 
     def body() -> None:
+        import logging
+
         from gpuledger.wiring import make_bus, make_store, make_stream_consumer, registry_from
 
         settings = settings_from(data_dir, registry, bus)
+        logging.getLogger("gpuledger.consumer").info("consumer starting", extra={
+            "bus": settings.bus, "topic": settings.kafka.usage_topic, "group": settings.kafka.consumer_group,
+            "data_dir": str(settings.data_dir), "registry": str(settings.registry),
+            **({"bootstrap": settings.kafka.bootstrap} if settings.bus == "kafka" else {}),
+        })
         reg = registry_from(settings)
         consumer = make_stream_consumer(settings, reg, make_bus(settings), make_store(settings))
         stop = threading.Event()
@@ -173,7 +184,8 @@ def consume(
             f"{totals.duplicates:,} duplicates dropped, in {totals.batches} batches"
         )
 
-    run_command(body)
+    with cli_collect.json_logs(log_level):
+        run_command(body)
 
 
 quarantine_app = typer.Typer(help="Inspect and replay refused events.", no_args_is_help=True)

@@ -1,4 +1,4 @@
-"""Accounting commands: ``close --month YYYY-MM`` and ``registry check FILE``.
+"""Accounting commands: ``close --month YYYY-MM``, ``sign --month`` and ``registry check FILE``.
 
 Thin: parse, build settings, call :mod:`accounting`, print. The summary table is the one the
 demo prints (``gpuledger.summary``), read back from the written ledgers. Library imports sit
@@ -30,10 +30,15 @@ def close(
         bool,
         typer.Option("--early", help="Close a month that has not ended yet in Korea (usage after now becomes next month's corrections)."),
     ] = False,
+    allow_empty: Annotated[
+        bool,
+        typer.Option("--allow-empty", help="Close a month that has no usage at all (seals an all-zero month)."),
+    ] = False,
 ) -> None:
     """Close a KST month: write the billing and compliance ledgers, seal them, print a summary.
 
     Closing a month that is closed already changes nothing and says so; late usage is billed as corrections by the next close.
+    A month with no usage is refused (a wrong --data-dir would seal an all-zero month for good) unless --allow-empty.
     """
 
     def body() -> None:
@@ -47,12 +52,81 @@ def close(
         settings = settings_from(data_dir, registry, bus)
         reg = load_registry(settings.registry)
         store = Store(settings.data_dir)
+        _refuse_empty(store, month, allow_empty)
         with console.status(f"closing {month}") as status:
             result = close_month(
                 store, reg, month, signing_key=signing_key, progress=lambda msg: status.update(f"{month}: {msg}")
             )
         console.print(result.message)
         print_close_summary(store, month, result)
+        if signing_key is not None and result.already_closed and not result.sealed:
+            _say_how_to_sign(store, month, signing_key)
+
+    run_command(body)
+
+
+def _refuse_empty(store, month: str, allow_empty: bool) -> None:
+    """A close over no usage at all is almost always a wrong ``--data-dir``: refuse unless asked for.
+
+    A month closed already passes (the close then changes nothing and says so).
+    """
+    from accounting.close import closed_periods
+    from accounting.errors import CloseError
+    from accounting.usage import usage_periods
+
+    if allow_empty or month in closed_periods(store) or month in usage_periods(store):
+        return
+    raise CloseError(
+        f"{store.root} holds no usage for {month}: closing would seal an all-zero month for good. "
+        "Check --data-dir (and that `gpuledger consume` ran), or pass --allow-empty to close it anyway."
+    )
+
+
+def _say_how_to_sign(store, month: str, signing_key: Path) -> None:
+    """``close --signing-key`` on a month sealed earlier writes no signature: say so, and how to sign it."""
+    from storage.manifest import SIGNATURE_SUFFIX, manifest_path
+
+    if store.exists(manifest_path(store, month) + SIGNATURE_SUFFIX):
+        console.print(f"{month}: its manifest is signed already (signature unchanged)", markup=False, highlight=False)
+        return
+    from accounting.errors import CloseError
+
+    raise CloseError(
+        f"{month} was sealed before without a signature and a close never rewrites it: "
+        f"sign the existing manifest with `gpuledger sign --month {month} --signing-key {signing_key}`"
+    )
+
+
+def sign(
+    month: Annotated[str, typer.Option("--month", help="KST month whose sealed manifest to sign, YYYY-MM.")],
+    signing_key: Annotated[Path, typer.Option("--signing-key", help="Ed25519 private key (PEM).")],
+    data_dir: DataDirOpt = None,
+    registry: RegistryOpt = None,
+    bus: BusOpt = None,
+) -> None:
+    """Sign the manifest of a month sealed already (writes YYYY-MM.json.sig beside it).
+
+    The data directory is verified first: a manifest that does not match its files is never signed.
+    """
+
+    def body() -> None:
+        from storage.dataset import Store
+        from storage.errors import IntegrityError
+        from storage.manifest import SIGNATURE_SUFFIX, load_private_key, manifest_path, verify
+
+        settings = settings_from(data_dir, registry, bus)
+        store = Store(settings.data_dir)
+        target = manifest_path(store, month)
+        if not store.exists(target):
+            raise IntegrityError(f"{month} has no manifest under {store.root}: close it first (`gpuledger close --month {month}`)")
+        report = verify(store)
+        wrong = [d for d in report.differences if d.period == month]
+        if wrong:
+            raise IntegrityError(
+                f"{month} does not verify ({len(wrong)} difference(s), first: {wrong[0]}); run `gpuledger verify`, nothing signed"
+            )
+        store.write_bytes_atomic(target + SIGNATURE_SUFFIX, load_private_key(signing_key).sign(store.read_bytes(target)))
+        out.print(f"signed {target}{SIGNATURE_SUFFIX}", markup=False, highlight=False)
 
     run_command(body)
 
@@ -100,7 +174,8 @@ def check(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``close`` and ``registry check`` to the main app."""
+    """Add ``close``, ``sign`` and ``registry check`` to the main app."""
     app.command(name="close")(close)
+    app.command(name="sign")(sign)
     registry_app.command(name="check")(check)
     app.add_typer(registry_app, name="registry")
