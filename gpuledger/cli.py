@@ -228,7 +228,11 @@ def quarantine_list(
     bus: BusOpt = None,
     month: Annotated[str | None, typer.Option("--month", help="Only this KST month (YYYY-MM, or 'unknown').")] = None,
 ) -> None:
-    """Count refused lines per period and reason (the lines themselves are in quarantine/)."""
+    """Count refused lines per period and reason (the lines themselves are in quarantine/).
+
+    Lines that ``quarantine replay`` re-admitted (their event is in raw/ now) are not counted as
+    refused: they show in their own column, as compliance counts them.
+    """
 
     def body() -> None:
         import polars as pl
@@ -236,24 +240,47 @@ def quarantine_list(
 
         from gpuledger.wiring import make_store
 
-        store = make_store(settings_from(data_dir, registry, bus))
+        settings = settings_from(data_dir, registry, bus)
+        store = make_store(settings)
         files = store.files("quarantine")
-        table = Table(title="quarantine")
-        for name in ("period", "reason", "lines", "GPU-hours"):
-            table.add_column(name, justify="right" if name in ("lines", "GPU-hours") else "left")
+        counts = None
         if files:
             frame = pl.scan_parquet(files)
             if month:
                 frame = frame.filter(pl.col("period") == month)
+            raw_files = store.files("raw")
+            stored = (
+                pl.scan_parquet(raw_files).select("event_id").unique().with_columns(pl.lit(True).alias("readmitted"))
+                if raw_files
+                else pl.LazyFrame(schema={"event_id": pl.String, "readmitted": pl.Boolean})
+            )
+            frame = frame.join(stored, on="event_id", how="left").with_columns(pl.col("readmitted").fill_null(False))
             counts = (
                 frame.group_by("period", "reason_code")
-                .agg(pl.len().alias("lines"), pl.col("gpu_microseconds").sum().alias("us"))
+                .agg(
+                    (~pl.col("readmitted")).sum().alias("lines"),
+                    pl.col("readmitted").sum().alias("readmitted"),
+                    pl.col("gpu_microseconds").filter(~pl.col("readmitted")).sum().alias("us"),
+                )
                 .sort("period", "reason_code")
                 .collect()
             )
-            for period, reason, lines, micros in counts.iter_rows():
-                table.add_row(period, reason, f"{lines:,}", f"{(micros or 0) / 3.6e9:,.3f}")
+        where = f" for {month}" if month else ""
+        if counts is None or counts.height == 0:
+            out.print(f"quarantine: no refused lines{where} under {settings.data_dir}", markup=False, highlight=False)
+            return
+        table = Table(title="quarantine")
+        for name in ("period", "reason", "lines", "re-admitted", "GPU-hours"):
+            table.add_column(name, justify="left" if name in ("period", "reason") else "right")
+        for period, reason, lines, readmitted, micros in counts.iter_rows():
+            table.add_row(period, reason, f"{lines:,}", f"{readmitted:,}", f"{(micros or 0) / 3.6e9:,.3f}")
         out.print(table)
+        still = int(counts["lines"].sum())
+        back = int(counts["readmitted"].sum())
+        out.print(
+            f"{still:,} line(s) still refused{where}; {back:,} re-admitted by `quarantine replay` (counted as usage now)",
+            markup=False, highlight=False,
+        )
 
     run_command(body)
 

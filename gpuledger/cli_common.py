@@ -48,3 +48,19 @@ def run_command(body: Callable[[], T]) -> T:
     except GpuledgerError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVER_MODULES:
+            raise
+        console.print(
+            f"[bold red]error:[/] this command needs {exc.name}, which the slim (GPU node) install leaves out: "
+            "pip install 'gpuledger\\[server]'",  # \\[: rich markup escape
+            highlight=False, soft_wrap=True,
+        )
+        sys.exit(1)
+
+
+# What the `server` extra of pyproject.toml adds to the slim install a GPU node gets.
+SERVER_MODULES = frozenset(
+    {"polars", "polars_hash", "pyarrow", "apscheduler", "sqlalchemy", "cryptography", "xlsxwriter",
+     "matplotlib", "koreanize_matplotlib"}
+)
