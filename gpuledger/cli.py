@@ -21,10 +21,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gpuledger import __version__, cli_accounting, cli_audit, cli_collect
-from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, console, out, run_command, settings_from
+from gpuledger.cli_common import (
+    BusOpt,
+    DataDirOpt,
+    QuietFlagsGroup,
+    RegistryOpt,
+    console,
+    out,
+    run_command,
+    settings_from,
+)
 from gpuledger.settings import Settings
 
 app = typer.Typer(
+    cls=QuietFlagsGroup,
     name="gpuledger",
     help="GPU-hour accounting: NVML collectors → bus → Parquet → monthly billing and compliance ledgers.",
     no_args_is_help=True,

@@ -148,12 +148,28 @@ def _refuse_unfinished(month: str, early: bool) -> None:
 
 def check(
     file: Annotated[Path, typer.Argument(help="registry.toml to validate.", show_default=False)],
+    on: Annotated[
+        str | None,
+        typer.Option("--on", help="KST day whose allocations in force are counted, YYYY-MM-DD (default: today in Korea).", show_default=False),
+    ] = None,
 ) -> None:
-    """Validate a registry file; exit 1 listing every problem found."""
+    """Validate a registry file; exit 1 listing every problem found.
+
+    The GPU count is of the allocation tranches in force on one day; expired and future ones are counted apart.
+    """
 
     def body() -> None:
+        from datetime import UTC, date, datetime
+
         from accounting.errors import RegistryError
         from accounting.registry import load_registry
+        from accounting.usage import KST_OFFSET
+        from storage.errors import GpuledgerError
+
+        try:
+            day = date.fromisoformat(on) if on else (datetime.now(UTC) + KST_OFFSET).date()
+        except ValueError:
+            raise GpuledgerError(f"--on {on!r}: expected a day YYYY-MM-DD") from None
 
         try:
             reg = load_registry(file)
@@ -162,10 +178,13 @@ def check(
             for problem in exc.problems:
                 console.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        allocated = sum(a.count for e in reg.entities.values() for a in e.allocations)
+        rows = [a for e in reg.entities.values() for a in e.allocations]
+        in_force = [a for a in rows if a.period.contains(day)]
+        others = len(rows) - len(in_force)
         out.print(
             f"{file}: ok — {len(reg.entities)} entities, {len(reg.projects)} projects, "
-            f"{len(reg.rates)} rate cards, {allocated:,} GPUs in allocation rows, rounding {reg.rounding}",
+            f"{len(reg.rates)} rate cards, {sum(a.count for a in in_force):,} GPUs allocated in force on {day} "
+            f"({len(in_force)} tranche(s); {others} other tranche(s) expired or not yet in force), rounding {reg.rounding}",
             markup=False,
             highlight=False,
         )

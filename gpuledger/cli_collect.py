@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.main
 from prometheus_client import CollectorRegistry
 
 from accounting.registry import load_registry
@@ -29,7 +30,7 @@ from collectors.integrate import IntervalIntegrator
 from collectors.metrics import CollectorMetrics, serve
 from collectors.nvml import NvmlReader
 from collectors.spool import SpoolingPublisher
-from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, out, run_command, settings_from
+from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, out, quiet_flags, run_command, settings_from
 from gpuledger.settings import Settings, StaticOwner
 from streams.bus import Bus
 
@@ -257,7 +258,9 @@ def main() -> None:
     """
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     register(app)
-    app(prog_name="gpuledger-collect")
+    command = typer.main.get_command(app)
+    quiet_flags(command)
+    command(prog_name="gpuledger-collect")
 
 
 if __name__ == "__main__":
