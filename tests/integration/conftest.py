@@ -126,3 +126,20 @@ def kafka_topic(request: pytest.FixtureRequest) -> str:
 def kafka_group(request: pytest.FixtureRequest) -> str:
     """A fresh consumer group per test."""
     return f"group-{_slug(request)}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def kcat() -> str:
+    """The ``kcat`` binary (Debian package ``kcat``), the producer a third party would use.
+
+    Missing under ``GPULEDGER_CI=1`` (``.ci/run`` installs it): the test fails; elsewhere it skips.
+    """
+    import shutil
+
+    found = shutil.which("kcat") or shutil.which("kafkacat")
+    if found is None:
+        message = "kcat is not installed (apt-get install kcat)"
+        if os.environ.get("GPULEDGER_CI"):
+            pytest.fail(message + "; CI installs it in .ci/run, so its absence fails the run", pytrace=False)
+        pytest.skip(message)
+    return found
