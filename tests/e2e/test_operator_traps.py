@@ -214,3 +214,19 @@ def test_a_server_command_on_a_slim_install_says_what_to_install(tmp_path: Path)
     done = run_slim(tmp_path, "consume", "--until-idle", "--data-dir", "d")
     assert done.returncode == 1
     assert "pip install 'gpuledger[server]'" in done.stderr.replace("\n", "")
+
+
+# -- the README, followed literally -----------------------------------------------------------
+def test_the_readme_typical_day_runs_on_the_shipped_events(tmp_path: Path, cli) -> None:
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("A typical day on one machine", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    steps = [line.split("#", 1)[0].split() for line in block.strip().splitlines()]
+    assert [s[:2] for s in steps][0] == ["gpuledger", "ingest"]
+    outputs = {}
+    for argv in steps:
+        args = [a.replace("./packs", str(tmp_path / "packs")) for a in argv[1:]]
+        outputs[argv[1]] = cli(*args, "--data-dir", str(tmp_path / "data"))
+    assert "48 lines published" in outputs["ingest"].stdout and "0 will be refused" in outputs["ingest"].stdout
+    assert "48 events accepted, 0 refused" in outputs["consume"].stdout.replace("\n", " ")
+    assert "verify ok: 1 period(s)" in outputs["verify"].stdout
+    assert (tmp_path / "packs" / "2026-10" / "finance").is_dir()

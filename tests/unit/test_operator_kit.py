@@ -267,3 +267,19 @@ def test_no_help_screen_shows_a_value_beside_a_flag(command: tuple[str, ...]) ->
     assert result.exit_code == 0, result.output
     assert "<bool>" not in result.output
     assert "--help" in result.output
+
+
+# -- the demo ---------------------------------------------------------------------------------
+def test_a_demo_rerun_keeps_the_reports_and_exports_made_from_it(tmp_path: Path) -> None:
+    from gpuledger.demo import DEMO_MARKER, prepare_data_dir
+
+    data = tmp_path / "demo"
+    prepare_data_dir(data)
+    for name in ("reports/2026-10/report.html", "exports/2026-10/finance/x.csv", "raw/period=2026-10/a.parquet"):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text("made")
+    prepare_data_dir(data)
+    assert (data / "reports/2026-10/report.html").read_text() == "made"
+    assert (data / "exports/2026-10/finance/x.csv").exists()
+    assert not (data / "raw").exists()
+    assert (data / DEMO_MARKER).exists()
