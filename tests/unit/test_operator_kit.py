@@ -283,3 +283,28 @@ def test_a_demo_rerun_keeps_the_reports_and_exports_made_from_it(tmp_path: Path)
     assert (data / "exports/2026-10/finance/x.csv").exists()
     assert not (data / "raw").exists()
     assert (data / DEMO_MARKER).exists()
+
+
+# -- packaging --------------------------------------------------------------------------------
+def test_the_slim_install_leaves_out_exactly_the_server_packages() -> None:
+    import tomllib
+
+    from gpuledger.cli_common import SERVER_MODULES
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+    server = names(project["optional-dependencies"]["server"])
+    assert server == {m.replace("_", "-") for m in SERVER_MODULES}
+    assert not server & names(project["dependencies"])
+    assert "gpuledger[server]" in project["optional-dependencies"]["test"]
+
+
+def test_the_licence_is_an_spdx_expression_so_installs_print_no_warnings() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == "Apache-2.0"
+    assert any(r.replace(" ", "").startswith("setuptools>=77") for r in pyproject["build-system"]["requires"])
