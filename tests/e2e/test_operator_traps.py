@@ -7,6 +7,7 @@ the exit status, the one-line reason, the JSON log lines.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,8 +157,6 @@ def test_consume_logs_json_lines_naming_its_bus(tmp_path: Path, cli) -> None:
 
 
 def test_schedule_logs_json_lines(tmp_path: Path) -> None:
-    import os
-
     env = {**os.environ, "GPULEDGER_CONFIG": "", "COLUMNS": "120"}
     started = None
     with subprocess.Popen(
@@ -196,8 +195,6 @@ main()
 
 
 def run_slim(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    import os
-
     return subprocess.run(
         [sys.executable, "-c", BLOCK_SERVER_MODULES, *args],
         cwd=tmp_path, env={**os.environ, "GPULEDGER_CONFIG": ""}, capture_output=True, text=True, timeout=300,
