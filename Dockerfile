@@ -1,5 +1,7 @@
 # The gpuledger image: collector, stream consumer and scheduler (docker-compose.yml runs one
 # service per container from it). Build from the repository root: docker build -t gpuledger .
+# With no command it runs the collector (deploy/docker/entrypoint.sh); `consume`, `schedule`
+# or any other gpuledger command runs that command.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,13 +17,14 @@ COPY collectors ./collectors
 COPY streams ./streams
 COPY storage ./storage
 COPY accounting ./accounting
-RUN pip install . \
+COPY examples ./examples
+RUN pip install '.[server]' \
     && useradd --system --uid 10001 --home-dir /data gpuledger \
     && mkdir -p /data /etc/gpuledger \
     && chown gpuledger /data
 COPY examples/registry.toml /etc/gpuledger/registry.toml
+COPY deploy/docker/entrypoint.sh deploy/docker/collector-entrypoint.sh /usr/local/bin/
 
 USER gpuledger
 VOLUME ["/data"]
-ENTRYPOINT ["gpuledger"]
-CMD ["--help"]
+ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]

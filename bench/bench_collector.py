@@ -86,7 +86,7 @@ def _memory_kib(pid: int) -> dict[str, int]:
 
 def steady_state(window_s: float, warmup_s: float) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, GPULEDGER_CONFIG=str(Path(tmp) / "none.toml"))
+        env = dict(os.environ, GPULEDGER_CONFIG="")
         options = ["--simulate", "--sample-period", "1", "--interval", "60", "--metrics-port", "0",
                    "--registry", str(ROOT / "examples/registry.toml"), "--log-level", "warning"]
 

@@ -21,10 +21,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gpuledger import __version__, cli_accounting, cli_audit, cli_collect
-from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, console, out, run_command, settings_from
+from gpuledger.cli_common import (
+    BusOpt,
+    DataDirOpt,
+    QuietFlagsGroup,
+    RegistryOpt,
+    console,
+    out,
+    run_command,
+    settings_from,
+)
 from gpuledger.settings import Settings
 
 app = typer.Typer(
+    cls=QuietFlagsGroup,
     name="gpuledger",
     help="GPU-hour accounting: NVML collectors → bus → Parquet → monthly billing and compliance ledgers.",
     no_args_is_help=True,
@@ -160,19 +170,28 @@ def consume(
         int | None,
         typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port (0: any free port; default: not served).", show_default=False),
     ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the stream consumer: validate, dedupe, aggregate and write Parquet, then commit offsets.
 
-    It writes its progress to a heartbeat file that `gpuledger health` checks.
+    It writes its progress to a heartbeat file that `gpuledger health` checks. Logs are JSON
+    lines on stderr, as the collector's; the final count goes to stdout.
     """
 
     def body() -> None:
+        import logging
+
         from prometheus_client import CollectorRegistry
 
         from collectors.metrics import serve
         from gpuledger.wiring import make_bus, make_store, make_stream_consumer, registry_from
 
         settings = settings_from(data_dir, registry, bus)
+        logging.getLogger("gpuledger.consumer").info("consumer starting", extra={
+            "bus": settings.bus, "topic": settings.kafka.usage_topic, "group": settings.kafka.consumer_group,
+            "data_dir": str(settings.data_dir), "registry": str(settings.registry),
+            **({"bootstrap": settings.kafka.bootstrap} if settings.bus == "kafka" else {}),
+        })
         reg = registry_from(settings)
         metrics = CollectorRegistry()
         consumer = make_stream_consumer(settings, reg, make_bus(settings), make_store(settings), metrics_registry=metrics)
@@ -196,7 +215,8 @@ def consume(
             f"(skipped by offset), in {totals.batches} batches"
         )
 
-    run_command(body)
+    with cli_collect.json_logs(log_level):
+        run_command(body)
 
 
 @app.command()
@@ -264,7 +284,11 @@ def quarantine_list(
     registry: RegistryOpt = None,
     month: Annotated[str | None, typer.Option("--month", help="Only this KST month (YYYY-MM, or 'unknown').")] = None,
 ) -> None:
-    """Count refused lines per period and reason (the lines themselves are in quarantine/)."""
+    """Count refused lines per period and reason (the lines themselves are in quarantine/).
+
+    Lines that ``quarantine replay`` re-admitted (their event is in raw/ now) are not counted as
+    refused: they show in their own column, as compliance counts them.
+    """
 
     def body() -> None:
         import polars as pl
@@ -274,22 +298,44 @@ def quarantine_list(
 
         store = make_store(settings_from(data_dir, registry))
         files = store.files("quarantine")
-        table = Table(title="quarantine")
-        for name in ("period", "reason", "lines", "GPU-hours"):
-            table.add_column(name, justify="right" if name in ("lines", "GPU-hours") else "left")
+        counts = None
         if files:
             frame = pl.scan_parquet(files)
             if month:
                 frame = frame.filter(pl.col("period") == month)
+            raw_files = store.files("raw")
+            stored = (
+                pl.scan_parquet(raw_files).select("event_id").unique().with_columns(pl.lit(True).alias("readmitted"))
+                if raw_files
+                else pl.LazyFrame(schema={"event_id": pl.String, "readmitted": pl.Boolean})
+            )
+            frame = frame.join(stored, on="event_id", how="left").with_columns(pl.col("readmitted").fill_null(False))
             counts = (
                 frame.group_by("period", "reason_code")
-                .agg(pl.len().alias("lines"), pl.col("gpu_microseconds").sum().alias("us"))
+                .agg(
+                    (~pl.col("readmitted")).sum().alias("lines"),
+                    pl.col("readmitted").sum().alias("readmitted"),
+                    pl.col("gpu_microseconds").filter(~pl.col("readmitted")).sum().alias("us"),
+                )
                 .sort("period", "reason_code")
                 .collect()
             )
-            for period, reason, lines, micros in counts.iter_rows():
-                table.add_row(period, reason, f"{lines:,}", f"{(micros or 0) / 3.6e9:,.3f}")
+        where = f" for {month}" if month else ""
+        if counts is None or counts.height == 0:
+            out.print(f"quarantine: no refused lines{where} under {settings.data_dir}", markup=False, highlight=False)
+            return
+        table = Table(title="quarantine")
+        for name in ("period", "reason", "lines", "re-admitted", "GPU-hours"):
+            table.add_column(name, justify="left" if name in ("period", "reason") else "right")
+        for period, reason, lines, readmitted, micros in counts.iter_rows():
+            table.add_row(period, reason, f"{lines:,}", f"{readmitted:,}", f"{(micros or 0) / 3.6e9:,.3f}")
         out.print(table)
+        still = int(counts["lines"].sum())
+        back = int(counts["readmitted"].sum())
+        out.print(
+            f"{still:,} line(s) still refused{where}; {back:,} re-admitted by `quarantine replay` (counted as usage now)",
+            markup=False, highlight=False,
+        )
 
     run_command(body)
 

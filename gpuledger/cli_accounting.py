@@ -1,4 +1,4 @@
-"""Accounting commands: ``close --month YYYY-MM`` and ``registry check FILE``.
+"""Accounting commands: ``close --month YYYY-MM``, ``sign --month`` and ``registry check FILE``.
 
 Thin: parse, build settings, call :mod:`accounting`, print. The summary table is the one the
 demo prints (``gpuledger.summary``), read back from the written ledgers. Library imports sit
@@ -29,10 +29,15 @@ def close(
         bool,
         typer.Option("--early", help="Close a month that has not ended yet in Korea (usage after now becomes next month's corrections)."),
     ] = False,
+    allow_empty: Annotated[
+        bool,
+        typer.Option("--allow-empty", help="Close a month that has no usage at all (seals an all-zero month)."),
+    ] = False,
 ) -> None:
     """Close a KST month: write the billing and compliance ledgers, seal them, print a summary.
 
     Closing a month that is closed already changes nothing and says so; late usage is billed as corrections by the next close.
+    A month with no usage is refused (a wrong --data-dir would seal an all-zero month for good) unless --allow-empty.
     """
 
     def body() -> None:
@@ -47,6 +52,7 @@ def close(
         settings = settings_from(data_dir, registry)
         reg = load_registry(settings.registry)
         store = Store(settings.data_dir)
+        _refuse_empty(store, month, allow_empty)
         with console.status(f"closing {month}") as status:
             status.update(f"{month}: rolling usage_hourly up from raw")
             roll_up(store)  # the close then bills exactly the usage it seals
@@ -55,6 +61,74 @@ def close(
             )
         console.print(result.message)
         print_close_summary(store, month, result)
+        if signing_key is not None and result.already_closed and not result.sealed:
+            _say_how_to_sign(store, month, signing_key)
+
+    run_command(body)
+
+
+def _refuse_empty(store, month: str, allow_empty: bool) -> None:
+    """A close over no usage at all is almost always a wrong ``--data-dir``: refuse unless asked for.
+
+    A month closed already passes (the close then changes nothing and says so).
+    """
+    from accounting.close import closed_periods
+    from accounting.errors import CloseError
+    from accounting.usage import usage_periods
+
+    if allow_empty or month in closed_periods(store) or month in usage_periods(store):
+        return
+    raise CloseError(
+        f"{store.root} holds no usage for {month}: closing would seal an all-zero month for good. "
+        "Check --data-dir (and that `gpuledger consume` ran), or pass --allow-empty to close it anyway."
+    )
+
+
+def _say_how_to_sign(store, month: str, signing_key: Path) -> None:
+    """``close --signing-key`` on a month sealed earlier writes no signature: say so, and how to sign it."""
+    from storage.manifest import SIGNATURE_SUFFIX, manifest_path
+
+    if store.exists(manifest_path(store, month) + SIGNATURE_SUFFIX):
+        console.print(f"{month}: its manifest is signed already (signature unchanged)", markup=False, highlight=False)
+        return
+    from accounting.errors import CloseError
+
+    raise CloseError(
+        f"{month} was sealed before without a signature and a close never rewrites it: "
+        f"sign the existing manifest with `gpuledger sign --month {month} --signing-key {signing_key}`"
+    )
+
+
+def sign(
+    month: Annotated[str, typer.Option("--month", help="KST month whose sealed manifest to sign, YYYY-MM.")],
+    signing_key: Annotated[Path, typer.Option("--signing-key", help="Ed25519 private key (PEM).")],
+    data_dir: DataDirOpt = None,
+    registry: RegistryOpt = None,
+    bus: BusOpt = None,
+) -> None:
+    """Sign the manifest of a month sealed already (writes YYYY-MM.json.sig beside it).
+
+    The data directory is verified first: a manifest that does not match its files is never signed.
+    """
+
+    def body() -> None:
+        from storage.dataset import Store
+        from storage.errors import IntegrityError
+        from storage.manifest import SIGNATURE_SUFFIX, load_private_key, manifest_path, verify
+
+        settings = settings_from(data_dir, registry, bus)
+        store = Store(settings.data_dir)
+        target = manifest_path(store, month)
+        if not store.exists(target):
+            raise IntegrityError(f"{month} has no manifest under {store.root}: close it first (`gpuledger close --month {month}`)")
+        report = verify(store)
+        wrong = [d for d in report.differences if d.period == month]
+        if wrong:
+            raise IntegrityError(
+                f"{month} does not verify ({len(wrong)} difference(s), first: {wrong[0]}); run `gpuledger verify`, nothing signed"
+            )
+        store.write_bytes_atomic(target + SIGNATURE_SUFFIX, load_private_key(signing_key).sign(store.read_bytes(target)))
+        out.print(f"signed {target}{SIGNATURE_SUFFIX}", markup=False, highlight=False)
 
     run_command(body)
 
@@ -76,12 +150,28 @@ def _refuse_unfinished(month: str, early: bool) -> None:
 
 def check(
     file: Annotated[Path, typer.Argument(help="registry.toml to validate.", show_default=False)],
+    on: Annotated[
+        str | None,
+        typer.Option("--on", help="KST day whose allocations in force are counted, YYYY-MM-DD (default: today in Korea).", show_default=False),
+    ] = None,
 ) -> None:
-    """Validate a registry file; exit 1 listing every problem found."""
+    """Validate a registry file; exit 1 listing every problem found.
+
+    The GPU count is of the allocation tranches in force on one day; expired and future ones are counted apart.
+    """
 
     def body() -> None:
+        from datetime import UTC, date, datetime
+
         from accounting.errors import RegistryError
         from accounting.registry import load_registry
+        from accounting.usage import KST_OFFSET
+        from storage.errors import GpuledgerError
+
+        try:
+            day = date.fromisoformat(on) if on else (datetime.now(UTC) + KST_OFFSET).date()
+        except ValueError:
+            raise GpuledgerError(f"--on {on!r}: expected a day YYYY-MM-DD") from None
 
         try:
             reg = load_registry(file)
@@ -90,10 +180,13 @@ def check(
             for problem in exc.problems:
                 console.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        allocated = sum(a.count for e in reg.entities.values() for a in e.allocations)
+        rows = [a for e in reg.entities.values() for a in e.allocations]
+        in_force = [a for a in rows if a.period.contains(day)]
+        others = len(rows) - len(in_force)
         out.print(
             f"{file}: ok — {len(reg.entities)} entities, {len(reg.projects)} projects, "
-            f"{len(reg.rates)} rate cards, {allocated:,} GPUs in allocation rows, rounding {reg.rounding}",
+            f"{len(reg.rates)} rate cards, {sum(a.count for a in in_force):,} GPUs allocated in force on {day} "
+            f"({len(in_force)} tranche(s); {others} other tranche(s) expired or not yet in force), rounding {reg.rounding}",
             markup=False,
             highlight=False,
         )
@@ -102,7 +195,8 @@ def check(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``close`` and ``registry check`` to the main app."""
+    """Add ``close``, ``sign`` and ``registry check`` to the main app."""
     app.command(name="close")(close)
+    app.command(name="sign")(sign)
     registry_app.command(name="check")(check)
     app.add_typer(registry_app, name="registry")

@@ -39,7 +39,11 @@ def verify(
         typer.Option("--public-key", help="Ed25519 public key (PEM); with it every manifest signature is checked."),
     ] = None,
 ) -> None:
-    """Re-hash every sealed file, re-count rows, walk the manifest chain; exit 1 naming every difference."""
+    """Re-hash every sealed file, re-count rows, walk the manifest chain; exit 1 naming every difference.
+
+    A data directory with nothing sealed is a failure too (exit 1): "ok" would say nothing was
+    checked, which is usually a wrong --data-dir.
+    """
     from storage.manifest import verify as verify_store
 
     def body() -> None:
@@ -55,6 +59,13 @@ def verify(
         )
         if not report.ok:
             console.print(f"verify FAILED: {len(report.differences)} difference(s); {summary}", markup=False)
+            raise typer.Exit(1)
+        if not report.periods:
+            console.print(
+                f"verify: nothing sealed under {Path(settings.data_dir).absolute()} (no manifests): nothing was "
+                "verified. Check --data-dir, or close a month first (`gpuledger close --month YYYY-MM`).",
+                markup=False, highlight=False, soft_wrap=True,
+            )
             raise typer.Exit(1)
         out.print(f"verify ok: {summary}", markup=False)
 
@@ -110,13 +121,19 @@ def schedule(
     registry: RegistryOpt = None,
     signing_key: SigningKeyOpt = None,
     close_hour: Annotated[int, typer.Option("--close-hour", min=0, max=23, help="KST hour of the monthly close on the 1st.")] = 1,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the scheduled jobs (hourly compaction, daily compliance snapshot, monthly close) until stopped.
 
     At start it closes every month that is due and not closed yet (exactly once), then keeps
-    its jobs in <data-dir>/scheduler/jobs.sqlite.
+    its jobs in <data-dir>/scheduler/jobs.sqlite. Logs are JSON lines on stderr, as the collector's.
     """
+    import logging
+
     from accounting.scheduler import ScheduleConfig, serve
+    from gpuledger.cli_collect import json_logs
+
+    log = logging.getLogger("gpuledger.scheduler")
 
     def body() -> None:
         settings = settings_from(data_dir, registry)
@@ -125,12 +142,18 @@ def schedule(
         )
 
         def started(run) -> None:
-            closed = ", ".join(run.closed) or "nothing due"
-            console.print(f"catch-up close: {closed}; scheduler running (Ctrl-C stops)", markup=False)
+            log.info(
+                "scheduler started",
+                extra={
+                    "data_dir": str(settings.data_dir), "registry": str(settings.registry), "close_hour_kst": close_hour,
+                    "catch_up_closed": list(run.closed), "signing": signing_key is not None,
+                },
+            )
 
         serve(config, on_start=started)
 
-    run_command(body)
+    with json_logs(log_level):
+        run_command(body)
 
 
 def generate(

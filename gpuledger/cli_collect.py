@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.main
 from prometheus_client import CollectorRegistry
 
 from accounting.registry import load_registry
@@ -29,7 +30,7 @@ from collectors.integrate import IntervalIntegrator
 from collectors.metrics import CollectorMetrics, serve
 from collectors.nvml import NvmlReader
 from collectors.spool import SpoolingPublisher
-from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, out, run_command, settings_from
+from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, out, quiet_flags, run_command, settings_from
 from gpuledger.settings import Settings, StaticOwner
 from streams.bus import Bus
 
@@ -83,9 +84,31 @@ def _bus(settings: Settings) -> Bus:
     return LocalBus(Path(settings.data_dir) / "bus")
 
 
+def log_bus(settings: Settings, simulate: bool) -> None:
+    """Say at start-up where events go; on the embedded ``local`` bus, say loudly that they stay here.
+
+    A node installed without ``bus = "kafka"`` would otherwise publish into a file under its
+    data directory forever, with every metric green.
+    """
+    where = {"bus": settings.bus, "topic": settings.kafka.usage_topic}
+    if settings.bus == "kafka":
+        log.info("publishing to Kafka", extra=where | {"bootstrap": settings.kafka.bootstrap})
+        return
+    bus_dir = str(Path(settings.data_dir).absolute() / "bus")
+    if simulate:
+        log.info("publishing to the local bus (simulation)", extra=where | {"path": bus_dir})
+        return
+    log.warning(
+        "bus is 'local': events stay on this machine and no consumer elsewhere will see them; "
+        "set bus = \"kafka\" in gpuledger.toml (or GPULEDGER_BUS=kafka) on a GPU node",
+        extra=where | {"path": bus_dir},
+    )
+
+
 def run_collect(settings: Settings, options: CollectOptions) -> RunStats:
     """Wire the collector from ``settings`` and run it; returns the run's statistics."""
     c = settings.collector
+    log_bus(settings, options.simulate)
     registry = load_registry(settings.registry)
     project_entity = {name: p.entity for name, p in registry.projects.items()}
     attributor = ProcAttributor(
@@ -140,12 +163,19 @@ def _stop_on_signals(agent: CollectorAgent) -> Iterator[None]:
             signal.signal(s, h)
 
 
+LOGGED_PACKAGES = ("gpuledger", "collectors", "streams", "storage", "accounting", "apscheduler")
+
+
 @contextlib.contextmanager
-def _json_logs(level: str) -> Iterator[None]:
-    """Structured logs (one JSON object per line on stderr) for the duration of the command."""
+def json_logs(level: str) -> Iterator[None]:
+    """Structured logs (one JSON object per line on stderr) for the duration of the command.
+
+    The long-running commands (``collect``, ``consume``, ``schedule``) all log this way, so one
+    log shipper configuration reads every gpuledger process.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
-    loggers = [logging.getLogger(name) for name in ("gpuledger", "collectors", "streams")]
+    loggers = [logging.getLogger(name) for name in LOGGED_PACKAGES]
     saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
         lg.handlers[:] = [handler]
@@ -210,7 +240,7 @@ def register(app: typer.Typer) -> None:
                 settings = settings.model_copy(update={"collector": collector})
             return run_collect(settings, CollectOptions(simulate, once, duration, not no_metrics))
 
-        with _json_logs(log_level):
+        with json_logs(log_level):
             stats = run_command(body)
         out.print(
             f"collect: {stats.rounds} rounds, {stats.samples} device samples, "
@@ -228,7 +258,9 @@ def main() -> None:
     """
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     register(app)
-    app(prog_name="gpuledger-collect")
+    command = typer.main.get_command(app)
+    quiet_flags(command)
+    command(prog_name="gpuledger-collect")
 
 
 if __name__ == "__main__":

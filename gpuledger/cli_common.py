@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from gpuledger.settings import Settings, load_settings
 from storage.errors import GpuledgerError
@@ -48,3 +49,53 @@ def run_command(body: Callable[[], T]) -> T:
     except GpuledgerError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVER_MODULES:
+            raise
+        console.print(
+            f"[bold red]error:[/] this command needs {exc.name}, which the slim (GPU node) install leaves out: "
+            "pip install 'gpuledger\\[server]'",  # \\[: rich markup escape
+            highlight=False, soft_wrap=True,
+        )
+        sys.exit(1)
+
+
+# What the `server` extra of pyproject.toml adds to the slim install a GPU node gets.
+SERVER_MODULES = frozenset(
+    {"polars", "polars_hash", "pyarrow", "apscheduler", "sqlalchemy", "cryptography", "xlsxwriter",
+     "matplotlib", "koreanize_matplotlib", "deltalake", "numpy"}
+)
+
+
+def _quiet(param: Any) -> Any:
+    if param is not None and getattr(param, "is_flag", False) and param.metavar is None:
+        param.metavar = ""
+    return param
+
+
+def quiet_flags(command: Any) -> None:
+    """On/off flags take no value: show none (typer prints ``<bool>`` beside them otherwise).
+
+    ``--help`` is made on demand by ``get_help_option``, so that method is wrapped as well.
+    """
+    for param in command.params:
+        _quiet(param)
+    if not getattr(command, "_gpuledger_quiet", False):
+        made = command.get_help_option
+        command.get_help_option = lambda ctx: _quiet(made(ctx))
+        command._gpuledger_quiet = True
+    for sub in getattr(command, "commands", {}).values():
+        quiet_flags(sub)
+
+
+class QuietFlagsGroup(TyperGroup):
+    """The root group of the ``gpuledger`` app: help screens without a value column on flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return [_quiet(param) for param in super().get_params(ctx)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            quiet_flags(command)
+        return command

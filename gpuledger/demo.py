@@ -77,15 +77,27 @@ def plan(registry: Registry, period: str, nodes_per_entity: int = 8) -> DemoPlan
     return DemoPlan(period, start_s, end_s, tuple(specs))
 
 
+KEPT_ON_RERUN = ("reports", "exports")  # what a person made from a demo month survives a re-run
+
+
 def prepare_data_dir(data_dir: Path) -> None:
-    """Start from a clean directory; refuse to wipe one that was not made by the demo."""
+    """Start from a clean directory; refuse to wipe one that was not made by the demo.
+
+    A re-run clears the demo's datasets but keeps ``reports/`` and ``exports/``.
+    """
     if data_dir.exists() and any(data_dir.iterdir()):
         if not (data_dir / DEMO_MARKER).exists():
             raise GpuledgerError(
                 f"{data_dir} already holds data that the demo did not make; "
                 "pass an empty --data-dir (e.g. --data-dir ./gpuledger-demo)"
             )
-        shutil.rmtree(data_dir)
+        for child in data_dir.iterdir():
+            if child.name in KEPT_ON_RERUN:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / DEMO_MARKER).write_text("made by gpuledger demo; the demo clears this directory\n")
 

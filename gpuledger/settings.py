@@ -5,16 +5,25 @@ file named by ``GPULEDGER_CONFIG``) < ``GPULEDGER_*`` environment variables (nes
 ``__``, e.g. ``GPULEDGER_COLLECTOR__INTERVAL_S=30``) < command-line options. The environment
 is read here and nowhere else. ``GPULEDGER_KAFKA_BOOTSTRAP`` is accepted as the documented
 short form of ``GPULEDGER_KAFKA__BOOTSTRAP``. Secrets are ``SecretStr``: they print as ``**********``.
+
+No trap is silent: a ``GPULEDGER_CONFIG`` that names a missing file is an error (an empty
+``GPULEDGER_CONFIG=`` means "no file at all"), and an unknown key anywhere, top level or
+inside a section (``intervall_s = 30``), is an error naming every such key at once. A
+registry path ``examples/NAME.toml`` that does not exist where the command runs is the
+sample of that name shipped inside the package, so ``collect --simulate --once`` works from
+any directory.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,7 +39,13 @@ class SettingsError(GpuledgerError):
     """The configuration is invalid; the message lists every problem."""
 
 
-class KafkaSettings(BaseModel):
+class _Section(BaseModel):
+    """A ``[section]`` of gpuledger.toml: a misspelt key is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
     bootstrap: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -63,14 +78,14 @@ class KafkaSettings(BaseModel):
         return self
 
 
-class StaticOwner(BaseModel):
+class StaticOwner(_Section):
     """Fallback owner of every GPU on a node when no job is found on it."""
 
     entity: str
     project: str = "unattributed"
 
 
-class CollectorSettings(BaseModel):
+class CollectorSettings(_Section):
     site: str = "local"
     node: str = Field(default_factory=socket.gethostname)
     sample_period_s: float = Field(default=10.0, gt=0)
@@ -96,7 +111,7 @@ class CollectorSettings(BaseModel):
         return self
 
 
-class ConsumerSettings(BaseModel):
+class ConsumerSettings(_Section):
     max_batch_records: int = Field(default=50_000, ge=1)
     poll_timeout_s: float = Field(default=0.5, gt=0)
     idle_polls: int = Field(default=2, ge=1)  # --until-idle: empty polls in a row before exit
@@ -110,7 +125,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GPULEDGER_",
         env_nested_delimiter="__",
-        toml_file="gpuledger.toml",
         extra="forbid",
     )
 
@@ -130,12 +144,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = os.environ.get("GPULEDGER_CONFIG", "gpuledger.toml")
-        return (
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
-        )
+        toml_path = config_file()
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if toml_path is None:
+            return sources
+        return (*sources, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
 
     @property
     def spool_dir(self) -> Path:
@@ -144,6 +157,51 @@ class Settings(BaseSettings):
     @property
     def heartbeat_file(self) -> Path:
         return self.consumer.heartbeat_file or self.data_dir / "consumer.heartbeat.json"
+
+
+DEFAULT_CONFIG = Path("gpuledger.toml")
+EXAMPLES_DIR = Path("examples")
+
+
+def config_file() -> Path | None:
+    """The settings file to read, or ``None`` for none.
+
+    ``GPULEDGER_CONFIG`` unset: ``./gpuledger.toml`` when it exists. Set to a path: that file,
+    which must exist (a typo there would otherwise leave every setting at its default, the
+    bus ``local`` among them). Set to the empty string: no file.
+    """
+    named = os.environ.get("GPULEDGER_CONFIG")
+    if named is None:
+        return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+    if not named:
+        return None
+    path = Path(named)
+    if not path.is_file():
+        raise SettingsError(
+            f"GPULEDGER_CONFIG names {path}, which does not exist: create it (see examples/gpuledger.toml) "
+            "or unset GPULEDGER_CONFIG (GPULEDGER_CONFIG= with no value reads no file)"
+        )
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"{path}: not readable TOML ({exc}); fix the file") from exc
+    return path
+
+
+def packaged_example(name: str) -> Path:
+    """A file of ``examples/`` as shipped inside the installed package (``gpuledger/examples``)."""
+    return Path(str(resources.files("gpuledger") / "examples" / name))
+
+
+def resolve_example(path: Path) -> Path:
+    """``examples/NAME`` relative to a directory that has no such file: the packaged sample.
+
+    Any other path is returned unchanged (a missing registry is then reported where it is read).
+    """
+    if path.exists() or path.is_absolute() or path.parent != EXAMPLES_DIR:
+        return path
+    shipped = packaged_example(path.name)
+    return shipped if shipped.is_file() else path
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -158,10 +216,20 @@ def load_settings(**overrides: Any) -> Settings:
         if short_bootstrap and "GPULEDGER_KAFKA__BOOTSTRAP" not in os.environ:
             kafka = settings.kafka.model_copy(update={"bootstrap": short_bootstrap})
             settings = settings.model_copy(update={"kafka": kafka})
+        registry = resolve_example(Path(settings.registry))
+        if registry != settings.registry:
+            settings = settings.model_copy(update={"registry": registry})
         return settings
     except ValidationError as exc:
-        problems = "; ".join(
+        errors = exc.errors()
+        unknown = [".".join(str(p) for p in err["loc"]) for err in errors if err["type"] == "extra_forbidden"]
+        problems = [
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise SettingsError(f"invalid settings ({exc.error_count()} problems): {problems}") from exc
+            for err in errors
+            if err["type"] != "extra_forbidden"
+        ]
+        if unknown:
+            problems.insert(0, f"unknown key(s) {', '.join(unknown)} (misspelt? see examples/gpuledger.toml)")
+        source = config_file()
+        where = f" (file {source}, GPULEDGER_* variables, options)" if source else ""
+        raise SettingsError(f"invalid settings{where}, {len(problems)} problem(s): {'; '.join(problems)}") from exc

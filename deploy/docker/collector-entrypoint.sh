@@ -5,7 +5,7 @@
 #   --gpus all (or runtime: nvidia)  the NVIDIA container toolkit mounts libnvidia-ml.so.1
 #   --pid=host                       NVML reports host PIDs; attribution reads them in /proc
 #   --uts=host, or GPULEDGER_COLLECTOR__NODE=<host name>   events must name the node
-#   -v /var/lib/gpuledger:/var/lib/gpuledger               the spool survives restarts
+#   -v /var/lib/gpuledger:/data      the spool survives restarts (GPULEDGER_DATA_DIR=/data in the image)
 #   -p 9400:9400                     Prometheus /metrics
 # Extra arguments are passed to the collector (e.g. --simulate, --interval 60).
 set -eu

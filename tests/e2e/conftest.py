@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """``python -m gpuledger ARGS``; fails the test with the output when ``check`` and exit != 0."""
-    full_env = {**os.environ, "COLUMNS": "120", "GPULEDGER_CONFIG": "/nonexistent/gpuledger.toml", **(env or {})}
+    full_env = {**os.environ, "COLUMNS": "120", "GPULEDGER_CONFIG": "", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "gpuledger", *args],
         cwd=cwd or REPO,

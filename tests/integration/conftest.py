@@ -155,3 +155,20 @@ def s3(s3_server: S3Server) -> S3Endpoint:
 def s3_prefix(request: pytest.FixtureRequest) -> str:
     """A fresh key prefix per test in the shared bucket."""
     return f"{_slug(request)}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def kcat() -> str:
+    """The ``kcat`` binary (Debian package ``kcat``), the producer a third party would use.
+
+    Missing under ``GPULEDGER_CI=1`` (``.ci/run`` installs it): the test fails; elsewhere it skips.
+    """
+    import shutil
+
+    found = shutil.which("kcat") or shutil.which("kafkacat")
+    if found is None:
+        message = "kcat is not installed (apt-get install kcat)"
+        if os.environ.get("GPULEDGER_CI"):
+            pytest.fail(message + "; CI installs it in .ci/run, so its absence fails the run", pytrace=False)
+        pytest.skip(message)
+    return found

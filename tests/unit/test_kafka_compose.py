@@ -139,7 +139,7 @@ def test_the_dockerfile_copies_every_package_the_distribution_ships() -> None:
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, flags=re.MULTILINE))
     assert packages <= copied, packages - copied
-    assert 'ENTRYPOINT ["gpuledger"]' in dockerfile
+    assert 'ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]' in dockerfile  # collector by default
     assert "examples/registry.toml" in dockerfile
 
 
