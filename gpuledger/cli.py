@@ -295,17 +295,18 @@ def quarantine_list(
         from rich.table import Table
 
         from gpuledger.wiring import make_store
+        from storage.schemas import QUARANTINE, RAW_EVENTS
 
-        store = make_store(settings_from(data_dir, registry))
-        files = store.files("quarantine")
+        settings = settings_from(data_dir, registry)
+        store = make_store(settings)
+        where_dir = f"/period={month}" if month else ""  # a month reads only its own partitions
+        files = store.files(f"quarantine{where_dir}")
         counts = None
         if files:
-            frame = pl.scan_parquet(files)
-            if month:
-                frame = frame.filter(pl.col("period") == month)
-            raw_files = store.files("raw")
+            frame = store.scan_files(files, QUARANTINE)
+            raw_files = store.files(f"raw{where_dir}")
             stored = (
-                pl.scan_parquet(raw_files).select("event_id").unique().with_columns(pl.lit(True).alias("readmitted"))
+                store.scan_files(raw_files, RAW_EVENTS).select("event_id").unique().with_columns(pl.lit(True).alias("readmitted"))
                 if raw_files
                 else pl.LazyFrame(schema={"event_id": pl.String, "readmitted": pl.Boolean})
             )

@@ -52,10 +52,10 @@ def close(
         settings = settings_from(data_dir, registry)
         reg = load_registry(settings.registry)
         store = Store(settings.data_dir)
-        _refuse_empty(store, month, allow_empty)
         with console.status(f"closing {month}") as status:
             status.update(f"{month}: rolling usage_hourly up from raw")
             roll_up(store)  # the close then bills exactly the usage it seals
+            _refuse_empty(store, month, allow_empty)
             result = close_month(
                 store, reg, month, signing_key=signing_key, progress=lambda msg: status.update(f"{month}: {msg}")
             )
@@ -104,7 +104,6 @@ def sign(
     signing_key: Annotated[Path, typer.Option("--signing-key", help="Ed25519 private key (PEM).")],
     data_dir: DataDirOpt = None,
     registry: RegistryOpt = None,
-    bus: BusOpt = None,
 ) -> None:
     """Sign the manifest of a month sealed already (writes YYYY-MM.json.sig beside it).
 
@@ -116,7 +115,7 @@ def sign(
         from storage.errors import IntegrityError
         from storage.manifest import SIGNATURE_SUFFIX, load_private_key, manifest_path, verify
 
-        settings = settings_from(data_dir, registry, bus)
+        settings = settings_from(data_dir, registry)
         store = Store(settings.data_dir)
         target = manifest_path(store, month)
         if not store.exists(target):

@@ -44,15 +44,21 @@ def test_a_running_consumer_serves_metrics_and_passes_health_then_a_stale_one_fa
     assert missing.returncode == 1 and "no heartbeat at" in missing.stderr
 
     cli("ingest", str(path), *common)
-    env = {**os.environ, "COLUMNS": "200", "GPULEDGER_CONFIG": "/nonexistent/gpuledger.toml"}
+    env = {**os.environ, "COLUMNS": "200", "GPULEDGER_CONFIG": ""}
     consumer = subprocess.Popen(
         [sys.executable, "-m", "gpuledger", "consume", "--metrics-port", "0", *common],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        line = consumer.stderr.readline()  # the first thing it prints: where the metrics are
-        port = re.search(r"metrics on http://0\.0\.0\.0:(\d+)/metrics", line)
-        assert port is not None, line
+        seen = []
+        port = None
+        for _ in range(20):  # it says where the metrics are among its first lines (bounded)
+            line = consumer.stderr.readline()
+            seen.append(line)
+            port = re.search(r"metrics on http://0\.0\.0\.0:(\d+)/metrics", line)
+            if port is not None or not line:
+                break
+        assert port is not None, "".join(seen)
         url = f"http://127.0.0.1:{port.group(1)}/metrics"
         beat_file = data / "consumer.heartbeat.json"
         deadline = time.monotonic() + 120  # a bound on waiting, not an assertion on speed
