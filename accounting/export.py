@@ -252,7 +252,8 @@ def _write_finance(
         written += [f"finance/{base}.csv", f"finance/{base}.xlsx"]
     national = [f for e, f in figures.items() if e in {t.entity for t in totals} or e == NATIONAL]
     workbook = programme_xlsx(
-        period, ctx.manifest_sha256, lines, national, ordered.sort("entity", maintain_order=True),
+        period, ctx.manifest_sha256, lines, national,
+        billing.sort("entity", "charge_class", "corrects_period", "project", "gpu_model", "rate_from", nulls_last=False),
         rounding=ctx.rounding, vat_percent=ctx.vat_percent, simulated=ctx.simulated,
     )
     pack.write_bytes_atomic(pack.path("finance", f"programme-{period}.xlsx"), workbook)

@@ -31,6 +31,7 @@ import polars as pl
 import xlsxwriter
 from xlsxwriter.utility import xl_rowcol_to_cell
 
+from accounting.billing import gpu_hours
 from accounting.figures import TERMS, EntityFigures, kst_span
 from accounting.registry import RoundingRule
 
@@ -261,7 +262,6 @@ def programme_xlsx(
     header = [
         ("기간 Period (KST)", _period_text(period)),
         ("봉인 Manifest SHA-256", manifest_sha256),
-        ("부가세율 VAT rate", f"{vat_percent}%"),
     ]
 
     sheet = book.add_worksheet("청구 Billing")
@@ -291,7 +291,8 @@ def programme_xlsx(
     last = first + max(len(lines), 1) - 1
     total = last + 1
     sheet.merge_range(total, 0, total, 2, "합계 Total", fmt.total_label)
-    sheet.write_number(total, 3, float(sum((ln.billed_gpu_hours for ln in lines), Decimal(0))), fmt.total_hours)
+    # the programme's billed hours: all lines' exact usage rounded once (the manifest's billed_gpu_hours.ALL)
+    sheet.write_number(total, 3, float(gpu_hours(int(billing["gpu_microseconds"].sum() or 0))), fmt.total_hours)
     sums = {
         4: sum((ln.usage_krw for ln in lines), Decimal(0)),
         5: sum((ln.correction_krw for ln in lines), Decimal(0)),
