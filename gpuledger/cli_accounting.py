@@ -52,7 +52,7 @@ def close(
                 store, reg, month, signing_key=signing_key, progress=lambda msg: status.update(f"{month}: {msg}")
             )
         console.print(result.message)
-        print_close_summary(store, month, result)
+        print_close_summary(store, month, result, registry=reg)
 
     run_command(body)
 
