@@ -50,7 +50,11 @@ def test_report_renders_korean_charts_and_a_self_contained_page(tmp_path: Path) 
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(embedded) == 3
     assert all(base64.b64decode(e)[:8] == PNG_MAGIC for e in embedded)
-    assert "http" not in page
+    assert not re.search(r'(src|href)="https?:|url\(https?:', page)
+    # Hangul shows and prints without a Korean font installed: NanumGothic subset embedded
+    fonts = re.findall(r"url\(data:font/woff;base64,([^)]+)\)", page)
+    assert len(fonts) == 2 and all(base64.b64decode(f)[:4] == b"wOFF" for f in fonts)
+    assert sum(len(f) for f in fonts) < 400_000
     # and carries the ledger's figures: gov 9,001 KRW, the national 9,926 KRW, gov's breaches
     assert "<td>gov</td>" in page and "9,001" in page and "9,926" in page
     assert "snu-llm" in page
