@@ -156,8 +156,7 @@ def breach_sentence(breach: str, row: dict[str, Any], name: str, thresholds: Thr
     quarantined = row.get("quarantined_gpu_hours") or Decimal(0)
     where_ko, where_en = f"{name} · {model}", f"{name}, {model}"
     if breach == "low_coverage":
-        rule = f"{thresholds.low_coverage_below * 100:.0f}%" if thresholds else "등록부 기준"
-        rule_en = f"{thresholds.low_coverage_below * 100:.0f}%" if thresholds else "the registry's threshold"
+        rule, rule_en = _rule(thresholds.low_coverage_below if thresholds else None, row["coverage"])
         return (
             f"{where_ko}: 보고율 {_pct(row['coverage'])}로 기준 {rule} 미만입니다. 할당 {gpus:,} GPU 중 "
             f"{unrep:,.0f} GPU·시간이 보고되지 않았습니다 (장애·정지 또는 수집기 없음).",
@@ -165,8 +164,7 @@ def breach_sentence(breach: str, row: dict[str, Any], name: str, thresholds: Thr
             f"{gpus:,} allocated GPUs reported nothing (down, stopped, or no collector).",
         )
     if breach == "under_use":
-        rule = f"{thresholds.under_use_below * 100:.0f}%" if thresholds else "등록부 기준"
-        rule_en = f"{thresholds.under_use_below * 100:.0f}%" if thresholds else "the registry's threshold"
+        rule, rule_en = _rule(thresholds.under_use_below if thresholds else None, row["utilisation"])
         return (
             f"{where_ko}: 활용률 {_pct(row['utilisation'])}로 기준 {rule} 미만입니다. 보고된 {rep:,.0f} GPU·시간 중 "
             f"가동은 {busy:,.0f} GPU·시간입니다.",
@@ -196,6 +194,18 @@ def breach_sentence(breach: str, row: dict[str, Any], name: str, thresholds: Thr
             f"{where_en}: the devices of one physical GPU reported more GPU-time than the hour has (check the collector).",
         )
     return f"{where_ko}: {breach}", f"{where_en}: {breach}"
+
+
+def _rule(threshold: Decimal | None, value: Decimal | None) -> tuple[str, str]:
+    """The threshold as said in a sentence; named only when it explains the breach.
+
+    The ledger records the breach, judged at close by the registry of that close; a report
+    drawn with another registry (whose threshold the value does not fall below) must not
+    name a threshold that did not decide it.
+    """
+    if threshold is None or value is None or value >= threshold:
+        return "마감 때 등록부의 기준", "the threshold of the registry it was closed with"
+    return f"{threshold * 100:.0f}%", f"{threshold * 100:.0f}%"
 
 
 # -- nodes with reporting gaps ----------------------------------------------------------------

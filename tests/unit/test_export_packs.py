@@ -14,7 +14,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from accounting.errors import RegistryError
 from accounting.export import ExportError, export_month
+from accounting.registry import loads_registry
 from accounting.schemas import BILLING
 from storage.dataset import Store, to_table
 from storage.errors import IntegrityError
@@ -23,6 +25,8 @@ from tests.unit.audit_month_fixture import HOUR_US, PERIOD, billing_frame, build
 from tests.unit.xlsx_formulas import evaluate, find_row, formula_right_of
 
 pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _blocks(readme: str, lang: str) -> list[str]:
@@ -198,3 +202,31 @@ def test_readme_sql_agrees_with_a_real_close_with_a_rate_change_and_a_correction
             assert duckdb.sql(query).fetchall() == [], (period, query)
     december = list(csv.DictReader((tmp_path / "out/2026-12/finance/statement-gov.csv").read_text().splitlines()))
     assert [line["charge_class"] for line in december] == ["correction", "usage"]
+
+
+def test_vat_is_the_registry_setting_rounded_by_the_registry_rule(tmp_path: Path) -> None:
+    # given the sample registry with VAT 5.55 % and half-up rounding, and the hand-worked month
+    text = (REPO / "examples" / "registry.toml").read_text()
+    text = text.replace('rounding = "truncate"', 'rounding = "half_up"').replace("vat_percent = 10", "vat_percent = 5.55")
+    registry = loads_registry(text)
+    store = build_month(tmp_path / "data")
+    # when it is exported with that registry
+    export_month(store, PERIOD, tmp_path / "out", registry=registry)
+    pack = tmp_path / "out" / PERIOD / "finance"
+    # then gov's VAT is 9,001 × 5.55 % = 499.5555 → 500 (half up), in the CSV and by the formula
+    summary = {r["entity"]: r for r in csv.DictReader((pack / "summary.csv").read_text().splitlines())}
+    assert (summary["gov"]["vat_krw"], summary["gov"]["total_with_vat_krw"]) == ("500", "9501")
+    sheet = openpyxl.load_workbook(pack / "statement-gov.xlsx").active
+    assert formula_right_of(sheet, "부가세 VAT").startswith("=ROUND(")
+    assert evaluate(sheet, formula_right_of(sheet, "부가세 VAT")) == Decimal(500)
+    assert "대한민국 정부 (state pool) (gov)" in [c.value for row in sheet.iter_rows(max_row=4) for c in row]
+    # and an entity of the registry that used nothing still gets a (zero) statement
+    assert summary["naver"]["total_krw"] == "0" and (pack / "statement-naver.xlsx").exists()
+
+
+def test_a_vat_rate_outside_0_to_100_is_a_registry_error() -> None:
+    text = (REPO / "examples" / "registry.toml").read_text().replace("vat_percent = 10", "vat_percent = 110")
+    with pytest.raises(RegistryError, match="billing.vat_percent: must be between 0 and 100"):
+        loads_registry(text)
+    without = (REPO / "examples" / "registry.toml").read_text().replace("vat_percent = 10\n", "")
+    assert loads_registry(without).vat_percent == Decimal(10)

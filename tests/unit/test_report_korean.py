@@ -131,3 +131,18 @@ def test_a_font_without_hangul_is_an_error_not_empty_boxes(tmp_path: Path) -> No
 def test_no_ledgers_no_report(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="close the month first"):
         render_report(Store(tmp_path), PERIOD)
+
+
+def test_a_breach_sentence_names_only_a_threshold_that_decided_it() -> None:
+    from accounting.report import breach_sentence
+
+    # given a low-coverage breach judged at close under a 98 % rule (coverage 97.8 %)
+    row = {"gpu_model": "NVIDIA GB200", "allocated_gpus": 24, "reported_gpu_hours": Decimal("17472"),
+           "unreported_gpu_hours": Decimal("384"), "busy_gpu_hours": Decimal("9000"),
+           "coverage": Decimal("0.978495"), "utilisation": Decimal("0.5")}
+    demo = load_registry(REPO / "examples" / "registry-demo.toml")
+    national = load_registry(REPO / "examples" / "registry.toml")  # 90 %: did not decide it
+    _, with_demo = breach_sentence("low_coverage", row, "삼성전자", demo.thresholds)
+    _, with_national = breach_sentence("low_coverage", row, "삼성전자", national.thresholds)
+    assert "coverage 97.8% is below 98%: 384 GPU-hours of its 24 allocated GPUs" in with_demo
+    assert "below the threshold of the registry it was closed with" in with_national and "90%" not in with_national
