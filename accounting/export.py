@@ -2,9 +2,12 @@
 
 Layout under ``<out>/<YYYY-MM>/`` (default ``<out>`` = ``<data-dir>/exports``)::
 
-    finance/summary.csv                    one line per entity: GPU-hours, usage, corrections, total KRW
-    finance/statement-<entity>.csv         the entity's billing lines
-    finance/statement-<entity>.xlsx        sheet "lines" (the same lines) and sheet "total"
+    finance/summary.csv                    one line per entity: the usage vocabulary (capacity, reported,
+                                           attributed, unattributed, busy, idle, unreported GPU-hours),
+                                           billed GPU-hours, usage / corrections / total KRW, VAT, statement no.
+    finance/statement-<entity>.csv         the entity's billing lines (the ledger's columns)
+    finance/statement-<entity>.xlsx        the entity's monthly statement (see accounting/statements.py)
+    finance/programme-<YYYY-MM>.xlsx       one consolidated workbook: billing, usage, every line, terms
     auditor/README.md                      how to check the hashes and re-derive every total
     auditor/SHA256SUMS                     ``sha256sum -c`` input for every copied sealed file
     auditor/manifests/YYYY-MM.json(.sig)   the period's manifest (and signature)
@@ -14,25 +17,31 @@ Layout under ``<out>/<YYYY-MM>/`` (default ``<out>`` = ``<data-dir>/exports``)::
 Invariants: only a sealed month is exported; every copied file is hashed while copied and
 must match its manifest entry (else :class:`IntegrityError`); money is exact — CSV carries the
 ledger's decimal strings, XLSX carries whole won as integers — and each entity's total equals
-the sum of its ledger lines. Every byte goes through :class:`Store`, never a bare ``open``.
+the sum of its ledger lines. The billing truth is the ledger: amounts are its lines' whole-won
+``amount_krw`` summed; billed GPU-hours are its lines' exact ``gpu_microseconds`` summed and
+rounded once (half-even, 6 places) — the figure the manifest seals — so summary.csv, the
+statements, the programme workbook, the pack README and the manifest agree to the last digit.
+Every byte goes through :class:`Store`, never a bare ``open``.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
-import xlsxwriter
 
+from accounting.billing import gpu_hours
 from accounting.errors import AccountingError
-from accounting.registry import Registry, RoundingRule
+from accounting.figures import EntityFigures, display_name, entity_figures, is_simulated, statement_number
+from accounting.registry import NATIONAL, Registry, RoundingRule
+from accounting.statements import ProgrammeLine, StatementHeader, programme_xlsx, statement_xlsx, vat
 from accounting.schemas import BILLING, COMPLIANCE
 from storage.dataset import Store
 from storage.errors import IntegrityError
@@ -41,7 +50,6 @@ from storage.manifest import SIGNATURE_SUFFIX, manifest_path, relative_path, sea
 BILLING_DIR = "ledgers/billing"
 COMPLIANCE_DIR = "ledgers/compliance"
 USAGE_DIR = "usage_hourly"
-_US_PER_HOUR = 3_600_000_000
 _STATEMENT_COLUMNS = [
     "period",
     "entity",
@@ -67,9 +75,14 @@ class ExportError(AccountingError):
 @dataclass(frozen=True, slots=True)
 class EntityTotal:
     entity: str
-    gpu_hours: Decimal
+    gpu_microseconds: int  # exact billed usage (usage and correction lines)
     usage_krw: Decimal
     correction_krw: Decimal
+
+    @property
+    def gpu_hours(self) -> Decimal:
+        """Billed GPU-hours: the exact usage rounded once (the manifest's ``billed_gpu_hours``)."""
+        return gpu_hours(self.gpu_microseconds)
 
     @property
     def total_krw(self) -> Decimal:
@@ -99,12 +112,12 @@ def read_ledger(store: Store, dataset_dir: str, period: str, schema) -> pl.DataF
 
 
 def entity_totals(billing: pl.DataFrame, entities: Sequence[str] = ()) -> list[EntityTotal]:
-    """Exact per-entity totals of billing lines (Python ``Decimal`` sums, sorted by entity)."""
-    totals: dict[str, list[Decimal]] = {e: [Decimal(0), Decimal(0), Decimal(0)] for e in entities}
-    for row in billing.select("entity", "charge_class", "gpu_hours", "amount_krw").iter_rows():
-        entity, charge_class, hours, amount = row
-        acc = totals.setdefault(entity, [Decimal(0), Decimal(0), Decimal(0)])
-        acc[0] += hours
+    """Exact per-entity totals of billing lines (integer µs and ``Decimal`` sums, sorted by entity)."""
+    totals: dict[str, list] = {e: [0, Decimal(0), Decimal(0)] for e in entities}
+    for row in billing.select("entity", "charge_class", "gpu_microseconds", "amount_krw").iter_rows():
+        entity, charge_class, micros, amount = row
+        acc = totals.setdefault(entity, [0, Decimal(0), Decimal(0)])
+        acc[0] += int(micros)
         acc[1 if charge_class == "usage" else 2] += amount
     return [EntityTotal(e, *totals[e]) for e in sorted(totals)]
 
@@ -161,11 +174,17 @@ def export_month(
 
     # the ledgers are read only once every copied byte matched the seal
     billing = read_ledger(store, BILLING_DIR, period, BILLING)
+    compliance = read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE)
     entities = sorted(set(billing["entity"].to_list()) | set(registry.entities if registry else ()))
     totals = entity_totals(billing, entities)
-    finance = _write_finance(pack, period, billing, totals)
+    finance = _write_finance(
+        pack,
+        _Finance(period, hashlib.sha256(manifest_bytes).hexdigest(), registry, is_simulated(store)),
+        billing,
+        compliance,
+        totals,
+    )
 
-    compliance = read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE)
     readme = render_readme(
         period=period,
         totals=totals,
@@ -182,79 +201,92 @@ def export_month(
     return ExportResult(period, target / period, tuple(finance), tuple(sorted(auditor)), tuple(totals))
 
 
-def _write_finance(pack: Store, period: str, billing: pl.DataFrame, totals: Sequence[EntityTotal]) -> list[str]:
-    written = []
-    summary = pl.DataFrame(
-        {
-            "period": [period] * len(totals),
-            "entity": [t.entity for t in totals],
-            "gpu_hours": [t.gpu_hours for t in totals],
-            "usage_krw": [t.usage_krw for t in totals],
-            "correction_krw": [t.correction_krw for t in totals],
-            "total_krw": [t.total_krw for t in totals],
-        },
-        schema={
-            "period": pl.String,
-            "entity": pl.String,
-            "gpu_hours": pl.Decimal(24, 6),
-            "usage_krw": pl.Decimal(24, 0),
-            "correction_krw": pl.Decimal(24, 0),
-            "total_krw": pl.Decimal(24, 0),
-        },
-    )
-    pack.write_bytes_atomic(pack.path("finance", "summary.csv"), summary.write_csv().encode())
-    written.append("finance/summary.csv")
+@dataclass(frozen=True, slots=True)
+class _Finance:
+    period: str
+    manifest_sha256: str
+    registry: Registry | None
+    simulated: bool
+
+    @property
+    def rounding(self) -> RoundingRule:
+        return self.registry.rounding if self.registry else RoundingRule.TRUNCATE
+
+    @property
+    def vat_percent(self) -> Decimal:
+        return self.registry.vat_percent if self.registry else Decimal(10)
+
+
+def _write_finance(
+    pack: Store, ctx: _Finance, billing: pl.DataFrame, compliance: pl.DataFrame, totals: Sequence[EntityTotal]
+) -> list[str]:
+    period = ctx.period
+    figures = {f.entity: f for f in entity_figures(compliance, billing, ctx.registry)}
+    lines: list[ProgrammeLine] = []
+    for t in totals:
+        lines.append(
+            ProgrammeLine(
+                entity=t.entity,
+                display_name=display_name(ctx.registry, t.entity),
+                number=statement_number(period, t.entity, ctx.manifest_sha256),
+                billed_gpu_hours=t.gpu_hours,
+                usage_krw=t.usage_krw,
+                correction_krw=t.correction_krw,
+                vat_krw=vat(t.total_krw, ctx.vat_percent, ctx.rounding),
+            )
+        )
+    pack.write_bytes_atomic(pack.path("finance", "summary.csv"), _summary_csv(period, lines, figures).encode())
+    written = ["finance/summary.csv"]
     ordered = billing.select(_STATEMENT_COLUMNS).sort(
         "charge_class", "corrects_period", "project", "gpu_model", "rate_from", nulls_last=False
     )
-    for total in totals:
-        lines = ordered.filter(pl.col("entity") == total.entity)
+    for total, line in zip(totals, lines, strict=True):
+        mine = ordered.filter(pl.col("entity") == total.entity)
         base = f"statement-{_safe(total.entity)}"
-        pack.write_bytes_atomic(pack.path("finance", f"{base}.csv"), lines.write_csv().encode())
-        pack.write_bytes_atomic(pack.path("finance", f"{base}.xlsx"), _xlsx(period, lines, total))
+        header = StatementHeader(
+            period, total.entity, line.display_name, line.number, ctx.manifest_sha256, ctx.rounding,
+            ctx.vat_percent, ctx.simulated,
+        )
+        pack.write_bytes_atomic(pack.path("finance", f"{base}.csv"), mine.write_csv().encode())
+        pack.write_bytes_atomic(pack.path("finance", f"{base}.xlsx"), statement_xlsx(header, mine, total.gpu_hours))
         written += [f"finance/{base}.csv", f"finance/{base}.xlsx"]
+    national = [f for e, f in figures.items() if e in {t.entity for t in totals} or e == NATIONAL]
+    workbook = programme_xlsx(
+        period, ctx.manifest_sha256, lines, national,
+        billing.sort("entity", "charge_class", "corrects_period", "project", "gpu_model", "rate_from", nulls_last=False),
+        rounding=ctx.rounding, vat_percent=ctx.vat_percent, simulated=ctx.simulated,
+    )
+    pack.write_bytes_atomic(pack.path("finance", f"programme-{period}.xlsx"), workbook)
+    written.append(f"finance/programme-{period}.xlsx")
     return written
 
 
-def _xlsx(period: str, lines: pl.DataFrame, total: EntityTotal) -> bytes:
-    """Workbook bytes: whole won as integers (exact in Excel), hours and rates as numbers."""
-    sheet = lines.with_columns(
-        pl.col("amount_krw").cast(pl.Int64),
-        pl.col("gpu_hours", "list_rate_krw_per_gpu_hour", "discount_percent", "rate_krw_per_gpu_hour").cast(
-            pl.Float64
-        ),
-    )
-    summary = pl.DataFrame(
-        {
-            "period": [period],
-            "entity": [total.entity],
-            "gpu_hours": [float(total.gpu_hours)],
-            "usage_krw": [int(total.usage_krw)],
-            "correction_krw": [int(total.correction_krw)],
-            "total_krw": [int(total.total_krw)],
-        }
-    )
-    won = "#,##0"
-    buffer = io.BytesIO()
-    workbook = xlsxwriter.Workbook(buffer, {"in_memory": True})
-    year, month = (int(x) for x in period.split("-"))
-    workbook.set_properties(
-        {"title": f"GPU statement {period} {total.entity}", "created": datetime(year, month, 1, tzinfo=UTC).replace(tzinfo=None)}
-    )
-    sheet.write_excel(
-        workbook=workbook,
-        worksheet="lines",
-        column_formats={"amount_krw": won, "gpu_hours": "0.000000", "rate_krw_per_gpu_hour": "#,##0.00"},
-        autofit=True,
-    )
-    summary.write_excel(
-        workbook=workbook,
-        worksheet="total",
-        column_formats={"usage_krw": won, "correction_krw": won, "total_krw": won, "gpu_hours": "0.000000"},
-        autofit=True,
-    )
-    workbook.close()
-    return buffer.getvalue()
+_SUMMARY_HOURS = (
+    "capacity_gpu_hours",
+    "reported_gpu_hours",
+    "attributed_gpu_hours",
+    "unattributed_gpu_hours",
+    "busy_gpu_hours",
+    "idle_gpu_hours",
+    "unreported_gpu_hours",
+)
+
+
+def _summary_csv(period: str, lines: Sequence[ProgrammeLine], figures: dict[str, EntityFigures]) -> str:
+    """summary.csv: one row per entity in the one vocabulary, decimal strings exactly as the ledgers."""
+    columns = ["period", "entity", "display_name", "statement_no", *_SUMMARY_HOURS, "billed_gpu_hours",
+               "usage_krw", "correction_krw", "total_krw", "vat_krw", "total_with_vat_krw"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for line in lines:
+        f = figures.get(line.entity)
+        hours = [str(getattr(f, name)) if f is not None else "0" for name in _SUMMARY_HOURS]
+        total = line.usage_krw + line.correction_krw
+        writer.writerow([period, line.entity, line.display_name, line.number, *hours, str(line.billed_gpu_hours),
+                         str(line.usage_krw), str(line.correction_krw), str(total), str(line.vat_krw),
+                         str(total + line.vat_krw)])
+    return out.getvalue()
 
 
 def _safe(name: str) -> str:
@@ -352,22 +384,31 @@ def render_readme(
         "",
         "### Statement totals per entity (KRW)",
         "",
-        "Expected — the same figures as `../finance/summary.csv` and the manifest's `totals`:",
+        "Expected — the same figures as `../finance/summary.csv`, the statements and the manifest's",
+        "`totals` (`billed_gpu_hours.<entity>`, `amount_krw.<entity>`), to the last digit. Billed",
+        "GPU-hours are the lines' exact `gpu_microseconds` summed, then rounded once (half-even, 6",
+        "places): never the sum of the lines' already-rounded `gpu_hours`.",
         "",
-        "| entity | gpu_hours | usage_krw | correction_krw | total_krw |",
+        "| entity | billed_gpu_hours | usage_krw | correction_krw | total_krw |",
         "|---|---|---|---|---|",
         table,
         "",
         f"All entities together: **{grand} KRW**.",
         "",
         "```sql",
+        "WITH t AS (",
+        "    SELECT entity, sum(gpu_microseconds)::HUGEINT AS us,",
+        "           coalesce(sum(amount_krw) FILTER (WHERE charge_class = 'usage'), 0) AS usage_krw,",
+        "           coalesce(sum(amount_krw) FILTER (WHERE charge_class = 'correction'), 0) AS correction_krw,",
+        "           sum(amount_krw) AS total_krw",
+        f"    FROM read_parquet('{billing}')",
+        "    GROUP BY entity",
+        ")",
         "SELECT entity,",
-        "       sum(gpu_hours) AS gpu_hours,",
-        "       coalesce(sum(amount_krw) FILTER (WHERE charge_class = 'usage'), 0) AS usage_krw,",
-        "       coalesce(sum(amount_krw) FILTER (WHERE charge_class = 'correction'), 0) AS correction_krw,",
-        "       sum(amount_krw) AS total_krw",
-        f"FROM read_parquet('{billing}')",
-        "GROUP BY entity",
+        "       (us // 3600 + CASE WHEN us % 3600 > 1800 OR (us % 3600 = 1800 AND (us // 3600) % 2 = 1)",
+        "                          THEN 1 ELSE 0 END)::DECIMAL(24, 0) * 0.000001::DECIMAL(7, 6) AS billed_gpu_hours,",
+        "       usage_krw, correction_krw, total_krw",
+        "FROM t",
         "ORDER BY entity;",
         "```",
         "",

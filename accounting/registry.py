@@ -136,6 +136,7 @@ class Registry:
     rates: tuple[RateCard, ...]
     rounding: RoundingRule
     thresholds: Thresholds
+    vat_percent: Decimal = Decimal(10)  # [billing] vat_percent: VAT on statements (not in the ledger)
 
     def gpu_models(self) -> tuple[str, ...]:
         models = {a.gpu_model for e in self.entities.values() for a in e.allocations}
@@ -198,6 +199,7 @@ def parse_registry(data: Mapping[str, Any], *, source: str) -> Registry:
     for key in sorted(set(data) - _TOP_KEYS):
         v.problem(f"unknown top-level key {key!r}")
     rounding, thresholds = _billing_and_thresholds(v, data)
+    vat = _vat_percent(v, data)
     entities = _entities(v, data.get("entities"))
     projects = _projects(v, data.get("projects"), entities)
     rates = _rates(v, data.get("rates"), entities)
@@ -211,6 +213,7 @@ def parse_registry(data: Mapping[str, Any], *, source: str) -> Registry:
         rates=tuple(sorted(rates, key=lambda r: (r.entity, r.gpu_model, r.period.start))),
         rounding=rounding or RoundingRule.TRUNCATE,
         thresholds=thresholds,
+        vat_percent=vat,
     )
 
 
@@ -286,7 +289,7 @@ class _Validator:
 
 def _billing_and_thresholds(v: _Validator, data: Mapping[str, Any]) -> tuple[RoundingRule | None, Thresholds]:
     billing = v.table(data.get("billing"), "billing") or {}
-    v.unknown_keys(billing, {"currency", "rounding"}, "billing")
+    v.unknown_keys(billing, {"currency", "rounding", "vat_percent"}, "billing")
     currency = billing.get("currency", "KRW")
     if currency != "KRW":
         v.problem(f"billing.currency: only KRW is supported, got {currency!r}")
@@ -307,6 +310,16 @@ def _billing_and_thresholds(v: _Validator, data: Mapping[str, Any]) -> tuple[Rou
     under_d = v.decimal(under, "compliance.under_use_below", lo=Decimal(0), hi=Decimal(1))
     cover_d = v.decimal(cover, "compliance.low_coverage_below", lo=Decimal(0), hi=Decimal(1))
     return rounding, Thresholds(under_d or Decimal(0), cover_d or Decimal(0))
+
+
+def _vat_percent(v: _Validator, data: Mapping[str, Any]) -> Decimal:
+    """``[billing] vat_percent`` (default 10, Korea's VAT): added on statements, never in the ledger."""
+    billing = data.get("billing")
+    raw = billing.get("vat_percent", Decimal(10)) if isinstance(billing, Mapping) else Decimal(10)
+    vat = v.decimal(raw, "billing.vat_percent", lo=Decimal(0), hi=_HUNDRED)
+    if vat is not None and vat != vat.quantize(_CENT):
+        v.problem(f"billing.vat_percent: at most 2 decimals, got {raw}")
+    return vat if vat is not None else Decimal(10)
 
 
 def _entities(v: _Validator, raw: Any) -> dict[str, Entity]:

@@ -68,14 +68,18 @@ def demo(
     ] = None,
     nodes_per_entity: Annotated[int, typer.Option(help="8-GPU nodes per entity in the simulated fleet.")] = 8,
 ) -> None:
-    """Simulate a month of a GPU fleet through the whole pipeline, close it, print the summary."""
+    """Simulate a month of a GPU fleet through the whole pipeline, close it, print the summary.
+
+    Runs against the demo programme registry (examples/registry-demo.toml: the programme scaled
+    to the simulated fleet) unless --registry is given; writes the report and the finance pack.
+    """
 
     def body() -> None:
         from gpuledger import demo as demo_mod
         from gpuledger.summary import print_close_summary
         from gpuledger.wiring import make_bus, make_store, make_stream_consumer, registry_from
 
-        settings = settings_from(data_dir or Path("gpuledger-data/demo"), registry, bus)
+        settings = settings_from(data_dir or Path("gpuledger-data/demo"), registry or demo_mod.demo_registry_path(), bus)
         reg = registry_from(settings)
         demo_mod.prepare_data_dir(Path(settings.data_dir))
         period = month or demo_mod.previous_month(datetime.now(UTC))
@@ -110,7 +114,9 @@ def demo(
 
         roll_up(store)  # usage_hourly: one row per hour × device × owner, from raw
         result = close_month(store, reg, period)
-        print_close_summary(store, period, result)
+        print_close_summary(store, period, result, registry=reg)
+        for label, path in demo_mod.report_and_export(store, reg, period, Path(settings.registry)):
+            out.print(f"{label} {path}", soft_wrap=True, highlight=False)
         console.print(f"Done in {time.perf_counter() - started:.1f} s. Data under {Path(settings.data_dir).absolute()}")
 
     run_command(body)

@@ -60,7 +60,7 @@ def close(
                 store, reg, month, signing_key=signing_key, progress=lambda msg: status.update(f"{month}: {msg}")
             )
         console.print(result.message)
-        print_close_summary(store, month, result)
+        print_close_summary(store, month, result, registry=reg)
         if signing_key is not None and result.already_closed and not result.sealed:
             _say_how_to_sign(store, month, signing_key)
 

@@ -1,10 +1,16 @@
 """``gpuledger demo``: a simulated month through the whole pipeline on one machine.
 
 collectors (simulated fleet) → publisher → bus (embedded local log, or Kafka) → stream
-consumer → Parquet → monthly close → summary. Time is simulated: the fleet is sampled every
+consumer → Parquet → monthly close → summary → report and finance pack. Time is simulated: the fleet is sampled every
 ``sample_period_s`` of simulated time and events cover ``interval_s`` (both divide the hour),
 so a month runs in about a minute. The consumer runs after each simulated day, as the real one
 runs continuously beside the collectors.
+
+By default the demo runs against the *demo programme* registry (``examples/registry-demo.toml``):
+the national programme scaled to the simulated fleet, so coverage, utilisation and amounts
+read like a real month. Its data directory carries a marker file
+(:data:`accounting.figures.SIMULATED_MARKER`) that makes every report and statement drawn
+from it say "simulated data", and that allows a re-run to clear the directory.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from accounting.figures import SIMULATED_MARKER
 from accounting.registry import Registry
 from accounting.usage import parse_month
 from collectors.integrate import IntervalIntegrator
@@ -23,7 +30,8 @@ from collectors.simulated import NodeSpec, SimulatedNode
 from storage.errors import GpuledgerError
 from streams.consumer import RunTotals
 
-DEMO_MARKER = ".gpuledger-demo"
+DEMO_MARKER = SIMULATED_MARKER
+DEMO_REGISTRY = "registry-demo.toml"
 KST = timedelta(hours=9)
 
 
@@ -99,7 +107,19 @@ def prepare_data_dir(data_dir: Path) -> None:
             else:
                 child.unlink()
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / DEMO_MARKER).write_text("made by gpuledger demo; the demo clears this directory\n")
+    (data_dir / DEMO_MARKER).write_text(
+        "simulated data: made by gpuledger demo (a simulated fleet, not real usage); "
+        "reports and statements drawn from it say so; the demo clears this directory\n"
+    )
+
+
+def demo_registry_path() -> Path:
+    """The demo programme registry, shipped beside the national sample (``examples/``)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "examples" / DEMO_REGISTRY, here / "examples" / DEMO_REGISTRY):
+        if candidate.is_file():
+            return candidate
+    raise GpuledgerError(f"the demo registry {DEMO_REGISTRY} is not installed beside gpuledger; pass --registry FILE")
 
 
 def simulate(
@@ -152,3 +172,17 @@ def _merge(totals: RunTotals, more: RunTotals) -> None:
     totals.accepted += more.accepted
     totals.refused += more.refused
     totals.duplicates += more.duplicates
+
+
+def report_and_export(store, registry: Registry, period: str, registry_file: Path) -> list[tuple[str, Path]]:
+    """Draw the month's report and write its finance and auditor packs; (label, path) to print."""
+    from accounting.export import export_month
+    from accounting.report import render_report
+
+    report = render_report(store, period, registry=registry)
+    packs = export_month(store, period, registry=registry, registry_file=registry_file)
+    return [
+        ("report:           ", report.out_dir / "report.html"),
+        ("finance pack:     ", packs.out_dir / "finance"),
+        ("auditor pack:     ", packs.out_dir / "auditor"),
+    ]

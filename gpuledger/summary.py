@@ -1,7 +1,11 @@
 """The per-entity summary printed after a close (demo and ``close``): read from the ledgers.
 
 It reads the written Parquet ledgers back rather than trusting in-memory results, so what the
-user sees is what an auditor will find in the files.
+user sees is what an auditor will find in the files. It speaks the vocabulary of every other
+output (:data:`accounting.figures.TERMS`): capacity; reported = busy + idle = attributed +
+unattributed (never billed); unreported; billed GPU-hours (the exact usage rounded once, as
+the manifest seals it) and the amount, side by side, so an amount is read against the hours
+it bills; breaches as sentences.
 """
 
 from __future__ import annotations
@@ -9,58 +13,78 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-import polars as pl
+from rich import box
 from rich.table import Table
 
+from accounting.export import BILLING_DIR, COMPLIANCE_DIR, read_ledger
+from accounting.figures import EntityFigures, entity_figures, is_simulated, pct
+from accounting.registry import NATIONAL, Registry
+from accounting.report import findings
 from accounting.schemas import BILLING, COMPLIANCE
 from gpuledger.cli_common import out
 from storage.dataset import Store
 
+USAGE_COLUMNS = ("entity", "capacity", "reported", "coverage", "busy", "idle", "util.", "unreported")
+BILLING_COLUMNS = ("entity", "reported", "attributed", "unattributed¹", "billed h", "amount ₩")
 
-def entity_summary(store: Store, period: str) -> pl.DataFrame:
-    """Per entity: capacity (allocated), reported, busy, idle, unreported GPU-hours and KRW billed."""
-    compliance = (
-        store.scan("ledgers/compliance", COMPLIANCE)
-        .filter(pl.col("period") == period, pl.col("entity") != "ALL")
-        .group_by("entity")
-        .agg(
-            pl.col("capacity_gpu_hours").sum(),
-            pl.col("reported_gpu_hours").sum(),
-            pl.col("busy_gpu_hours").sum(),
-            pl.col("idle_gpu_hours").sum(),
-            pl.col("unreported_gpu_hours").sum(),
+
+def entity_summary(store: Store, period: str, registry: Registry | None = None) -> list[EntityFigures]:
+    """Per entity (national total last): the one vocabulary's GPU-hours, billed hours and KRW."""
+    compliance = read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE)
+    billing = read_ledger(store, BILLING_DIR, period, BILLING)
+    return entity_figures(compliance, billing, registry)
+
+
+def print_close_summary(store: Store, period: str, result: Any = None, *, registry: Registry | None = None) -> None:
+    figures = entity_summary(store, period, registry)
+    simulated = " — SIMULATED DATA" if is_simulated(store) else ""
+    usage = _table(f"{period} (KST month): GPU-hours{simulated}", USAGE_COLUMNS)
+    billing = _table(f"{period}: billed GPU-hours and KRW{simulated}", BILLING_COLUMNS)
+    for f in figures:
+        name = "total" if f.entity == NATIONAL else f.entity
+        if f.entity == NATIONAL:
+            usage.add_section()
+            billing.add_section()
+        usage.add_row(
+            name,
+            _h(f.capacity_gpu_hours),
+            _h(f.reported_gpu_hours),
+            pct(f.coverage),
+            _h(f.busy_gpu_hours),
+            _h(f.idle_gpu_hours),
+            pct(f.utilisation),
+            _h(f.unreported_gpu_hours),
         )
-    )
-    billing = (
-        store.scan("ledgers/billing", BILLING)
-        .filter(pl.col("period") == period)
-        .group_by("entity")
-        .agg(pl.col("amount_krw").sum())
-    )
-    return compliance.join(billing, on="entity", how="full", coalesce=True).sort("entity").collect()
-
-
-def print_close_summary(store: Store, period: str, result: Any = None) -> None:
-    summary = entity_summary(store, period)
-    table = Table(title=f"gpuledger close {period} (KST month), GPU-hours and KRW", padding=(0, 1))
-    for name in ("entity", "allocated", "used", "busy", "idle", "unreported", "amount ₩"):
-        table.add_column(name, justify="left" if name == "entity" else "right", no_wrap=True)
-    total = Decimal(0)
-    for row in summary.iter_rows(named=True):
-        amount = row["amount_krw"] or Decimal(0)
-        total += amount
-        table.add_row(
-            row["entity"],
-            _h(row["capacity_gpu_hours"]),
-            _h(row["reported_gpu_hours"]),
-            _h(row["busy_gpu_hours"]),
-            _h(row["idle_gpu_hours"]),
-            _h(row["unreported_gpu_hours"]),
-            f"{amount:,.0f}",
+        billing.add_row(
+            name,
+            _h(f.reported_gpu_hours),
+            _h(f.attributed_gpu_hours),
+            _h(f.unattributed_gpu_hours),
+            _h(f.billed_gpu_hours),
+            f"{f.amount_krw:,.0f}",
         )
-    table.add_section()
-    table.add_row("total", "", "", "", "", "", f"{total:,.0f}")
-    out.print(table)
+    out.print(usage)
+    out.print(
+        "reported = busy + idle; unreported = capacity − reported (down or silent);\n"
+        "coverage = reported ÷ capacity; util. = busy ÷ reported.",
+        soft_wrap=True,
+        highlight=False,
+    )
+    out.print()
+    out.print(billing)
+    out.print(
+        "reported = attributed + unattributed. ¹unattributed: no job found, counted but never billed.\n"
+        "billed h = attributed usage + corrections; amount = Σ of the billing ledger's lines (whole won).",
+        soft_wrap=True,
+        highlight=False,
+    )
+    said = findings(read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE), registry)
+    if said:
+        out.print(f"breaches ({len(said)}):", highlight=False)
+        for finding in said:
+            out.print(f"  - {finding.english}", soft_wrap=True, highlight=False)
+    else:
+        out.print("breaches: none", highlight=False)
     where = [
         ("billing ledger:   ", store.path("ledgers", "billing", f"period={period}")),
         ("compliance ledger:", store.path("ledgers", "compliance", f"period={period}")),
@@ -70,6 +94,13 @@ def print_close_summary(store: Store, period: str, result: Any = None) -> None:
         where.append(("manifest:         ", store.path("manifests", f"{period}.json")))
     for label, path in where:  # paths stay on one line, so they can be copied
         out.print(f"{label} {path}", soft_wrap=True, highlight=False)
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), title_justify="left", show_edge=False, pad_edge=False)
+    for name in columns:
+        table.add_column(name, justify="left" if name == "entity" else "right", no_wrap=True)
+    return table
 
 
 def _h(value: Decimal | None) -> str:

@@ -5,32 +5,32 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-import zipfile
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
+import openpyxl
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from accounting.errors import RegistryError
 from accounting.export import ExportError, export_month
-from storage.dataset import Store
+from accounting.registry import loads_registry
+from accounting.schemas import BILLING
+from storage.dataset import Store, to_table
 from storage.errors import IntegrityError
-from storage.manifest import generate_keypair
-from tests.unit.audit_month_fixture import PERIOD, build_month
+from storage.manifest import generate_keypair, seal_period
+from tests.unit.audit_month_fixture import HOUR_US, PERIOD, billing_frame, build_month
+from tests.unit.xlsx_formulas import evaluate, find_row, formula_right_of
 
 pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _blocks(readme: str, lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", readme, flags=re.S)
-
-
-def _xlsx_numbers(path: Path, sheet: int) -> list[str]:
-    """Numeric cell values of a worksheet, read from the XLSX zip (an independent reader)."""
-    with zipfile.ZipFile(path) as archive:
-        xml = archive.read(f"xl/worksheets/sheet{sheet}.xml").decode()
-    return re.findall(r"<c r=\"[A-Z]+\d+\"(?: s=\"\d+\")?><v>([^<]*)</v></c>", xml)
 
 
 def test_finance_pack_totals_equal_the_ledger(tmp_path: Path) -> None:
@@ -62,11 +62,47 @@ def test_finance_pack_totals_equal_the_ledger(tmp_path: Path) -> None:
     gov_lines = list(csv.DictReader((pack / "finance" / "statement-gov.csv").read_text().splitlines()))
     assert [line["charge_class"] for line in gov_lines] == ["correction", "usage"]
     assert gov_lines[1]["gpu_hours"] == "3.500000" and gov_lines[1]["rate_krw_per_gpu_hour"] == "2000.50"
-    # and the workbook holds whole won as exact integers: total sheet = 9001
-    total_sheet = _xlsx_numbers(pack / "finance" / "statement-gov.xlsx", 2)
-    assert total_sheet[-3:] == ["7001", "2000", "9001"]
-    assert "7001" in _xlsx_numbers(pack / "finance" / "statement-gov.xlsx", 1)
+    # and the statement's totals are formulas over its lines that Excel computes to the ledger:
+    # usage 7,001 + corrections 2,000 = 9,001; VAT 10 % of 9,001 = 900.1 → 900 (truncate); 9,901
+    sheet = openpyxl.load_workbook(pack / "finance" / "statement-gov.xlsx").active
+    assert evaluate(sheet, formula_right_of(sheet, "사용료 Usage")) == Decimal(7001)
+    assert evaluate(sheet, formula_right_of(sheet, "정정 Corrections")) == Decimal(2000)
+    assert formula_right_of(sheet, "공급가액 Subtotal").startswith("=SUM(")
+    assert evaluate(sheet, formula_right_of(sheet, "공급가액 Subtotal")) == ledger["gov"] == Decimal(9001)
+    assert formula_right_of(sheet, "부가세 VAT").startswith("=ROUNDDOWN(")
+    assert evaluate(sheet, formula_right_of(sheet, "부가세 VAT")) == Decimal(900)
+    assert evaluate(sheet, formula_right_of(sheet, "합계 Total")) == Decimal(9901)
+    assert summary["gov"]["vat_krw"] == "900" and summary["gov"]["total_with_vat_krw"] == "9901"
+    # and the cached values (what a viewer that does not recalculate shows) are the same
+    cached = openpyxl.load_workbook(pack / "finance" / "statement-gov.xlsx", data_only=True).active
+    assert cached.cell(find_row(cached, "합계 Total"), 12).value == 9901
     assert [t.total_krw for t in result.totals] == [Decimal(9001), Decimal(925)]
+
+
+def test_hours_totals_are_the_exact_usage_rounded_once_everywhere(tmp_path: Path) -> None:
+    # given a month whose three line hours (1/3 h each, 0.333333 shown) sum to 0.999999 while
+    # the exact usage is exactly 1 h — the disagreement the manifest and summary used to have
+    store = Store(tmp_path / "data")
+    third = HOUR_US // 3
+    rows = [
+        {**billing_frame().row(0, named=True), "project": p, "gpu_microseconds": third, "gpu_hours": Decimal("0.333333"),
+         "amount_krw": Decimal(666)}
+        for p in ("a", "b", "c")
+    ]
+    billing = store.path("ledgers/billing", f"period={PERIOD}", "billing.parquet")
+    store.write_parquet_atomic(billing, to_table(pl.DataFrame(rows, schema=billing_frame().schema), BILLING))
+    seal_period(store, PERIOD, [billing], {"billed_gpu_hours.gov": "1.000000", "amount_krw.gov": "1998"})
+    # when it is exported
+    export_month(store, PERIOD, tmp_path / "out")
+    pack = tmp_path / "out" / PERIOD
+    # then summary.csv, the statement, the programme workbook and the README say 1.000000 h
+    summary = {r["entity"]: r for r in csv.DictReader((pack / "finance/summary.csv").read_text().splitlines())}
+    assert summary["gov"]["billed_gpu_hours"] == "1.000000"
+    statement = openpyxl.load_workbook(pack / "finance/statement-gov.xlsx").active
+    assert statement.cell(find_row(statement, "청구 GPU·시간 합계"), 8).value == 1.0
+    programme = openpyxl.load_workbook(pack / f"finance/programme-{PERIOD}.xlsx")["청구 Billing"]
+    assert programme.cell(find_row(programme, "gov"), 4).value == 1.0
+    assert "| gov | 1.000000 | 1998 | 0 | 1998 |" in (pack / "auditor/README.md").read_text()
 
 
 def test_auditor_pack_readme_sql_rederives_every_total(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,3 +202,31 @@ def test_readme_sql_agrees_with_a_real_close_with_a_rate_change_and_a_correction
             assert duckdb.sql(query).fetchall() == [], (period, query)
     december = list(csv.DictReader((tmp_path / "out/2026-12/finance/statement-gov.csv").read_text().splitlines()))
     assert [line["charge_class"] for line in december] == ["correction", "usage"]
+
+
+def test_vat_is_the_registry_setting_rounded_by_the_registry_rule(tmp_path: Path) -> None:
+    # given the sample registry with VAT 5.55 % and half-up rounding, and the hand-worked month
+    text = (REPO / "examples" / "registry.toml").read_text()
+    text = text.replace('rounding = "truncate"', 'rounding = "half_up"').replace("vat_percent = 10", "vat_percent = 5.55")
+    registry = loads_registry(text)
+    store = build_month(tmp_path / "data")
+    # when it is exported with that registry
+    export_month(store, PERIOD, tmp_path / "out", registry=registry)
+    pack = tmp_path / "out" / PERIOD / "finance"
+    # then gov's VAT is 9,001 × 5.55 % = 499.5555 → 500 (half up), in the CSV and by the formula
+    summary = {r["entity"]: r for r in csv.DictReader((pack / "summary.csv").read_text().splitlines())}
+    assert (summary["gov"]["vat_krw"], summary["gov"]["total_with_vat_krw"]) == ("500", "9501")
+    sheet = openpyxl.load_workbook(pack / "statement-gov.xlsx").active
+    assert formula_right_of(sheet, "부가세 VAT").startswith("=ROUND(")
+    assert evaluate(sheet, formula_right_of(sheet, "부가세 VAT")) == Decimal(500)
+    assert "대한민국 정부 (state pool) (gov)" in [c.value for row in sheet.iter_rows(max_row=4) for c in row]
+    # and an entity of the registry that used nothing still gets a (zero) statement
+    assert summary["naver"]["total_krw"] == "0" and (pack / "statement-naver.xlsx").exists()
+
+
+def test_a_vat_rate_outside_0_to_100_is_a_registry_error() -> None:
+    text = (REPO / "examples" / "registry.toml").read_text().replace("vat_percent = 10", "vat_percent = 110")
+    with pytest.raises(RegistryError, match="billing.vat_percent: must be between 0 and 100"):
+        loads_registry(text)
+    without = (REPO / "examples" / "registry.toml").read_text().replace("vat_percent = 10\n", "")
+    assert loads_registry(without).vat_percent == Decimal(10)

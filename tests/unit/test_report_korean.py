@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import struct
 from decimal import Decimal
 from pathlib import Path
 
+import polars as pl
 import pytest
 
-from accounting.report import ReportError, entity_figures, render_report, top_projects
 from accounting.export import BILLING_DIR, COMPLIANCE_DIR, read_ledger
+from accounting.figures import SIMULATED_MARKER
+from accounting.registry import load_registry
+from accounting.report import ReportError, entity_figures, render_report, top_projects
 from accounting.schemas import BILLING, COMPLIANCE
 from storage.dataset import Store
 from tests.unit.audit_month_fixture import PERIOD, build_month
 
 pytestmark = pytest.mark.unit
 
+REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -45,11 +50,49 @@ def test_report_renders_korean_charts_and_a_self_contained_page(tmp_path: Path) 
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(embedded) == 3
     assert all(base64.b64decode(e)[:8] == PNG_MAGIC for e in embedded)
-    assert "http" not in page
+    assert not re.search(r'(src|href)="https?:|url\(https?:', page)
+    # Hangul shows and prints without a Korean font installed: NanumGothic subset embedded
+    fonts = re.findall(r"url\(data:font/woff;base64,([^)]+)\)", page)
+    assert len(fonts) == 2 and all(base64.b64decode(f)[:4] == b"wOFF" for f in fonts)
+    assert sum(len(f) for f in fonts) < 400_000
     # and carries the ledger's figures: gov 9,001 KRW, the national 9,926 KRW, gov's breaches
     assert "<td>gov</td>" in page and "9,001" in page and "9,926" in page
-    assert "low_coverage, under_use" in page
     assert "snu-llm" in page
+    # breaches are sentences with their figures, never bare codes
+    assert "gov · NVIDIA B200: 활용률 55.6%로 기준" in page
+    assert "gov, NVIDIA B200: coverage 0.2% is below" in page
+    assert "low_coverage" not in page and "under_use" not in page
+    # the definitions of 활용률 and 보고율 are on the page
+    assert "가동 ÷ 보고 (busy ÷ reported)" in page and "보고 ÷ 할당 용량 (reported ÷ capacity)" in page
+    # the seal: the manifest's SHA-256 (what sha256sum prints) and a verify that passed
+    digest = hashlib.sha256((tmp_path / "data/manifests/2026-11.json").read_bytes()).hexdigest()
+    assert digest in page and result.seal.manifest_sha256 == digest and result.seal.verified
+    assert "Verified: 3 sealed files re-hashed" in page
+    # node-1 reported 2 of the month's 720 hours: it is listed with its longest silence (KST)
+    assert [(g.node, g.missing_hours, g.longest_hours) for g in result.node_gaps] == [("node-1", 718, 718)]
+    assert "11-01 02:00 → 12-01 00:00 (718 h)" in page
+    # real data carries no "simulated" banner
+    assert not result.simulated and "SIMULATED" not in page
+    # and the page prints: A4 page rule and print styles
+    assert "@page { size: A4 landscape" in page and "@media print" in page
+
+
+def test_simulated_data_and_a_failed_verify_are_said_on_the_page(tmp_path: Path) -> None:
+    # given a closed month in a directory the demo made, whose sealed hourly usage was rewritten
+    # since (still valid Parquet: one hour's GPU-time changed)
+    store = build_month(tmp_path / "data")
+    (tmp_path / "data" / SIMULATED_MARKER).write_text("simulated data: made by gpuledger demo\n")
+    usage = next((tmp_path / "data/usage_hourly").rglob("*.parquet"))
+    frame = pl.read_parquet(usage)
+    frame.with_columns(pl.col("gpu_microseconds") + 1).write_parquet(usage)
+    # when the report is drawn, with the registry's display names
+    registry = load_registry(REPO / "examples" / "registry.toml")
+    result = render_report(store, PERIOD, tmp_path / "reports", registry=registry)
+    page = (tmp_path / "reports" / PERIOD / "report.html").read_text(encoding="utf-8")
+    # then the banner says simulated, the seal says verify failed, and entities have their names
+    assert result.simulated and "모의 데이터 — SIMULATED DATA" in page
+    assert not result.seal.verified and "VERIFY FAILED" in page and "file_changed" in page
+    assert "<td>대한민국 정부 (state pool)</td>" in page and "<td>gov</td>" not in page
 
 
 def test_figures_are_summed_exactly_from_the_ledgers(tmp_path: Path) -> None:
@@ -64,6 +107,10 @@ def test_figures_are_summed_exactly_from_the_ledgers(tmp_path: Path) -> None:
     assert figures["ALL"].amount_krw == Decimal("9926")
     # top projects by billed GPU-hours: snu-llm 4.5 h (3.5 usage + 1 correction) first
     assert top_projects(billing)[0] == ("gov", "snu-llm", Decimal("4.500000"), Decimal("9001"))
+    # the one vocabulary: reported = attributed + unattributed; billed hours from exact µs
+    assert (figures["gov"].attributed_gpu_hours, figures["gov"].unattributed_gpu_hours) == (Decimal("3.5"), Decimal("0.1"))
+    assert figures["gov"].billed_gpu_hours == Decimal("4.500000")
+    assert figures["ALL"].billed_gpu_hours == Decimal("4.777778")
 
 
 def test_a_font_without_hangul_is_an_error_not_empty_boxes(tmp_path: Path) -> None:
@@ -84,3 +131,18 @@ def test_a_font_without_hangul_is_an_error_not_empty_boxes(tmp_path: Path) -> No
 def test_no_ledgers_no_report(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="close the month first"):
         render_report(Store(tmp_path), PERIOD)
+
+
+def test_a_breach_sentence_names_only_a_threshold_that_decided_it() -> None:
+    from accounting.report import breach_sentence
+
+    # given a low-coverage breach judged at close under a 98 % rule (coverage 97.8 %)
+    row = {"gpu_model": "NVIDIA GB200", "allocated_gpus": 24, "reported_gpu_hours": Decimal("17472"),
+           "unreported_gpu_hours": Decimal("384"), "busy_gpu_hours": Decimal("9000"),
+           "coverage": Decimal("0.978495"), "utilisation": Decimal("0.5")}
+    demo = load_registry(REPO / "examples" / "registry-demo.toml")
+    national = load_registry(REPO / "examples" / "registry.toml")  # 90 %: did not decide it
+    _, with_demo = breach_sentence("low_coverage", row, "삼성전자", demo.thresholds)
+    _, with_national = breach_sentence("low_coverage", row, "삼성전자", national.thresholds)
+    assert "coverage 97.8% is below 98%: 384 GPU-hours of its 24 allocated GPUs" in with_demo
+    assert "below the threshold of the registry it was closed with" in with_national and "90%" not in with_national

@@ -1,0 +1,208 @@
+"""What a person reads after ``gpuledger demo``: the summary, the statements, the report.
+
+One demo month (October 2026: 31 days, 744 hours) of the default fleet (40 nodes × 8 GPUs)
+against the default demo programme registry, then each human-facing output is read the way
+its reader would — the printed tables, the XLSX cells and formulas (openpyxl), the HTML —
+and checked against the registry, the ledgers and the sealed manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from datetime import date
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+
+import duckdb
+import openpyxl
+import pytest
+
+from accounting.registry import load_registry
+from tests.unit.xlsx_formulas import evaluate, find_row, formula_right_of
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_REGISTRY = REPO / "examples" / "registry-demo.toml"
+PERIOD = "2026-10"
+HOURS = 744
+ENTITIES = ("gov", "hyundai", "naver", "samsung", "skt")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    from tests.e2e.conftest import run_cli
+
+    data = tmp_path_factory.mktemp("demo") / "data"
+    result = run_cli("demo", "--data-dir", str(data), "--month", PERIOD)
+    manifest_bytes = (data / "manifests" / f"{PERIOD}.json").read_bytes()
+    return {
+        "data": data,
+        "stdout": result.stdout,
+        "sha": hashlib.sha256(manifest_bytes).hexdigest(),
+        "totals": json.loads(manifest_bytes)["totals"],
+        "finance": data / "exports" / PERIOD / "finance",
+        "page": (data / "reports" / PERIOD / "report.html").read_text(encoding="utf-8"),
+    }
+
+
+def _rows(stdout: str, header_start: str) -> dict[str, list[str]]:
+    """The printed table under the header line starting with ``header_start``: entity → cells."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = {}
+    for line in lines[start + 2 :]:
+        cells = line.split()
+        if not cells:
+            continue
+        if cells[0] not in (*ENTITIES, "total"):
+            break
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _n(text: str) -> Decimal:
+    return Decimal(text.replace(",", "").rstrip("%"))
+
+
+def test_the_summary_reads_like_a_real_month_of_its_registry(demo) -> None:
+    registry = load_registry(DEMO_REGISTRY)
+    usage = _rows(demo["stdout"], "entity   capacity")
+    # capacity is the demo registry's allocation × 744 h: the fleet matches the programme
+    for entity in ENTITIES:
+        gpus = sum(a.count for a in registry.entities[entity].allocations)
+        assert _n(usage[entity][0]) == gpus * HOURS == 64 * HOURS
+    # coverage ~100 % except samsung (its silent node: 8 GPUs × 48 h unreported)
+    assert [usage[e][2] for e in ENTITIES] == ["100.0%", "100.0%", "100.0%", "99.2%", "100.0%"]
+    assert _n(usage["samsung"][6]) == 8 * 48 and _n(usage["total"][6]) == 8 * 48
+    # some under-use: idle hours everywhere, utilisation well below 100 % but above the rule
+    for entity in ENTITIES:
+        assert Decimal(40) < _n(usage[entity][5]) < Decimal(70)
+    # one breach worth reading, said as a sentence
+    breaches = [line for line in demo["stdout"].splitlines() if line.startswith("  - ")]
+    assert breaches == [
+        "  - 삼성전자 Samsung Electronics, NVIDIA GB200: coverage 97.8% is below 98%: 384 GPU-hours "
+        "of its 24 allocated GPUs reported nothing (down, stopped, or no collector)."
+    ]
+    assert "SIMULATED DATA" in demo["stdout"]
+
+
+def test_the_printed_amount_is_the_billed_hours_at_the_registry_rates(demo) -> None:
+    registry = load_registry(DEMO_REGISTRY)
+    billing = _rows(demo["stdout"], "entity   reported")
+    lines = duckdb.sql(
+        f"select entity, project, project_class, gpu_model, gpu_microseconds "
+        f"from read_parquet('{demo['data']}/ledgers/billing/**/*.parquet') where charge_class = 'usage'"
+    ).fetchall()
+    for entity in ENTITIES:
+        reported, attributed, unattributed, billed, amount = (_n(c) for c in billing[entity])
+        # reported = attributed + unattributed (±1 for the printed whole hours); billed = attributed
+        assert abs(reported - attributed - unattributed) <= 1
+        assert billed == attributed and unattributed > 0
+        # the amount is each line's usage × the registry's rate (after the class discount), truncated
+        expected = sum(
+            (
+                (Decimal(us) * registry.rate_on(e, model, date(2026, 10, 15)).applied_rate(klass) / Decimal(3_600_000_000))
+                .quantize(Decimal(1), rounding=ROUND_DOWN)
+                for e, _, klass, model, us in lines
+                if e == entity
+            ),
+            Decimal(0),
+        )
+        assert amount == expected == Decimal(demo["totals"][f"amount_krw.{entity}"])
+    assert _n(billing["total"][4]) == Decimal(demo["totals"]["amount_krw.ALL"])
+
+
+def test_summary_csv_and_manifest_agree_to_the_last_digit(demo) -> None:
+    rows = {r["entity"]: r for r in csv.DictReader((demo["finance"] / "summary.csv").read_text().splitlines())}
+    assert sorted(rows) == list(ENTITIES)
+    for entity, row in rows.items():
+        assert row["billed_gpu_hours"] == demo["totals"][f"billed_gpu_hours.{entity}"]
+        assert row["total_krw"] == demo["totals"][f"amount_krw.{entity}"]
+        assert Decimal(row["reported_gpu_hours"]) == Decimal(row["busy_gpu_hours"]) + Decimal(row["idle_gpu_hours"])
+        assert Decimal(row["reported_gpu_hours"]) == Decimal(row["attributed_gpu_hours"]) + Decimal(
+            row["unattributed_gpu_hours"]
+        )
+        assert row["statement_no"] == f"GL-202610-{entity.upper()}-{demo['sha'][:8].upper()}"
+        assert Decimal(row["vat_krw"]) == (Decimal(row["total_krw"]) / 10).quantize(Decimal(1), rounding=ROUND_DOWN)
+    readme = (demo["data"] / "exports" / PERIOD / "auditor" / "README.md").read_text()
+    gov = rows["gov"]
+    assert f"| gov | {gov['billed_gpu_hours']} | {gov['usage_krw']} | 0 | {gov['total_krw']} |" in readme
+
+
+def test_the_statement_is_a_statement(demo) -> None:
+    book = openpyxl.load_workbook(demo["finance"] / "statement-gov.xlsx")
+    sheet = book.active
+    text = [c.value for row in sheet.iter_rows(max_row=8) for c in row if isinstance(c.value, str)]
+    # header: the entity's display name, the KST period, the number from the seal, the seal itself
+    assert "대한민국 정부 (state pool) (gov)" in text
+    assert "2026-10-01 00:00 – 2026-11-01 00:00 KST (2026년 10월)" in text
+    assert f"GL-202610-GOV-{demo['sha'][:8].upper()}" in text
+    assert demo["sha"] in text
+    assert any(t.startswith("모의 데이터 — SIMULATED DATA") for t in text)
+    # lines: Korean and English headings; hours with separators; discounts as percent
+    head = find_row(sheet, "구분")
+    headings = [c.value for c in sheet[head] if c.value]
+    assert "금액 (원)\nAmount (KRW)" in headings and "할인\nDiscount" in headings
+    col = {h.split("\n")[1]: i + 1 for i, h in enumerate(headings)}
+    first_line = head + 1
+    lines = [r for r in range(first_line, first_line + 40) if sheet.cell(r, col["Project"]).value]
+    assert len(lines) == 12  # 4 projects × 3 models
+    snu = next(r for r in lines if sheet.cell(r, col["Project"]).value == "snu-llm")
+    assert sheet.cell(snu, col["Discount"]).value == 0.5 and sheet.cell(snu, col["Discount"]).number_format == "0%"
+    assert sheet.cell(snu, col["GPU-hours"]).number_format == "#,##0.000000"
+    assert sheet.cell(snu, col["Amount (KRW)"]).number_format == "#,##0"
+    # totals: formulas that a spreadsheet computes to the ledger, VAT by the registry rule
+    ledger = Decimal(demo["totals"]["amount_krw.gov"])
+    assert evaluate(sheet, formula_right_of(sheet, "공급가액 Subtotal")) == ledger
+    assert evaluate(sheet, formula_right_of(sheet, "사용료 Usage")) == ledger
+    assert evaluate(sheet, formula_right_of(sheet, "부가세 VAT")) == (ledger / 10).quantize(Decimal(1), rounding=ROUND_DOWN)
+    total = evaluate(sheet, formula_right_of(sheet, "합계 Total"))
+    assert total == ledger + (ledger / 10).quantize(Decimal(1), rounding=ROUND_DOWN)
+    # billed hours: the sealed figure, to the last digit
+    hours = sheet.cell(find_row(sheet, "청구 GPU·시간 합계"), col["GPU-hours"]).value
+    assert f"{hours:.6f}" == demo["totals"]["billed_gpu_hours.gov"]
+
+
+def test_the_programme_workbook_consolidates_every_entity(demo) -> None:
+    book = openpyxl.load_workbook(demo["finance"] / f"programme-{PERIOD}.xlsx")
+    assert book.sheetnames == ["청구 Billing", "활용 Usage", "줄 Lines", "용어 Terms"]
+    billing = book["청구 Billing"]
+    for entity in ENTITIES:
+        row = find_row(billing, registry_name(entity))
+        assert billing.cell(row, 2).value == entity
+        assert evaluate(billing, billing.cell(row, 7).value) == Decimal(demo["totals"][f"amount_krw.{entity}"])
+    total = find_row(billing, "합계 Total")
+    assert billing.cell(total, 7).value.startswith("=SUM(")
+    assert evaluate(billing, billing.cell(total, 7).value) == Decimal(demo["totals"]["amount_krw.ALL"])
+    assert f"{billing.cell(total, 4).value:.6f}" == demo["totals"]["billed_gpu_hours.ALL"]
+    usage = book["활용 Usage"]
+    samsung = find_row(usage, "삼성전자")
+    assert usage.cell(samsung, 9).value == 384.0  # unreported GPU-hours: the silent node
+    terms = [c.value for c in book["용어 Terms"]["B"]]
+    assert "unattributed (not billed)" in terms and "coverage" in terms
+    lines = book["줄 Lines"]
+    assert lines.max_row - 1 == duckdb.connect().execute(
+        f"select count(*) from read_parquet('{demo['data']}/ledgers/billing/**/*.parquet')"
+    ).fetchone()[0]
+
+
+def test_the_report_says_what_a_ministry_official_needs(demo) -> None:
+    page = demo["page"]
+    registry = load_registry(DEMO_REGISTRY)
+    for entity in ENTITIES:
+        assert f"<td>{registry.entities[entity].display_name}</td>" in page
+        assert f"<td>{entity}</td>" not in page
+    assert "모의 데이터 — SIMULATED DATA" in page
+    assert demo["sha"] in page and "Verified:" in page
+    assert "삼성전자 Samsung Electronics · NVIDIA GB200: 보고율 97.8%로 기준 98% 미만입니다." in page
+    assert re.search(r"<tr><td>samsung-n01</td>.*?<td>48</td><td class=\"text\">10-13 00:00 → 10-15 00:00 \(48 h\)", page)
+    assert "가동 ÷ 보고 (busy ÷ reported)" in page and "보고 ÷ 할당 용량 (reported ÷ capacity)" in page
+    assert "@media print" in page
+
+
+def registry_name(entity: str) -> str:
+    return load_registry(DEMO_REGISTRY).entities[entity].display_name
