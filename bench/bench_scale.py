@@ -56,7 +56,9 @@ def run_memory(events_checkpoints: list[int], gpus: int, data_dir: Path, batch_e
     from streams.pipeline import BatchProcessor
     from streams.wire import encode_arrow
 
-    registry = load_registry(REPO / "examples" / "registry.toml")
+    import accounting.registry as code  # the registry of the code under test (old or new format)
+
+    registry = load_registry(Path(code.__file__).resolve().parents[1] / "examples" / "registry.toml")
     store = Store(data_dir)
     processor = BatchProcessor(store, accounts_of(registry))
     positional = "positions" in inspect.signature(processor.process).parameters
