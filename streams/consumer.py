@@ -83,6 +83,8 @@ class StreamConsumer:
         observer: ConsumerObserver | None = None,
     ):
         self._group = group
+        if hasattr(consumer, "on_assign"):  # a partitioned bus: resume where storage says
+            consumer.on_assign(self._resume_from_storage)
         self._observer = observer  # metrics and heartbeat (streams.metrics); never raises
         self._retry_s = retry_s
         self._retry_max_s = retry_max_s
@@ -92,6 +94,19 @@ class StreamConsumer:
         self._max = max_batch_records
         self._timeout = poll_timeout_s
         self._before_commit = before_commit  # test hook: a crash between write and commit
+
+    def _resume_from_storage(self, partitions: list[int]) -> dict[int, int]:
+        """On assignment: forget remembered ids (the new partitions' history was written by
+        another member) and return, per partition, the next offset storage does not hold."""
+        window = getattr(self._processor, "window", None)
+        if window is not None:
+            window.clear()
+        topic = getattr(self._consumer, "topic", None)
+        stored_offsets = getattr(self._processor, "stored_offsets", None)
+        if topic is None or stored_offsets is None:
+            return {}
+        streams = {f"{self._group}/{topic}/{p}": p for p in partitions}
+        return {streams[s]: offset + 1 for s, offset in stored_offsets(list(streams)).items()}
 
     def close(self) -> None:
         """Leave the group and flush the quarantine producer (a Kafka group member left behind

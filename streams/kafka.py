@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import kafka.errors as kerr
@@ -402,8 +402,9 @@ class KafkaProducer:
 
 
 class _RevokeListener(ConsumerRebalanceListener):
-    def __init__(self, on_revoke: RevokeCallback | None):
+    def __init__(self, on_revoke: RevokeCallback | None, owner: KafkaConsumer | None = None):
         self._on_revoke = on_revoke
+        self._owner = owner
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         partitions = sorted(tp.partition for tp in revoked)
@@ -413,7 +414,10 @@ class _RevokeListener(ConsumerRebalanceListener):
             self._on_revoke(partitions)
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        partitions = sorted(tp.partition for tp in assigned)
+        log.info("partitions assigned: %s", partitions)
+        if self._owner is not None and partitions:
+            self._owner._resume(partitions)
 
 
 class KafkaConsumer:
@@ -459,7 +463,8 @@ class KafkaConsumer:
                 bootstrap_timeout_ms=int(bus.connect_timeout_s * 1000),
                 **client_config(s),
             )
-            self._consumer.subscribe([topic], listener=_RevokeListener(on_revoke))
+            self._on_assign: Callable[[list[int]], Mapping[int, int]] | None = None
+            self._consumer.subscribe([topic], listener=_RevokeListener(on_revoke, self))
             # Fetch metadata after subscribing and before joining. Without it kafka-python
             # joins with no partition metadata (the member gets no partitions), or assigns
             # against a stale snapshot and rebalances again at the next metadata refresh,
@@ -473,6 +478,21 @@ class KafkaConsumer:
 
     def __repr__(self) -> str:
         return f"KafkaConsumer(topic={self.topic!r}, group={self.group!r}, bus={self._bus!r})"
+
+    def on_assign(self, resume: Callable[[list[int]], Mapping[int, int]]) -> None:
+        """Call ``resume(partitions)`` whenever partitions are assigned; it returns, per
+        partition, the next offset storage does not hold yet, and the member seeks there (past
+        a lost commit, or another member's work the group never heard of)."""
+        self._on_assign = resume
+
+    def _resume(self, partitions: list[int]) -> None:
+        if self._on_assign is None:
+            return
+        # runs on kafka-python's IO thread: seek only sets the position (no network call);
+        # storage is never behind the group's commit (the loop commits after storing)
+        for partition, offset in sorted(self._on_assign(partitions).items()):
+            log.info("partition %d: resuming at offset %d, the first one storage does not hold", partition, offset)
+            self._consumer.seek(TopicPartition(self.topic, partition), offset)
 
     def _poll(self, timeout_s: float, max_records: int) -> list[BusRecord]:
         try:

@@ -88,3 +88,29 @@ def test_three_consumers_killed_at_random_moments_store_every_event_once(
     ids = raw_event_ids(data_dir)
     assert len(ids) == len(set(ids)) == len({e.event_id for e in fleet.events})
     assert stored(data_dir) == truth(fleet.events)
+
+
+def test_a_member_handed_a_partition_resumes_where_storage_is_not_where_kafka_is(
+    kafka_bootstrap: str, kafka_topic: str, kafka_group: str, tmp_path: Path
+) -> None:
+    """Given a member that stored the whole topic but whose offset commits were all lost (a
+    rebalance refused them), when another member of the group is handed the partitions, then
+    it seeks to the offsets stored with the rows: it re-reads nothing and stores nothing twice."""
+    from kafka_fleet import stream_consumer
+
+    fleet = known_fleet(nodes_per_entity=1, hours=2)
+    bus = kafka_bus(kafka_bootstrap, partitions=4)
+    bus.ensure_topics([kafka_topic])
+    publish(bus, kafka_topic, fleet.batches)
+    first, first_parts = stream_consumer(bus, tmp_path, kafka_topic, kafka_group, max_batch_records=50)
+    first_parts.kafka_consumer.commit = lambda next_offsets: None  # every commit lost
+    done = first.run(until_idle=True, idle_polls=4)
+    first_parts.close()
+    assert done.accepted == len({e.event_id for e in fleet.events})
+    second, second_parts = stream_consumer(bus, tmp_path, kafka_topic, kafka_group, max_batch_records=50)
+    again = second.run(until_idle=True, idle_polls=4)
+    second_parts.close()
+    assert (again.accepted, again.replayed, again.duplicates) == (0, 0, 0)
+    ids = raw_event_ids(tmp_path)
+    assert len(ids) == len(set(ids)) == len({e.event_id for e in fleet.events})
+    assert stored(tmp_path) == truth(fleet.events)

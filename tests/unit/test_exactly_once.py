@@ -113,3 +113,28 @@ def test_an_id_stored_by_an_earlier_process_is_in_the_window_of_the_next(tmp_pat
     BatchProcessor(Store(tmp_path), ACCOUNTS).process([("m", jsonl(e))])
     result = BatchProcessor(Store(tmp_path), ACCOUNTS).process([("m2", jsonl(e))])
     assert (result.accepted, result.duplicates) == (0, 1)
+
+
+def test_a_member_assigned_partitions_forgets_its_ids_and_resumes_from_storage(tmp_path: Path) -> None:
+    """A re-send of an event the previous owner stored must not pass a warm window: the window
+    is cleared when partitions are assigned, and the resume offsets come from storage."""
+    from streams.consumer import StreamConsumer
+
+    class _Partitioned:  # the in-memory twin of a partitioned bus consumer, as far as assignment goes
+        topic = "gpu.usage.v1"
+        resume = None
+
+        def on_assign(self, resume):
+            self.resume = resume
+
+    processor = BatchProcessor(Store(tmp_path), ACCOUNTS)
+    processor.process(*messages(P1, 0, 3, node="mine"))  # warms hour 03
+    BatchProcessor(Store(tmp_path), ACCOUNTS).process(*messages(P0, 0, 4))  # the previous owner of 0
+    bus = _Partitioned()
+    StreamConsumer(bus, processor, group="g")  # type: ignore[arg-type]
+    assert processor.window.hours_held == 1
+    assert bus.resume([0, 1]) == {0: 4, 1: 3}
+    assert processor.window.hours_held == 0
+    # then a spool re-send of partition 0's event (a new message) is found as a duplicate
+    resent = processor.process([("spool", jsonl(event("2026-11-02T03:02:00Z", node="n0")))])
+    assert (resent.accepted, resent.duplicates) == (0, 1)
