@@ -26,7 +26,6 @@ import polars as pl
 from storage.compaction import compact
 from storage.dataset import Store
 from storage.manifest import seal_period, verify
-from storage.schemas import USAGE_HOURLY, USAGE_HOURLY_PARTITIONS
 
 
 def _frame(batch: int, rows: int) -> pl.DataFrame:
@@ -60,9 +59,7 @@ def _frame(batch: int, rows: int) -> pl.DataFrame:
 def _write(root: Path, files: int, rows: int) -> Store:
     store = Store(root)
     for batch in range(files):
-        tx = store.transaction(f"b{batch:05d}")
-        tx.stage("usage_hourly", _frame(batch, rows), USAGE_HOURLY, USAGE_HOURLY_PARTITIONS)
-        tx.commit()
+        store.commit_files("usage_hourly", store.write_files("usage_hourly", _frame(batch, rows), f"b{batch:05d}"))
     return store
 
 
@@ -98,7 +95,7 @@ def main() -> None:
         )
         peer = time.perf_counter() - t0
         t0 = time.perf_counter()
-        result = compact(store, "usage_hourly", "period=2026-11/date=2026-11-03")
+        result = compact(store, "usage_hourly", "period=2026-11/date=2026-11-03")  # streams row groups
         ours = time.perf_counter() - t0
         assert result.rows == rows
         print(f"compaction: {len(files)} files, {rows:,} rows: gpuledger compact {ours:.3f} s, "

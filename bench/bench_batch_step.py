@@ -32,16 +32,9 @@ from accounting.registry import load_registry
 from bench_ingest import REPO, as_arrow, make_events, messages_of
 from gpuledger.wiring import accounts_of
 from storage.dataset import Store, to_table
-from storage.schemas import (
-    QUARANTINE,
-    QUARANTINE_PARTITIONS,
-    RAW_EVENTS,
-    RAW_PARTITIONS,
-    USAGE_HOURLY,
-    USAGE_HOURLY_PARTITIONS,
-)
+from storage.schemas import RAW_EVENTS
 from streams import pipeline
-from streams.aggregate import hourly, to_raw
+from streams.aggregate import to_raw
 from streams.schema import EVENT_ID_SEPARATOR
 from streams.validate import check_rules, decode_messages
 
@@ -87,24 +80,21 @@ def run(messages: list[tuple[str, bytes]], per_batch: int, events: int, data_dir
             raw = to_raw(valid)
         with clock.stage("dedupe"):
             unique = raw if raw["event_id"].n_unique() == raw.height else raw.unique(subset="event_id", keep="first", maintain_order=True)
-            fresh = unique.filter(~seen.seen_mask(unique["date"], unique["event_id"]))
+            fresh = unique.filter(~seen.seen_mask(unique["interval_start"], unique["event_id"]))
         with clock.stage("sort"):
             fresh = fresh.sort(pl.col("interval_start"), pipeline._ID_PREFIX, maintain_order=True)
         with clock.stage("quarantine rows + batch id"):
             quarantine = processor._quarantine_rows(invalid, early)
             batch_id = pipeline._batch_id(fresh["event_id"], quarantine["quarantine_id"])
-        with clock.stage("hourly aggregation"):
-            hourly_rows = hourly(fresh)
-        with store.transaction(batch_id) as tx:
-            with clock.stage("write hourly Parquet"):
-                tx.stage("usage_hourly", hourly_rows, USAGE_HOURLY, USAGE_HOURLY_PARTITIONS)
-            with clock.stage("write raw Parquet"):
-                tx.stage("raw", fresh, RAW_EVENTS, RAW_PARTITIONS)
-                tx.stage("quarantine", quarantine, QUARANTINE, QUARANTINE_PARTITIONS)
-            with clock.stage("commit (journal, fsync, moves)"):
-                tx.commit()
-        with clock.stage("dedupe index update"):
-            seen.add(fresh["date"], fresh["event_id"])
+        with clock.stage("write raw Parquet"):
+            files = store.write_files("raw", fresh, batch_id or "empty")
+            q_files = store.write_files("quarantine", quarantine, batch_id or "empty")
+        with clock.stage("commit (Delta log, offsets)"):
+            if q_files:
+                store.commit_files("quarantine", q_files, txns={"bench/t/0": i})
+            store.commit_files("raw", files, txns={"bench/t/0": i})
+        with clock.stage("dedupe window update"):
+            seen.add(fresh["interval_start"], fresh["event_id"])
         stored += fresh.height
     wall, cpu = time.perf_counter() - started_wall, time.process_time() - started_cpu
     if stored != events:

@@ -40,7 +40,7 @@ from storage.errors import StorageError
 from storage.manifest import relative_path, sealed_files
 from storage.schemas import TABLES
 
-COMPACTABLE = ("raw", "quarantine")
+COMPACTABLE = ("raw", "quarantine")  # what the hourly job compacts (usage_hourly is rolled up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +61,8 @@ def compact(
     store: Store, dataset: str, partition: str, *, min_files: int = 2, sealed: set[str] | None = None
 ) -> CompactionResult:
     """Merge the unsealed files of ``<dataset>/<partition>`` into one file (one commit)."""
-    if dataset not in COMPACTABLE:
-        raise StorageError(f"only {', '.join(COMPACTABLE)} are compacted, not {dataset!r}")
+    if dataset not in TABLES:
+        raise StorageError(f"only the tables {', '.join(TABLES)} are compacted, not {dataset!r}")
     schema, partition_columns = TABLES[dataset]
     fragments = partition.strip("/").split("/")
     if tuple(f.split("=", 1)[0] for f in fragments) != partition_columns or any("=" not in f for f in fragments):

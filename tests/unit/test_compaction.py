@@ -99,7 +99,7 @@ def test_compact_dataset_and_bad_input(tmp_path: Path) -> None:
     store = Store(tmp_path)
     _write_batches(store, 2)
     assert [r.partition for r in compact_dataset(store, "raw")] == [PARTITION]
-    with pytest.raises(StorageError, match="only raw, quarantine"):
+    with pytest.raises(StorageError, match="only the tables"):
         compact(store, "ledgers", PARTITION)
     with pytest.raises(StorageError, match="partitions are"):
         compact(store, "raw", "date=2026-11-03")
