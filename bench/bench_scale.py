@@ -119,8 +119,7 @@ def kafka(args: argparse.Namespace) -> int:
     """Publish once; consume with 1 then 2 processes into fresh S3 prefixes."""
     env = dict(os.environ)
     kafka_up = subprocess.run(["bash", str(REPO / "scripts/kafka.sh"), "up"], capture_output=True, text=True, check=True)
-    bootstrap = next(line.split("=", 1)[1] for line in kafka_up.stdout.splitlines() if "GPULEDGER_KAFKA_BOOTSTRAP=" in line)
-    bootstrap = bootstrap.strip().strip("'\"")
+    bootstrap = [line.strip() for line in kafka_up.stdout.splitlines() if line.strip().startswith("127.0.0.1:")][-1]
     s3_up = subprocess.run(["bash", str(REPO / "scripts/s3.sh"), "up"], capture_output=True, text=True, check=True)
     for line in s3_up.stdout.splitlines():
         if line.startswith("export "):

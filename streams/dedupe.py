@@ -51,7 +51,7 @@ def id_words(event_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(slots=True)
 class HourIds:
-    """Sorted runs of (hi, lo) ids of one hour; lookups are binary searches."""
+    """Sorted runs of (hi, lo) ids of one hour, O(log n) of them; lookups are binary searches."""
 
     runs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     size: int = 0
@@ -62,11 +62,13 @@ class HourIds:
         order = np.lexsort((lo, hi))
         self.runs.append((hi[order], lo[order]))
         self.size += int(hi.size)
-        if len(self.runs) > 8:  # keep lookups cheap: merge into one run (amortised doubling)
-            all_hi = np.concatenate([r[0] for r in self.runs])
-            all_lo = np.concatenate([r[1] for r in self.runs])
+        # keep O(log n) runs, merging a run into the one before once it is half its size or
+        # more (log-structured: each id is re-sorted O(log n) times, not once per batch)
+        while len(self.runs) >= 2 and 2 * self.runs[-1][0].size >= self.runs[-2][0].size:
+            (a_hi, a_lo), (b_hi, b_lo) = self.runs[-2], self.runs[-1]
+            all_hi, all_lo = np.concatenate([a_hi, b_hi]), np.concatenate([a_lo, b_lo])
             order = np.lexsort((all_lo, all_hi))
-            self.runs = [(all_hi[order], all_lo[order])]
+            self.runs[-2:] = [(all_hi[order], all_lo[order])]
 
     def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         found = np.zeros(hi.size, dtype=bool)
