@@ -137,8 +137,22 @@ def close_month(
     """Close ``period`` (``YYYY-MM``, KST): write both ledgers and seal them.
 
     Raises :class:`CloseError` for a bad month, a month older than one already closed, or
-    usage that has no rate card (listing every gap).
+    usage that has no rate card (listing every gap). The close reads one snapshot of the
+    input tables from start to end, so it bills exactly the files it seals while a consumer
+    or a roll-up keeps committing.
     """
+    with store.snapshot("usage_hourly", "quarantine", "raw"):
+        return _close_month(store, registry, period, signing_key=signing_key, progress=progress)
+
+
+def _close_month(
+    store: Store,
+    registry: Registry,
+    period: str,
+    *,
+    signing_key: Path | None,
+    progress: Progress | None,
+) -> CloseResult:
     say = progress or (lambda _msg: None)
     month = parse_month(period)
     closed = closed_periods(store)

@@ -112,6 +112,7 @@ class Store:
                 f"cannot open the data directory {self.display_root}: {exc}{refused_credentials_hint(str(exc))}"
             ) from exc
         self._tables: dict[str, DeltaDataset] = {}
+        self._pinned: dict[str, list[str]] = {}
 
     @property
     def display_root(self) -> str:
@@ -142,6 +143,19 @@ class Store:
             self._tables[dataset] = found
         return found
 
+    @contextlib.contextmanager
+    def snapshot(self, *datasets: str):
+        """Inside the block, every :meth:`files` of these tables lists the version current at
+        its start: a reader (the close) sees one state while writers keep committing."""
+        previous = dict(self._pinned)
+        try:
+            for name in datasets:
+                if name not in self._pinned:
+                    self._pinned[name] = self.table(name).files()
+            yield self
+        finally:
+            self._pinned = previous
+
     def txn_version(self, dataset: str, app_id: str) -> int | None:
         return self.table(dataset).transaction_version(app_id)
 
@@ -155,7 +169,8 @@ class Store:
         name, _, prefix = dataset.strip("/").partition("/")
         if name in TABLES:
             wanted = prefix.rstrip("/") + "/" if prefix else ""
-            return [self.path(name, p) for p in self.table(name).files() if p.startswith(wanted)]
+            listed = self._pinned[name] if name in self._pinned else self.table(name).files()
+            return [self.path(name, p) for p in listed if p.startswith(wanted)]
         return self._list_parquet(self.path(dataset))
 
     def _list_parquet(self, base: str) -> list[str]:

@@ -66,3 +66,40 @@ def test_late_events_beside_a_sealed_roll_up_add_the_difference(tmp_path: Path) 
     assert verify(store).ok
     assert duck_sum(files) == duck_sum(store.files("raw")) == 15 * 60_000_000
     assert duck_sum([f for f in files if f not in sealed], "events") == 5
+
+
+def test_a_close_bills_exactly_the_files_it_seals_while_usage_lands_meanwhile(tmp_path: Path) -> None:
+    """A roll-up committing during a close (between the close's first listing and its reads)
+    changes neither what it bills nor what it seals: both come from one snapshot."""
+    import json
+
+    from accounting.close import close_month
+    from accounting.registry import load_registry
+    from gpuledger.wiring import accounts_of
+
+    registry = load_registry(Path(__file__).resolve().parents[2] / "examples" / "registry.toml")
+    store = Store(tmp_path)
+    processor = BatchProcessor(store, accounts_of(registry))
+    processor.process([("a", jsonl(*(event(f"2026-11-02T03:{m:02d}:00Z", project="snu-llm") for m in range(10))))])
+    roll_up(store)
+
+    class _LandsDuringTheClose(Store):
+        landed = False
+
+        def scan_files(self, files, schema):  # the close reading its inputs: usage lands right now
+            if not self.landed:
+                self.landed = True
+                processor.process([("b", jsonl(*(event(f"2026-11-02T04:{m:02d}:00Z", project="snu-llm") for m in range(5))))])
+                roll_up(Store(tmp_path))
+            return super().scan_files(files, schema)
+
+    closing = _LandsDuringTheClose(tmp_path)
+    close_month(closing, registry, "2026-11")
+    assert closing.landed
+    manifest = json.loads((tmp_path / "manifests" / "2026-11.json").read_text())
+    sealed_usage = [f["path"] for f in manifest["files"] if f["path"].startswith("usage_hourly/")]
+    billed = duckdb.sql(
+        f"select sum(gpu_microseconds)::BIGINT from read_parquet('{tmp_path}/ledgers/billing/period=2026-11/billing.parquet')"
+    ).fetchall()[0][0]
+    assert billed == duck_sum([str(tmp_path / p) for p in sealed_usage]) == 10 * 60_000_000
+    assert verify(store).ok
