@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
@@ -136,8 +135,3 @@ def _date_of(partition: str) -> str:
         if fragment.startswith("date="):
             return fragment[len("date=") :]
     return ""
-
-
-def partition_of(values: Sequence[tuple[str, str]]) -> str:
-    """``[("period", "2026-11"), ("date", "2026-11-03")]`` → ``period=2026-11/date=2026-11-03``."""
-    return "/".join(f"{k}={v}" for k, v in values)

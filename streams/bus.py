@@ -12,9 +12,12 @@ Contract every implementation keeps:
 * ``key`` is the node name, so one node's messages stay in order in one partition;
 * a consumer's position moves only through :meth:`Consumer.commit`, which the consumer loop
   calls after the batch is durably written; a consumer that restarts resumes at the last
-  commit and sees the uncommitted records again (at-least-once; dedupe makes it exactly-once);
-* a consumer never holds uncommitted records across a rebalance: the loop writes and commits
-  each batch before it polls again, and ``on_revoke`` is told which partitions left.
+  commit and sees the uncommitted records again (at-least-once; the offsets stored with the
+  rows, ``streams.pipeline``, make it exactly-once);
+* the loop writes and commits each batch before it polls again, and ``on_revoke`` is told
+  which partitions left; a member whose batch outlasts ``max_poll_interval_ms`` can still lose
+  its partitions mid-batch (its commit is then refused, and storage's offsets keep the next
+  owner from storing the batch twice).
 """
 
 from __future__ import annotations
