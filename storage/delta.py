@@ -42,6 +42,7 @@ from storage.objectstore import refused_credentials_hint
 # statistics kept per file (only columns that prune: partitions, event time)
 _STATS_COLUMNS = ("period", "date", "interval_start", "hour_start")
 FILES_METADATA_KEY = "gpuledger.files"  # commitInfo: per added file, its SHA-256 and rows
+SHA256_STAT = "gpuledger_sha256"  # in each add's stats (kept verbatim by checkpoints): storage.deltalog
 
 
 class CommitConflict(StorageError):
@@ -182,7 +183,7 @@ class DeltaDataset:
 def _stats_json(f: NewFile) -> str:
     mins = {c: _json_value(v[0]) for c, v in f.stats.items() if c in _STATS_COLUMNS and v[0] is not None}
     maxs = {c: _json_value(v[1]) for c, v in f.stats.items() if c in _STATS_COLUMNS and v[1] is not None}
-    return json.dumps({"numRecords": f.rows, "minValues": mins, "maxValues": maxs})
+    return json.dumps({"numRecords": f.rows, "minValues": mins, "maxValues": maxs, SHA256_STAT: f.sha256})
 
 
 def _json_value(value: object) -> object:

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from storage.dataset import PARQUET_COMPRESSION, Store, to_table
 from storage.delta import NewFile
+from storage.deltalog import file_sha256, recorded_sha256
 from storage.errors import StorageError
 from storage.schemas import RAW_EVENTS, USAGE_HOURLY
 
@@ -99,11 +100,14 @@ def roll_up(store: Store) -> RollupResult:
 
     sealed = set(sealed_files(store))
     existing = usage.files()
+    recorded = recorded_sha256(store, "raw")
     adds: list[NewFile] = []
     removes: list[str] = []
     rows = 0
     for date_dir in sorted(d for d in changed if d):
-        inputs = [store.path("raw", p) for p in raw_files if p.startswith(date_dir + "/")]
+        date_files = [p for p in raw_files if p.startswith(date_dir + "/")]
+        _refuse_damaged(store, date_files, recorded)
+        inputs = [store.path("raw", p) for p in date_files]
         old = [p for p in existing if p.startswith(date_dir + "/")]
         old_sealed = [store.path("usage_hourly", p) for p in old if relative_path(store, store.path("usage_hourly", p)) in sealed]
         removes.extend(p for p in old if store.path("usage_hourly", p) not in old_sealed)
@@ -113,6 +117,28 @@ def roll_up(store: Store) -> RollupResult:
             rows += new_file.rows
     usage.commit(adds, removes=removes, txns={ROLLUP_APP: raw_version})
     return RollupResult(raw_version, tuple(sorted(d.rsplit("=", 1)[-1] for d in changed if d)), rows, True)
+
+
+def _refuse_damaged(store: Store, rel_paths: list[str], recorded: dict[str, str | None]) -> None:
+    """Raw files are re-hashed before their day is rolled up: a file changed since its commit
+    (a flipped bit, a truncation) must never become usage that is then sealed and billed."""
+    damaged = []
+    for rel in rel_paths:
+        expected = recorded.get(rel)
+        if expected is None:
+            continue
+        try:
+            actual = file_sha256(store, store.path("raw", rel))
+        except OSError as exc:
+            damaged.append(f"raw/{rel} ({exc})")
+            continue
+        if actual != expected:
+            damaged.append(f"raw/{rel} (SHA-256 differs from the one recorded at its commit)")
+    if damaged:
+        raise StorageError(
+            f"damaged raw file(s), not rolled up: {'; '.join(damaged)}. Restore them from a backup "
+            "(or re-consume their messages into a fresh data directory); `gpuledger verify --all` lists every damaged file"
+        )
 
 
 def rolled_up(store: Store) -> Store:
@@ -137,6 +163,7 @@ def _roll_date(store: Store, date_dir: str, inputs: list[str], sealed: list[str]
             start = first_hour + timedelta(hours=h)
             in_hour = (pl.col("interval_start") >= start) & (pl.col("interval_start") < start + timedelta(hours=1))
             frame = hourly_rows(raw_scan.filter(in_hour)).collect(engine="streaming")
+            _refuse_impossible(frame, date_dir)
             if sealed_scan is not None:
                 frame = _minus(frame, sealed_scan.filter(pl.col("hour_start") == start).collect())
             if frame.height == 0:
@@ -154,6 +181,23 @@ def _roll_date(store: Store, date_dir: str, inputs: list[str], sealed: list[str]
     period, date = date_dir.split("/")[0].split("=")[1], date_dir.split("/")[1].split("=")[1]
     stats = {"period": (period, period), "date": (date, date), "hour_start": (lo, hi)}
     return store.new_file_of("usage_hourly", rel, rows, stats)
+
+
+def _refuse_impossible(frame: pl.DataFrame, date_dir: str) -> None:
+    """A device-hour holds at most an hour of GPU time and never less than none."""
+    bad = frame.filter(
+        (pl.col("gpu_microseconds") < 0)
+        | (pl.col("gpu_microseconds") > 3_600_000_000)
+        | (pl.col("busy_gpu_microseconds") < 0)
+        | (pl.col("busy_gpu_microseconds") > pl.col("gpu_microseconds"))
+    )
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise StorageError(
+            f"impossible usage in raw/{date_dir}: {bad.height} device-hour(s), e.g. {row['device_uuid']} at "
+            f"{row['hour_start']}: {row['gpu_microseconds']} GPU-µs, {row['busy_gpu_microseconds']} busy; "
+            "a raw file was altered after validation: `gpuledger verify --all` names it"
+        )
 
 
 def _minus(full: pl.DataFrame, sealed: pl.DataFrame) -> pl.DataFrame:
