@@ -57,7 +57,8 @@ def leaf_partitions(store: Store, dataset: str) -> list[str]:
 
 
 def compact(
-    store: Store, dataset: str, partition: str, *, min_files: int = 2, sealed: set[str] | None = None
+    store: Store, dataset: str, partition: str, *, min_files: int = 2, sealed: set[str] | None = None,
+    listing: list[str] | None = None,
 ) -> CompactionResult:
     """Merge the unsealed files of ``<dataset>/<partition>`` into one file (one commit)."""
     if dataset not in TABLES:
@@ -71,7 +72,7 @@ def compact(
     sealed = set(sealed_files(store)) if sealed is None else sealed
     prefix = partition.strip("/") + "/"
     inputs = [
-        p for p in store.table(dataset).files()
+        p for p in (store.table(dataset).files() if listing is None else listing)
         if p.startswith(prefix) and "/" not in p[len(prefix):]
         and relative_path(store, store.path(dataset, p)) not in sealed
     ]
@@ -107,11 +108,15 @@ def compact_dataset(
 ) -> list[CompactionResult]:
     """Compact every leaf partition of ``dataset`` (only dates before ``before_date`` if given)."""
     sealed = set(sealed_files(store))
+    listing = store.table(dataset).files()  # one listing of the log for every partition
+    by_partition: dict[str, int] = {}
+    for path in listing:
+        by_partition[posixpath.dirname(path)] = by_partition.get(posixpath.dirname(path), 0) + 1
     results = []
-    for partition in leaf_partitions(store, dataset):
+    for partition in sorted(p for p, n in by_partition.items() if p and n >= min_files):
         if before_date is not None and _date_of(partition) and _date_of(partition) >= before_date:
             continue
-        result = compact(store, dataset, partition, min_files=min_files, sealed=sealed)
+        result = compact(store, dataset, partition, min_files=min_files, sealed=sealed, listing=listing)
         if result.merged is not None:
             results.append(result)
     return results
