@@ -38,8 +38,13 @@ def verify(
         Path | None,
         typer.Option("--public-key", help="Ed25519 public key (PEM); with it every manifest signature is checked."),
     ] = None,
+    every_file: Annotated[
+        bool,
+        typer.Option("--all", help="Re-hash the sealed files of every period (not only the newest) and every live table file against the SHA-256 recorded at its commit."),
+    ] = False,
 ) -> None:
-    """Re-hash every sealed file, re-count rows, walk the manifest chain; exit 1 naming every difference.
+    """Walk the manifest chain and re-hash the newest period's sealed files (--all: every file);
+    exit 1 naming every difference.
 
     A data directory with nothing sealed is a failure too (exit 1): "ok" would say nothing was
     checked, which is usually a wrong --data-dir.
@@ -48,7 +53,17 @@ def verify(
 
     def body() -> None:
         settings = settings_from(data_dir, registry)
-        report = verify_store(Store(settings.data_dir), public_key=public_key)
+        store = Store(settings.data_dir)
+        report = verify_store(store, public_key=public_key, every_file=every_file)
+        damaged: list[str] = []
+        if every_file:
+            from storage.deltalog import damaged_files
+            from storage.schemas import TABLES
+
+            for table in TABLES:
+                damaged.extend(damaged_files(store, table))
+        for line in damaged:
+            out.print(f"damaged since commit: {line}", markup=False, highlight=False, soft_wrap=True)
         for note in report.notes:
             console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
         for difference in report.differences:
@@ -57,8 +72,12 @@ def verify(
             f"{len(report.periods)} period(s), {report.files_checked} file(s), "
             f"{report.signatures_checked} signature(s) checked"
         )
-        if not report.ok:
-            console.print(f"verify FAILED: {len(report.differences)} difference(s); {summary}", markup=False)
+        if every_file:
+            summary += ", every live table file re-hashed"
+        if not report.ok or damaged:
+            console.print(
+                f"verify FAILED: {len(report.differences) + len(damaged)} difference(s); {summary}", markup=False
+            )
             raise typer.Exit(1)
         if not report.periods:
             console.print(

@@ -51,3 +51,28 @@ def test_every_audit_command_has_help() -> None:
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0, command
         assert "Usage" in result.output
+
+
+def test_verify_checks_the_newest_period_by_default_and_every_file_with_all(tmp_path: Path, cli) -> None:
+    """Given a sealed month and a raw file stored after it (not sealed yet), both then damaged:
+    the default verify walks the chain and the newest period; --all also re-hashes every table
+    file against the SHA-256 its commit recorded, and names the damaged one."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+    from spine_events import ACCOUNTS, event, jsonl
+
+    from streams.pipeline import BatchProcessor
+
+    data = tmp_path / "data"
+    store = build_month(data)
+    BatchProcessor(store, ACCOUNTS).process([("m", jsonl(event("2026-12-02T00:00:00Z")))])
+    cli("verify", "--data-dir", str(data))
+    raw_file = Path(store.files("raw")[0])
+    damaged = bytearray(raw_file.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x40
+    raw_file.write_bytes(bytes(damaged))
+    assert cli("verify", "--data-dir", str(data)).returncode == 0  # raw is not sealed: not its job
+    found = cli("verify", "--all", "--data-dir", str(data), check=False)
+    assert found.returncode == 1
+    assert "damaged since commit: raw/period=2026-12/date=2026-12-02/" in found.stdout
