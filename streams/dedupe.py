@@ -40,6 +40,24 @@ RAW = "raw"
 _HOUR = timedelta(hours=1)
 
 
+# what an event says, beyond its id: two copies of one id that differ here are a conflict
+VALUE_COLUMNS = (
+    "site", "node", "gpu_uuid", "device_uuid", "gpu_model", "mig_profile", "gpu_fraction", "entity",
+    "project", "job_id", "interval_start", "interval_end", "gpu_microseconds", "busy_gpu_microseconds",
+    "energy_joules", "samples", "expected_samples", "flags",
+)
+
+
+_STORED_TYPES = pl.from_arrow(RAW_EVENTS.empty_table()).schema
+
+
+def fingerprint() -> pl.Expr:
+    """A 64-bit hash of a raw row's values, in their stored types (so a row in memory and the
+    same row read back from Parquet hash alike). Stable within one process and Polars version:
+    the window rebuilds fingerprints from storage, so nothing persisted depends on it."""
+    return pl.struct([pl.col(c).cast(_STORED_TYPES[c]) for c in VALUE_COLUMNS]).hash(seed=20261201).alias("fp")
+
+
 def id_words(event_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """The 128-bit ids (32 hex characters) as (high, low) 64-bit words."""
     frame = pl.DataFrame({"id": event_ids}).select(
@@ -51,36 +69,48 @@ def id_words(event_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(slots=True)
 class HourIds:
-    """Sorted runs of (hi, lo) ids of one hour, O(log n) of them; lookups are binary searches."""
+    """Sorted runs of (hi, lo) ids of one hour with each id's value fingerprint, O(log n) runs;
+    lookups are binary searches."""
 
-    runs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     size: int = 0
 
-    def add(self, hi: np.ndarray, lo: np.ndarray) -> None:
+    def add(self, hi: np.ndarray, lo: np.ndarray, fp: np.ndarray | None = None) -> None:
         if hi.size == 0:
             return
+        fp = np.zeros(hi.size, dtype=np.uint64) if fp is None else fp
         order = np.lexsort((lo, hi))
-        self.runs.append((hi[order], lo[order]))
+        self.runs.append((hi[order], lo[order], fp[order]))
         self.size += int(hi.size)
         # keep O(log n) runs, merging a run into the one before once it is half its size or
         # more (log-structured: each id is re-sorted O(log n) times, not once per batch)
         while len(self.runs) >= 2 and 2 * self.runs[-1][0].size >= self.runs[-2][0].size:
-            (a_hi, a_lo), (b_hi, b_lo) = self.runs[-2], self.runs[-1]
+            (a_hi, a_lo, a_fp), (b_hi, b_lo, b_fp) = self.runs[-2], self.runs[-1]
             all_hi, all_lo = np.concatenate([a_hi, b_hi]), np.concatenate([a_lo, b_lo])
+            all_fp = np.concatenate([a_fp, b_fp])
             order = np.lexsort((all_lo, all_hi))
-            self.runs[-2:] = [(all_hi[order], all_lo[order])]
+            self.runs[-2:] = [(all_hi[order], all_lo[order], all_fp[order])]
 
-    def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    def lookup(self, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found, the stored fingerprint where found)."""
         found = np.zeros(hi.size, dtype=bool)
-        for run_hi, run_lo in self.runs:
+        stored = np.zeros(hi.size, dtype=np.uint64)
+        for run_hi, run_lo, run_fp in self.runs:
             left = np.searchsorted(run_hi, hi, side="left")
             right = np.searchsorted(run_hi, hi, side="right")
-            one = (right - left) == 1
             idx = np.minimum(left, run_hi.size - 1)
-            found |= one & (run_lo[idx] == lo)
+            hit = ((right - left) == 1) & (run_lo[idx] == lo) & ~found
+            stored[hit] = run_fp[idx[hit]]
+            found |= hit
             for i in np.flatnonzero((right - left) > 1):  # equal high words: 2^-64 per pair
-                found[i] |= bool(np.any(run_lo[left[i] : right[i]] == lo[i]))
-        return found
+                match = np.flatnonzero(run_lo[left[i] : right[i]] == lo[i])
+                if match.size and not found[i]:
+                    found[i] = True
+                    stored[i] = run_fp[left[i] + match[0]]
+        return found, stored
+
+    def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        return self.lookup(hi, lo)[0]
 
 
 class EventWindow:
@@ -108,37 +138,50 @@ class EventWindow:
 
     def seen_mask(self, interval_starts: pl.Series, event_ids: pl.Series) -> pl.Series:
         """``True`` where the id is already stored (row order preserved)."""
-        n = event_ids.len()
+        frame = pl.DataFrame({"interval_start": interval_starts, "event_id": event_ids})
+        return self.lookup(frame, pl.Series("fp", np.zeros(frame.height, dtype=np.uint64)))[0]
+
+    def lookup(self, rows: pl.DataFrame, fingerprints: pl.Series) -> tuple[pl.Series, pl.Series]:
+        """(stored, conflicting) per row of ``rows`` (``interval_start``, ``event_id``):
+        ``conflicting`` where the stored copy of the id has other values (a fingerprint differs)."""
+        n = rows.height
         seen = np.zeros(n, dtype=bool)
+        conflict = np.zeros(n, dtype=bool)
         if n == 0:
-            return pl.Series("seen", seen)
-        frame = pl.DataFrame({"t": interval_starts, "id": event_ids}).with_row_index("row").with_columns(
-            hour=pl.col("t").dt.truncate("1h")
-        )
+            return pl.Series("seen", seen), pl.Series("conflicting", conflict)
+        frame = pl.DataFrame(
+            {"t": rows["interval_start"], "id": rows["event_id"], "fp": fingerprints}
+        ).with_row_index("row").with_columns(hour=pl.col("t").dt.truncate("1h"))
         newest = frame["hour"].max()
         if self._newest is None or newest > self._newest:  # type: ignore[operator]
             self._newest = newest  # type: ignore[assignment]
             self._evict()
         for (hour,), part in frame.partition_by("hour", as_dict=True).items():
-            rows = part["row"].to_numpy()
+            index = part["row"].to_numpy()
+            mine = part["fp"].to_numpy()
             if self._in_window(hour):
                 hi, lo = id_words(part["id"])
-                seen[rows] = self._hour(hour).contains(hi, lo)
+                found, stored = self._hour(hour).lookup(hi, lo)
             else:
-                stored = self._stored_among(hour, part["id"])
-                seen[rows] = part["id"].is_in(stored.implode()).to_numpy()
-        return pl.Series("seen", seen)
+                stored_rows = self._stored_among(hour, part["id"])
+                joined = part.select("id").join(stored_rows, left_on="id", right_on="event_id", how="left")
+                found = joined["fp"].is_not_null().to_numpy()
+                stored = joined["fp"].fill_null(0).to_numpy()
+            seen[index] = found
+            conflict[index] = found & (stored != mine) & (stored != 0) & (mine != 0)
+        return pl.Series("seen", seen), pl.Series("conflicting", conflict)
 
-    def add(self, interval_starts: pl.Series, event_ids: pl.Series) -> None:
+    def add(self, interval_starts: pl.Series, event_ids: pl.Series, fingerprints: pl.Series | None = None) -> None:
         """Remember ids as stored (call only after their batch committed)."""
         if event_ids.len() == 0:
             return
-        frame = pl.DataFrame({"t": interval_starts, "id": event_ids}).with_columns(
+        fps = fingerprints if fingerprints is not None else pl.Series("fp", np.zeros(event_ids.len(), dtype=np.uint64))
+        frame = pl.DataFrame({"t": interval_starts, "id": event_ids, "fp": fps}).with_columns(
             hour=pl.col("t").dt.truncate("1h")
         )
         for (hour,), part in frame.partition_by("hour", as_dict=True).items():
             if hour in self._hours:  # an hour not held is loaded from storage when needed
-                self._hours[hour].add(*id_words(part["id"]))
+                self._hours[hour].add(*id_words(part["id"]), part["fp"].to_numpy())
 
     # -- internals -------------------------------------------------------------------------
     def _in_window(self, hour: datetime) -> bool:
@@ -152,18 +195,20 @@ class EventWindow:
         held = self._hours.get(hour)
         if held is None:
             held = HourIds()
-            ids = self._scan_hour(hour).select("event_id").collect()["event_id"]
-            held.add(*id_words(ids))
+            stored = self._scan_hour(hour).select("event_id", fingerprint()).collect()
+            held.add(*id_words(stored["event_id"]), stored["fp"].to_numpy())
             self._hours[hour] = held
         return held
 
-    def _stored_among(self, hour: datetime, event_ids: pl.Series) -> pl.Series:
+    def _stored_among(self, hour: datetime, event_ids: pl.Series) -> pl.DataFrame:
+        """(event_id, fp) of the stored rows among ``event_ids`` (only those are read)."""
         wanted = event_ids.unique().implode()
         return (
             self._scan_hour(hour)
             .filter(pl.col("event_id").is_in(wanted))
-            .select("event_id")
-            .collect()["event_id"]
+            .select("event_id", fingerprint())
+            .unique(subset="event_id", keep="first")
+            .collect()
         )
 
     def _scan_hour(self, hour: datetime) -> pl.LazyFrame:

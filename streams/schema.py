@@ -79,6 +79,7 @@ class RefusalReason(StrEnum):
     DUPLICATE_KEY = "duplicate_key"  # a JSON object names one key twice: which value counts is ambiguous
     BAD_TEXT = "bad_text"  # a text field with control characters, a lone surrogate, or over MAX_TEXT_BYTES
     UNKNOWN_GPU_MODEL = "unknown_gpu_model"  # no rate card of the registry has this exact model
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"  # an event_id stored before with other values
 
 
 # field name -> (python types accepted, nullable). Order is the wire order.

@@ -163,3 +163,29 @@ def test_the_window_answers_exactly_like_a_set_of_128_bit_ids() -> None:
         truth.update(zip(hi.tolist(), lo.tolist(), strict=True))
         previous = (hi, lo)
     assert len(held.runs) <= 12  # O(log n) runs
+
+
+def test_a_conflicting_resend_is_quarantined_beside_a_pointer_to_the_stored_copy(tmp_path: Path) -> None:
+    """Same event_id, other values (a re-sent line with another project, another duration):
+    not silently dropped as a duplicate, not billed, kept in quarantine with its reason;
+    an identical re-send is a plain duplicate. In the window, outside it, and within a batch."""
+    store = Store(tmp_path)
+    processor = BatchProcessor(store, ACCOUNTS, EventWindow(store, window_hours=2))
+    original = event("2026-11-02T03:07:00Z")
+    other = dict(original, gpu_seconds=30.0, busy_gpu_seconds=10.0)
+    old = event("2026-11-02T00:05:00Z", node="old")
+    processor.process([("m0", jsonl(original, old))])
+    # in the window: an identical copy and a conflicting one
+    result = processor.process([("m1", jsonl(original, other))])
+    assert (result.accepted, result.duplicates, result.refused) == (0, 1, 1)
+    # outside the window (hour 00 after the stream moved to 05), and within one batch
+    processor.process([("m2", jsonl(event("2026-11-02T05:00:00Z")))])
+    old_other = dict(old, project="kaist-vision")
+    fresh = event("2026-11-02T05:01:00Z")
+    result = processor.process([("m3", jsonl(old_other, fresh, dict(fresh, samples=1)))])
+    assert (result.accepted, result.duplicates, result.refused) == (1, 0, 2)
+    quarantine = pl.read_parquet(store.files("quarantine"))
+    assert quarantine["reason_code"].to_list() == ["conflicting_duplicate"] * 3
+    assert all("was stored before with other values" in r and "raw/period=2026-11/date=2026-11-02" in r
+               for r in quarantine["reason"])
+    assert stored_us(tmp_path) == 4 * 60_000_000  # original, old, the 05:00 one, fresh: nothing else billed
