@@ -16,8 +16,9 @@ Two mechanisms keep an event from being counted twice (docs/architecture.md, "Ex
      ids it asks about (a predicate pushed into the scan), so memory stays bounded by the batch.
 
 Memory is bounded by the load, never by history: ids are held as two 64-bit integers (the
-128-bit id exactly, 16 bytes), so the window costs about 16 bytes × events per hour × hours
-kept. At national load (~18M events an hour across the programme) and 2 hours that is ~580 MB
+128-bit id exactly) plus a 64-bit fingerprint of the event's values (a re-send with other values
+is a conflict, not a duplicate): 24 bytes, so the window costs about 24 bytes × events per hour × hours
+kept. At national load (~18M events an hour across the programme) and 3 hours held that is ~1.3 GB
 for a consumer that owns every partition, and 1/N of it with N consumers.
 
 Ids are added only after their batch committed (marking them first would lose them if the
