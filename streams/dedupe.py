@@ -18,7 +18,7 @@ Two mechanisms keep an event from being counted twice (docs/architecture.md, "Ex
 Memory is bounded by the load, never by history: ids are held as two 64-bit integers (the
 128-bit id exactly) plus a 64-bit fingerprint of the event's values (a re-send with other values
 is a conflict, not a duplicate): 24 bytes, so the window costs about 24 bytes × events per hour × hours
-kept. At national load (~18M events an hour across the programme) and 3 hours held that is ~1.3 GB
+kept. At national load (~18M events an hour across the programme) and the 2 hours held that is ~0.9 GB
 for a consumer that owns every partition, and 1/N of it with N consumers.
 
 Ids are added only after their batch committed (marking them first would lose them if the
