@@ -91,3 +91,28 @@ def test_refused_credentials_name_the_setting_and_never_show_the_secret(s3: S3En
     message = str(refused.value)
     assert "AWS_ACCESS_KEY_ID" in message and "AWS_SECRET_ACCESS_KEY" in message
     assert wrong["AWS_SECRET_ACCESS_KEY"] not in message and s3.secret_key not in message
+
+
+def test_the_cli_closes_and_verifies_a_month_on_s3(s3: S3Endpoint, s3_prefix: str) -> None:
+    """`gpuledger close` and `gpuledger verify --all` with `--data-dir s3://…` and the standard
+    AWS_* variables, as an operator runs them; the secret never appears in their output."""
+    import os
+    import subprocess
+    import sys
+
+    url = s3.url(s3_prefix, "data")
+    store = Store(url, s3_options=options(s3))
+    processor = BatchProcessor(store, accounts_of(REGISTRY))
+    payloads = month_messages()
+    processor.process([(f"gpu.usage.v1/0@{i}", m) for i, m in enumerate(payloads)],
+                      [Position("g/gpu.usage.v1/0", i) for i in range(len(payloads))])
+    env = {**os.environ, **s3.environ(), "GPULEDGER_CONFIG": "", "COLUMNS": "200"}
+    repo = Path(__file__).resolve().parents[2]
+    for args in (["close", "--month", PERIOD], ["verify", "--all"]):
+        done = subprocess.run([sys.executable, "-m", "gpuledger", *args, "--data-dir", url,
+                               "--registry", str(repo / "examples" / "registry.toml")],
+                              env=env, cwd=repo, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert s3.secret_key not in done.stdout + done.stderr
+    assert "verify ok" in done.stdout and "every live table file re-hashed" in done.stdout
+    assert Store(url, s3_options=options(s3)).exists(f"{s3.bucket}/{s3_prefix}/data/manifests/{PERIOD}.json")
