@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from gpuledger.cli_common import DataDirOpt, RegistryOpt, console, out, run_command, settings_from
+from gpuledger.cli_common import DataDirOpt, RegistryOpt, console, out, run_command, settings_from, store_of
 
 registry_app = typer.Typer(help="Check the registry (entities, allocations, projects, rate cards).", no_args_is_help=True)
 
@@ -45,13 +45,12 @@ def close(
         from accounting.close import close_month
         from accounting.registry import load_registry
         from gpuledger.summary import print_close_summary
-        from storage.dataset import Store
         from storage.rollup import roll_up
 
         _refuse_unfinished(month, early)
         settings = settings_from(data_dir, registry)
         reg = load_registry(settings.registry)
-        store = Store(settings.data_dir)
+        store = store_of(settings)
         with console.status(f"closing {month}") as status:
             status.update(f"{month}: rolling usage_hourly up from raw")
             roll_up(store)  # the close then bills exactly the usage it seals
@@ -111,12 +110,11 @@ def sign(
     """
 
     def body() -> None:
-        from storage.dataset import Store
         from storage.errors import IntegrityError
         from storage.manifest import SIGNATURE_SUFFIX, load_private_key, manifest_path, verify
 
         settings = settings_from(data_dir, registry)
-        store = Store(settings.data_dir)
+        store = store_of(settings)
         target = manifest_path(store, month)
         if not store.exists(target):
             raise IntegrityError(f"{month} has no manifest under {store.root}: close it first (`gpuledger close --month {month}`)")

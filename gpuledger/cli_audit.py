@@ -10,13 +10,7 @@ from typing import Annotated
 
 import typer
 
-from gpuledger.cli_common import DataDirOpt, RegistryOpt, console, out, run_command, settings_from
-
-
-def Store(root: Path):  # noqa: N802 - imported on use: Polars/pyarrow are not needed by `collect`
-    from storage.dataset import Store as _Store
-
-    return _Store(root)
+from gpuledger.cli_common import DataDirOpt, RegistryOpt, console, out, run_command, settings_from, store_of
 
 keys_app = typer.Typer(help="Ed25519 keys that sign period manifests.", no_args_is_help=True)
 
@@ -53,7 +47,7 @@ def verify(
 
     def body() -> None:
         settings = settings_from(data_dir, registry)
-        store = Store(settings.data_dir)
+        store = store_of(settings)
         report = verify_store(store, public_key=public_key, every_file=every_file)
         damaged: list[str] = []
         if every_file:
@@ -105,7 +99,7 @@ def export(
         settings = settings_from(data_dir, registry)
         reg = load_registry(settings.registry)
         result = export_month(
-            Store(settings.data_dir), month, out_dir, registry=reg, registry_file=settings.registry
+            store_of(settings), month, out_dir, registry=reg, registry_file=settings.registry
         )
         for total in result.totals:
             out.print(f"{total.entity:<12} {total.total_krw:>20,} KRW", markup=False, highlight=False)
@@ -128,7 +122,7 @@ def report(
     def body() -> None:
         settings = settings_from(data_dir, registry)
         reg = load_registry(settings.registry) if Path(settings.registry).exists() else None
-        result = render_report(Store(settings.data_dir), month, out_dir, registry=reg)
+        result = render_report(store_of(settings), month, out_dir, registry=reg)
         for name in result.files:
             out.print(str(result.out_dir / name), markup=False, highlight=False)
 

@@ -99,3 +99,10 @@ class QuietFlagsGroup(TyperGroup):
         if command is not None:
             quiet_flags(command)
         return command
+
+
+def store_of(settings):  # noqa: ANN001, ANN201 - imported on use: Polars/pyarrow are server-only
+    """The settings' data directory as a Store (local, or s3:// with [storage] / AWS_*)."""
+    from gpuledger.wiring import make_store
+
+    return make_store(settings)

@@ -121,6 +121,25 @@ class ConsumerSettings(_Section):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # Prometheus /metrics; None: not served
 
 
+class StorageSettings(_Section):
+    """Object storage for an ``s3://bucket/prefix`` data directory. Each one left unset comes
+    from the standard variable every S3 tool reads (``AWS_ENDPOINT_URL``, ``AWS_REGION``,
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+
+    def s3_options(self) -> dict[str, str]:
+        secret = self.secret_access_key.get_secret_value() if self.secret_access_key else None
+        given = {
+            "AWS_ENDPOINT_URL": self.endpoint_url, "AWS_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": secret,
+        }
+        return {k: v for k, v in given.items() if v}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GPULEDGER_",
@@ -134,6 +153,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     collector: CollectorSettings = CollectorSettings()
     consumer: ConsumerSettings = ConsumerSettings()
+    storage: StorageSettings = StorageSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -24,7 +24,9 @@ from streams.validate import Accounts
 
 
 def make_store(settings: Settings) -> Store:
-    return Store(settings.data_dir)
+    """The data directory: a local one, or ``s3://bucket/prefix`` with ``[storage]`` settings
+    (or the ``AWS_*`` variables) for the endpoint and credentials."""
+    return Store(settings.data_dir, s3_options=settings.storage.s3_options())
 
 
 def make_bus(settings: Settings) -> Bus:

@@ -57,3 +57,20 @@ def test_sasl_needs_credentials_and_hides_the_password(monkeypatch) -> None:
     settings = load_settings()
     assert settings.kafka.sasl_password.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+
+
+def test_storage_settings_reach_the_store_and_hide_the_secret(monkeypatch) -> None:
+    from storage.objectstore import parse_s3_root
+
+    monkeypatch.setenv("GPULEDGER_STORAGE__ENDPOINT_URL", "http://127.0.0.1:8333")
+    monkeypatch.setenv("GPULEDGER_STORAGE__SECRET_ACCESS_KEY", "s3cr3t-value")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-environment")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    settings = load_settings(data_dir=Path("s3://gpuledger/national"))
+    options = settings.storage.s3_options()
+    assert options == {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}
+    location = parse_s3_root("s3://gpuledger/national", options)
+    assert (location.endpoint_url, location.access_key_id, location.url) == (
+        "http://127.0.0.1:8333", "from-the-environment", "s3://gpuledger/national")
+    assert "s3cr3t-value" not in repr(settings) and "s3cr3t-value" not in repr(location)
+    assert location.delta_options()["AWS_ALLOW_HTTP"] == "true"
