@@ -42,6 +42,9 @@ from storage.errors import StorageError
 from storage.schemas import RAW_EVENTS, USAGE_HOURLY
 
 ROLLUP_APP = "gpuledger/rollup"
+# a date with at most this many raw rows is aggregated in one query (its result, a few hundred
+# thousand device-hours at most, is held at once); a bigger one hour by hour
+ONE_PASS_ROWS = 2_000_000
 HOURLY_KEYS = [
     "period", "date", "hour_start", "site", "node", "entity", "project", "job_id",
     "gpu_uuid", "device_uuid", "gpu_model", "mig_profile", "gpu_fraction",
@@ -88,7 +91,10 @@ def roll_up(store: Store) -> RollupResult:
     if snapshot is None:
         return RollupResult(-1, (), 0, False)
     raw_version = snapshot.version()
-    raw_files = sorted(str(p) for p in snapshot.get_add_actions(flatten=True).column("path").to_pylist())
+    actions = snapshot.get_add_actions(flatten=True)
+    rows_of = dict(zip((str(p) for p in actions.column("path").to_pylist()),
+                       actions.column("num_records").to_pylist(), strict=True))
+    raw_files = sorted(rows_of)
     usage = store.table("usage_hourly")
     done = usage.transaction_version(ROLLUP_APP)
     if done is not None and done >= raw_version:
@@ -111,7 +117,8 @@ def roll_up(store: Store) -> RollupResult:
         old = [p for p in existing if p.startswith(date_dir + "/")]
         old_sealed = [store.path("usage_hourly", p) for p in old if relative_path(store, store.path("usage_hourly", p)) in sealed]
         removes.extend(p for p in old if store.path("usage_hourly", p) not in old_sealed)
-        new_file = _roll_date(store, date_dir, inputs, old_sealed, raw_version)
+        date_rows = sum(rows_of.get(p) or 0 for p in date_files)
+        new_file = _roll_date(store, date_dir, inputs, old_sealed, raw_version, one_pass=date_rows <= ONE_PASS_ROWS)
         if new_file is not None:
             adds.append(new_file)
             rows += new_file.rows
@@ -147,7 +154,11 @@ def rolled_up(store: Store) -> Store:
     return store
 
 
-def _roll_date(store: Store, date_dir: str, inputs: list[str], sealed: list[str], raw_version: int) -> NewFile | None:
+def _roll_date(
+    store: Store, date_dir: str, inputs: list[str], sealed: list[str], raw_version: int, *, one_pass: bool = False
+) -> NewFile | None:
+    """Roll one KST date up into one new file: hour by hour (memory: one hour's device-hours),
+    or, for a small day (``one_pass``), in one query whose result is split into hours."""
     day = Date.fromisoformat(date_dir.rsplit("=", 1)[-1])
     first_hour = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) - _KST
     digest = hashlib.sha256(("\n".join([date_dir, *inputs, *sealed])).encode()).hexdigest()[:24]
@@ -159,10 +170,14 @@ def _roll_date(store: Store, date_dir: str, inputs: list[str], sealed: list[str]
     hi: datetime | None = None
     with contextlib.ExitStack() as stack:
         writer = None
+        whole_day = hourly_rows(raw_scan).collect(engine="streaming") if one_pass else None
         for h in range(24):
             start = first_hour + timedelta(hours=h)
-            in_hour = (pl.col("interval_start") >= start) & (pl.col("interval_start") < start + timedelta(hours=1))
-            frame = hourly_rows(raw_scan.filter(in_hour)).collect(engine="streaming")
+            if whole_day is not None:
+                frame = whole_day.filter(pl.col("hour_start") == start)
+            else:
+                in_hour = (pl.col("interval_start") >= start) & (pl.col("interval_start") < start + timedelta(hours=1))
+                frame = hourly_rows(raw_scan.filter(in_hour)).collect(engine="streaming")
             _refuse_impossible(frame, date_dir)
             if sealed_scan is not None:
                 frame = _minus(frame, sealed_scan.filter(pl.col("hour_start") == start).collect())

@@ -103,3 +103,20 @@ def test_a_close_bills_exactly_the_files_it_seals_while_usage_lands_meanwhile(tm
     ).fetchall()[0][0]
     assert billed == duck_sum([str(tmp_path / p) for p in sealed_usage]) == 10 * 60_000_000
     assert verify(store).ok
+
+
+def test_hour_by_hour_and_one_pass_roll_ups_give_the_same_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import polars as pl
+
+    import storage.rollup as rollup
+
+    frames = []
+    for name, limit in (("hourly", 0), ("one-pass", 10**9)):
+        monkeypatch.setattr(rollup, "ONE_PASS_ROWS", limit)
+        store = Store(tmp_path / name)
+        processor = BatchProcessor(store, ACCOUNTS)
+        for hour in (14, 15, 16):  # 15:00 UTC is midnight KST: two dates
+            processor.process([(f"m{hour}", jsonl(*(event(f"2026-11-02T{hour}:{m:02d}:00Z", gpu=f"GPU-{g}") for m in range(0, 60, 7) for g in range(3))))])
+        roll_up(store)
+        frames.append(pl.read_parquet(store.files("usage_hourly")).sort("hour_start", "gpu_uuid"))
+    assert frames[0].height == 9 and frames[0].equals(frames[1])
