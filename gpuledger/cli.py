@@ -7,15 +7,18 @@ export, report, schedule, keys).
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,6 +26,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from gpuledger import __version__, cli_accounting, cli_audit, cli_collect
 from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, console, out, run_command, settings_from
 from gpuledger.settings import Settings
+from storage.errors import GpuledgerError
+
+if TYPE_CHECKING:
+    from streams.consumer import RunTotals, StreamConsumer
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="gpuledger",
@@ -162,12 +171,16 @@ def consume(
 
         settings = settings_from(data_dir, registry, bus)
         reg = registry_from(settings)
-        consumer = make_stream_consumer(settings, reg, make_bus(settings), make_store(settings))
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        with consumer:
-            totals = consumer.run(until_idle=until_idle, idle_polls=settings.consumer.idle_polls, stop=stop)
+        totals = run_riding_out_full_disk(
+            lambda: make_stream_consumer(settings, reg, make_bus(settings), make_store(settings)),
+            data_dir=Path(settings.data_dir),
+            until_idle=until_idle,
+            idle_polls=settings.consumer.idle_polls,
+            stop=stop,
+        )
         out.print(
             f"consume: {totals.accepted:,} events accepted, {totals.refused:,} refused (kept in quarantine/), "
             f"{totals.duplicates:,} duplicates dropped, in {totals.batches} batches"
@@ -242,6 +255,90 @@ def quarantine_list(
             for period, reason, lines, micros in counts.iter_rows():
                 table.add_row(period, reason, f"{lines:,}", f"{(micros or 0) / 3.6e9:,.3f}")
         out.print(table)
+
+    run_command(body)
+
+
+def run_riding_out_full_disk(
+    build: Callable[[], StreamConsumer],
+    *,
+    data_dir: Path,
+    until_idle: bool,
+    idle_polls: int,
+    stop: threading.Event,
+    retry_s: float = 5.0,
+    retry_max_s: float = 300.0,
+) -> RunTotals:
+    """Run the stream consumer; when the disk fills up, wait and start it again.
+
+    A batch that failed for lack of space was never committed: the consumer is closed and
+    rebuilt as after a crash (the store recovers, the bus re-reads from the last commit, and
+    dedupe drops anything already stored), so nothing is lost or doubled. A one-shot
+    ``--until-idle`` drain does not wait: it ends with a one-line error naming the data dir.
+    """
+    from streams.consumer import RunTotals
+
+    totals = RunTotals()
+    full = 0
+    while not stop.is_set():
+        try:
+            with build() as consumer:
+                consumer.run(until_idle=until_idle, idle_polls=idle_polls, stop=stop, on_batch=totals.add)
+            return totals
+        except Exception as exc:  # noqa: BLE001 - only a full disk is handled here
+            if not disk_full(exc):
+                raise
+            if until_idle:
+                raise GpuledgerError(
+                    f"no space left on the device of {data_dir}: the last batch was not committed; "
+                    "free some space and run consume again"
+                ) from exc
+            wait_s = min(retry_max_s, retry_s * 2 ** min(full, 16))
+            full += 1
+            log.warning("no space left on the device of %s; trying again in %.0f s", data_dir, wait_s)
+            stop.wait(wait_s)
+    return totals
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is ENOSPC, as Python or pyarrow reports it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(current) or "Disk quota exceeded" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+bus_app = typer.Typer(help="Look after the embedded local bus.", no_args_is_help=True)
+app.add_typer(bus_app, name="bus")
+
+
+@bus_app.command("trim")
+def bus_trim(data_dir: DataDirOpt = None, registry: RegistryOpt = None, bus: BusOpt = None) -> None:
+    """Drop the part of the local bus's log that every consumer group has committed.
+
+    Safe while producers and consumers run; a group that never committed starts at the first
+    record kept. Kafka trims itself (topic retention): this is for the embedded bus only.
+    """
+
+    def body() -> None:
+        from streams.localbus import LocalBus
+
+        settings = settings_from(data_dir, registry, bus)
+        if settings.bus != "local":
+            raise GpuledgerError("bus trim is for the embedded local bus; Kafka trims by topic retention")
+        the_bus = LocalBus(Path(settings.data_dir) / "bus")
+        for topic in the_bus.topics():
+            result = the_bus.trim(topic)
+            out.print(
+                f"bus trim {topic}: dropped {result.dropped_records:,} records ({result.dropped_bytes:,} bytes) "
+                f"that every group has consumed; {result.kept_bytes:,} bytes kept"
+            )
 
     run_command(body)
 
