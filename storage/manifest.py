@@ -326,7 +326,12 @@ def _check_chain(doc: dict, period: str, prev_period: str | None, prev_hash: str
     if recorded is None:
         detail = f"records no previous manifest, but {prev_period} is sealed before it"
     elif prev_period is None:
-        detail = f"points at {recorded.get('period')}, whose manifest is missing"
+        detail = f"gap in the chain: points at {recorded.get('period')}, whose manifest is missing"
+    elif isinstance(recorded.get("period"), str) and prev_period < recorded["period"] < period:
+        detail = (
+            f"gap in the chain: points at {recorded['period']}, whose manifest is missing "
+            f"(the sealed period before it is {prev_period}); restore manifests/{recorded['period']}.json"
+        )
     elif recorded.get("period") != prev_period:
         detail = f"points at {recorded.get('period')}, but the previous sealed period is {prev_period}"
     else:
