@@ -7,7 +7,6 @@ export, report, schedule, keys).
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import signal
@@ -24,9 +23,19 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gpuledger import __version__, cli_accounting, cli_audit, cli_collect
-from gpuledger.cli_common import BusOpt, DataDirOpt, RegistryOpt, console, out, run_command, settings_from
+from gpuledger.cli_common import (
+    BusOpt,
+    DataDirOpt,
+    RegistryOpt,
+    console,
+    disk_full,
+    out,
+    run_command,
+    settings_from,
+)
 from gpuledger.settings import Settings
 from storage.errors import GpuledgerError
+from streams.errors import BusUnavailable
 
 if TYPE_CHECKING:
     from streams.consumer import RunTotals, StreamConsumer
@@ -144,9 +153,16 @@ def ingest(
         settings = settings_from(data_dir, registry, bus)
         accounts = accounts_of(registry_from(settings))
         the_bus = make_bus(settings)
-        report = ingest_file(
-            file, the_bus.producer(settings.kafka.usage_topic), accounts, lines_per_message, str(wire)
-        )
+        try:
+            report = ingest_file(
+                file, the_bus.producer(settings.kafka.usage_topic), accounts, lines_per_message, str(wire)
+            )
+        except BusUnavailable as exc:
+            where = f"GPULEDGER_KAFKA_BOOTSTRAP={settings.kafka.bootstrap}" if settings.bus == "kafka" else settings.bus
+            raise BusUnavailable(
+                f"{exc} ({where}); bring the bus back and ingest {file} again "
+                "(events that did arrive are dropped as duplicates by the consumer)"
+            ) from exc
         reasons = ", ".join(f"{code} ×{n}" for code, n in sorted(report.refusals.items()))
         out.print(
             f"ingest {file}: {report.lines:,} lines published to {settings.kafka.usage_topic} "
@@ -298,20 +314,6 @@ def run_riding_out_full_disk(
             log.warning("no space left on the device of %s; trying again in %.0f s", data_dir, wait_s)
             stop.wait(wait_s)
     return totals
-
-
-def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is ENOSPC, as Python or pyarrow reports it."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(current) or "Disk quota exceeded" in str(current):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
 
 
 bus_app = typer.Typer(help="Look after the embedded local bus.", no_args_is_help=True)

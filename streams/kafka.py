@@ -378,6 +378,10 @@ class KafkaProducer:
             # in kafka-python's buffer; their sender was told, and holds them (the spool).
             return
         pending, self._pending = self._pending, []
+        if timeout_s is None:
+            # Never wait without end: a broker that dies mid-send must end an ingest with an
+            # error once every message's delivery timeout has passed.
+            timeout_s = self._bus.delivery_timeout_s + self._bus.connect_timeout_s
         try:
             self._producer.flush(timeout=timeout_s)
         except kerr.KafkaError as exc:
