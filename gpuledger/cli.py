@@ -113,6 +113,10 @@ def demo(
             f"Published {published:,} events; consumer accepted {totals.accepted:,}, "
             f"refused {totals.refused:,}, duplicates dropped {totals.duplicates:,}."
         )
+        if settings.bus == "local":  # everything is consumed: keep only what a group has not read
+            from streams.localbus import LocalBus
+
+            LocalBus(Path(settings.data_dir) / "bus").trim(settings.kafka.usage_topic)
         from accounting.close import close_month
 
         result = close_month(store, reg, period)

@@ -4,6 +4,7 @@ traceback; a long-running consumer waits for space instead of dying, and leaves 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -191,3 +192,49 @@ def wait_until(condition, timeout_s: float = 180.0) -> bool:
             return True
         time.sleep(0.25)
     return condition()
+
+
+def test_bus_trim_drops_what_the_consumer_stored_and_the_bus_goes_on(stored: Path, tmp_path: Path) -> None:
+    # given 200 events ingested and consumed (the fixture): the log holds them all
+    log = stored / "bus" / "gpu.usage.v1" / "log"
+    size = log.stat().st_size
+    assert size > 0
+    # when the bus is trimmed, then the consumed log is gone from disk
+    trimmed = cli("bus", "trim", data=stored)
+    assert trimmed.returncode == 0, trimmed.stderr
+    assert f"dropped 1 records ({size:,} bytes)" in trimmed.stdout
+    [segment] = (stored / "bus" / "gpu.usage.v1").glob("log*")
+    assert segment.stat().st_size == 0
+    # and the next day's events go through as before, nothing consumed twice
+    assert cli("ingest", str(events_file(tmp_path / "day3.jsonl", 50, day=3)), data=stored).returncode == 0
+    consumed = cli("consume", "--until-idle", data=stored)
+    assert "50 events accepted" in consumed.stdout and "0 duplicates" in consumed.stdout
+    assert len(set(raw_event_ids(stored))) == 250
+
+
+def test_a_group_commit_on_a_full_disk_fails_cleanly_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    from streams.localbus import LocalBus
+
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        # given a consumer that read two records, and a disk with no room left
+        bus = LocalBus(disk / "bus")
+        producer = bus.producer("t")
+        producer.send("n", b"a")
+        producer.send("n", b"b")
+        producer.flush()
+        consumer = bus.consumer("t", "g")
+        consumer.commit({0: consumer.poll_batch(1, 0.0)[0].offset + 1})
+        consumer.poll_batch(1, 0.0)
+        ballast = fill(disk, 0)
+        # when it commits, then the disk-full error comes out, the saved position is the old
+        #   one, and no temp file is left behind
+        with pytest.raises(OSError) as failure:
+            consumer.commit({0: 2})
+        assert failure.value.errno == errno.ENOSPC
+        assert temp_files(disk / "bus") == []
+        assert json.loads((disk / "bus/t/groups/g.json").read_text())["offset"] == 1
+        # and once there is room again the commit goes through
+        ballast.unlink()
+        consumer.commit({0: 2})
+        consumer.close()
+        assert json.loads((disk / "bus/t/groups/g.json").read_text())["offset"] == 2
