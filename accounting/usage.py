@@ -151,7 +151,31 @@ def _capped_day(store: Store, period: str, day: str) -> tuple[pl.DataFrame, pl.D
         .with_columns(hour_start=pl.col("interval_start").dt.truncate("1h"))
         .join(candidates.lazy(), on=keys, how="semi")
     )
-    suspects_frame, events_frame = pl.collect_all([suspects, events])
+    # Only the rows of intervals and GPU-hours over the wall clock (with the rounding slack of
+    # one µs per event) go on to the exact, row-by-row sharing: usually none.
+    interval = ["gpu_uuid", "interval_start"]
+    over_intervals = (
+        events.group_by(interval)
+        .agg(
+            total=pl.col("gpu_microseconds").sum(),
+            wall=(pl.col("interval_end").max() - pl.col("interval_start").first()).dt.total_microseconds(),
+            n=pl.len(),
+        )
+        .filter(pl.col("total") > pl.col("wall") + pl.col("n"))
+    )
+    bad_events = events.join(over_intervals, on=interval, how="semi")
+    over_hours = (
+        suspects.group_by(keys)
+        .agg(total=pl.col("gpu_microseconds").sum(), n=pl.col("events").sum())
+        .filter(pl.col("total") > MICROSECONDS_PER_HOUR + pl.col("n"))
+        .select(keys)
+    )
+    bad_events_frame, over_hours_frame = pl.collect_all([bad_events, over_hours])
+    if bad_events_frame.height == 0 and over_hours_frame.height == 0:
+        return by_owner, _concat_over([])
+    to_fix = pl.concat([over_hours_frame, bad_events_frame.select(keys)]).unique()
+    suspects_frame = suspects.join(to_fix.lazy(), on=keys, how="semi").collect()
+    events_frame = bad_events_frame
     excess, over = cap_gpu_hours(suspects_frame, events_frame)
     if excess.height:
         taken = excess.rename({"gpu_microseconds": "_cut", "busy_gpu_microseconds": "_cut_busy"})

@@ -23,7 +23,8 @@ part in such a GPU-hour (``oversubscribed_gpu_hours`` counts them).
 
 Only GPU-hours with more than one device (``node`` × ``device_uuid``) or more than an hour of
 usage can break the rule (one device's events of one interval share an event id), so only
-those are looked at; with many MIG GPUs that means reading their ``raw/`` rows at each close.
+those are looked at: with many MIG GPUs the close scans their ``raw/`` rows (streaming, in
+Polars), and only the rows of intervals and hours actually over the wall clock come here.
 Intervals of one GPU are taken to be aligned to one length; overlapping intervals of
 different lengths starting at different times are not compared with each other (step 2
 still bounds them by the hour).

@@ -238,3 +238,13 @@ def test_a_group_commit_on_a_full_disk_fails_cleanly_and_leaves_no_temp_file(tmp
         consumer.commit({0: 2})
         consumer.close()
         assert json.loads((disk / "bus/t/groups/g.json").read_text())["offset"] == 2
+
+
+def test_a_truncated_raw_file_is_named_by_consume(stored: Path, tmp_path: Path) -> None:
+    # given the day's raw file cut to 100 bytes, and more events of that day on the bus
+    [raw] = sorted(stored.glob("raw/**/*.parquet"))
+    raw.write_bytes(raw.read_bytes()[:100])
+    assert cli("ingest", str(events_file(tmp_path / "more.jsonl", 300)), data=stored).returncode == 0
+    # when consume reads the day's stored ids to drop duplicates, then it names the file
+    line = one_error_line(cli("consume", "--until-idle", data=stored))
+    assert f"{raw}: not a readable Parquet file" in line
