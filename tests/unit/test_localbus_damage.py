@@ -8,7 +8,8 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -213,24 +214,19 @@ def test_a_second_consumer_of_a_group_is_refused_and_a_released_group_can_be_tak
 
 
 def test_two_consume_processes_on_one_data_dir_the_second_is_refused(tmp_path) -> None:
-    """Two real processes: one holds the group, ``gpuledger consume`` beside it must refuse."""
+    """Two real ``gpuledger consume`` processes: the running one keeps the group, the second
+    refuses at once with one line, and nothing is stored twice."""
     data = tmp_path / "data"
-    LocalBus(data / "bus").producer("gpu.usage.v1").close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(
-            f"""
-            import sys
-            from streams.localbus import LocalBus
-            consumer = LocalBus({str(data / 'bus')!r}).consumer("gpu.usage.v1", "gpuledger-consumer")
-            print("holding", flush=True)
-            sys.stdin.read()
-            consumer.close()
-            """
-        )],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=_env(),
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(_event("2026-11-02T00:00:00Z")) + "\n")
+    assert _cli("ingest", str(events), "--data-dir", str(data)).returncode == 0
+    group_file = data / "bus" / "gpu.usage.v1" / "groups" / "gpuledger-consumer.json"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "gpuledger", "consume", "--data-dir", str(data)],
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        assert holder.stdout.readline().strip() == "holding"
+        assert _wait_until(group_file.exists)  # the first consumer has the group and committed
         second = _consume(data)
         assert second.returncode == 1
         lines = second.stderr.strip().splitlines()
@@ -238,9 +234,28 @@ def test_two_consume_processes_on_one_data_dir_the_second_is_refused(tmp_path) -
         assert "another consumer of group 'gpuledger-consumer'" in lines[0] and str(data / "bus") in lines[0]
         assert "stop it first" in lines[0]
     finally:
-        holder.communicate("", timeout=60)
-    assert holder.returncode == 0
-    assert _consume(data).returncode == 0  # released: the group can be consumed again
+        first.send_signal(signal.SIGTERM)
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert "1 events accepted" in out
+    again = _consume(data)  # released: the group can be consumed again, and nothing is left
+    assert again.returncode == 0 and "0 events accepted" in again.stdout
+
+
+def _event(start: str) -> dict:
+    from spine_events import event
+
+    return event(start)
+
+
+def _wait_until(condition, timeout_s: float = 180.0) -> bool:
+    """Poll ``condition`` (bounded): waiting on another process, not timing it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
 
 
 def test_consume_and_ingest_exit_non_zero_on_a_damaged_bus(tmp_path) -> None:
