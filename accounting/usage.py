@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 
 from accounting.errors import CloseError
-from accounting.wallclock import MICROSECONDS_PER_HOUR, cap_gpu_hours
+from accounting.wallclock import MICROSECONDS_PER_HOUR, OVER_SCHEMA, OWNER_SCHEMA, cap_gpu_hours
 from storage.dataset import Store
 from storage.schemas import QUARANTINE, RAW_EVENTS, USAGE_HOURLY
 
@@ -279,14 +279,7 @@ def _day_dir(path: str) -> str:
     return match[1]
 
 
-_OWNER_SCHEMA = {
-    "hour_start": pl.Datetime("us", "UTC"),
-    "entity": pl.String,
-    "project": pl.String,
-    "gpu_model": pl.String,
-    "gpu_microseconds": pl.Int64,
-    "busy_gpu_microseconds": pl.Int64,
-}
+_OWNER_SCHEMA = OWNER_SCHEMA  # per hour × owner: what wallclock takes off has the same shape
 
 
 def _concat_owner(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -297,10 +290,9 @@ def _concat_owner(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def _concat_over(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    schema = {"entity": pl.String, "gpu_model": pl.String, "oversubscribed_gpu_hours": pl.Int64}
     if not frames:
-        return pl.DataFrame(schema=schema)
-    combined = pl.concat([f.cast(schema) for f in frames])
+        return pl.DataFrame(schema=OVER_SCHEMA)
+    combined = pl.concat([f.cast(OVER_SCHEMA) for f in frames])
     return (
         combined.group_by(["entity", "gpu_model"])
         .agg(pl.col("oversubscribed_gpu_hours").sum())

@@ -108,7 +108,7 @@ def cap_gpu_hours(hourly: pl.DataFrame, raw: pl.DataFrame) -> tuple[pl.DataFrame
             for (hour, o), (g, b) in sorted(excess.items(), key=lambda item: (item[0][0], item[0][1]))
             if g or b
         ],
-        schema=EXCESS_SCHEMA,
+        schema=OWNER_SCHEMA,
     )
     over_frame = pl.DataFrame(
         [{"entity": e, "gpu_model": m, "oversubscribed_gpu_hours": n} for (e, m), n in sorted(breached.items())],
@@ -139,7 +139,7 @@ def _interval_excess(raw: pl.DataFrame) -> dict[tuple[str, object], dict[Owner, 
     return out
 
 
-EXCESS_SCHEMA = {
+OWNER_SCHEMA = {
     "hour_start": pl.Datetime("us", "UTC"),
     "entity": pl.String,
     "project": pl.String,
