@@ -7,6 +7,7 @@ export, report, schedule, keys).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -156,12 +157,13 @@ def ingest(
 
         settings = settings_from(data_dir, registry, bus)
         accounts = accounts_of(registry_from(settings))
-        the_bus = make_bus(settings)
+        producer = make_bus(settings).producer(settings.kafka.usage_topic)
         try:
-            report = ingest_file(
-                file, the_bus.producer(settings.kafka.usage_topic), accounts, lines_per_message, str(wire)
-            )
+            report = ingest_file(file, producer, accounts, lines_per_message, str(wire))
+            producer.close()
         except BusUnavailable as exc:
+            with contextlib.suppress(BusUnavailable):
+                producer.close()  # what was not delivered is dropped: the message says to ingest again
             where = f"GPULEDGER_KAFKA_BOOTSTRAP={settings.kafka.bootstrap}" if settings.bus == "kafka" else settings.bus
             raise BusUnavailable(
                 f"{exc} ({where}); bring the bus back and ingest {file} again "
