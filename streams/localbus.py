@@ -53,6 +53,7 @@ from streams.errors import BusCorrupt, ConsumerGroupBusy, StreamError
 
 _MAGIC = b"GL"
 _HEADER = struct.Struct(">2sIII")  # magic, crc32, key_len, value_len
+_LONGEST_TAIL = 256 * 1024 * 1024  # bytes one interrupted append can leave, with room to spare
 _SEGMENT = re.compile(r"^log(?:\.(\d+)\.(\d+))?$")
 _WHAT_TO_DO = (
     "nothing after it is read or cut; copy the file aside for inspection, then restore the bus "
@@ -129,7 +130,12 @@ def _zeros_to_end(handle, position: int, end: int) -> bool:
 
 
 def _complete_record_after(handle, start: int, end: int) -> bool:
-    """Whether a complete, crc-valid record begins anywhere in ``[start, end)``."""
+    """Whether a complete, crc-valid record begins anywhere in ``[start, end)``.
+
+    One append writes at most ~8 MiB plus one record, so a remainder far larger than any
+    append cannot be a torn tail: it counts as followed by records without being read."""
+    if end - start > _LONGEST_TAIL:
+        return True
     handle.seek(start)
     rest = handle.read(end - start)
     at = rest.find(_MAGIC)
