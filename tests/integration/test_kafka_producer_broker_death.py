@@ -65,6 +65,7 @@ def test_ingest_ends_with_one_line_when_the_broker_dies_mid_send(
     finally:
         if ingest.poll() is None:
             ingest.kill()
+            ingest.communicate()
         kafka_broker.start()
     assert ingest.returncode == 1, out + err
     lines = err.strip().splitlines()
