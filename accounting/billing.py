@@ -12,6 +12,10 @@ line plus any earlier corrections) is subtracted, and a non-zero difference beco
 ``round(restated exact amount) − amount billed so far``, so after any number of restatements
 the sum of a key's lines is exactly what one close over all the data would have billed, and
 restating twice never double counts. ``unattributed`` usage is never billed.
+
+Usage reaches pricing already within the wall clock (DESIGN.md invariant 2): GPU-time a
+physical GPU's devices reported beyond it was taken off by :mod:`accounting.wallclock`, in
+proportion and exact to the microsecond, for the usage period and for every restatement.
 """
 
 from __future__ import annotations

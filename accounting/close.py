@@ -42,6 +42,7 @@ from accounting.errors import CloseError
 from accounting.registry import NATIONAL, Registry
 from accounting.schemas import BILLING, COMPLIANCE
 from accounting.usage import (
+    Month,
     kst_period_of,
     parse_month,
     quarantined,
@@ -157,13 +158,48 @@ def _close_month(
     month = parse_month(period)
     closed = closed_periods(store)
     if period in closed:
-        return _already_closed(store, period, signing_key, say)
+        return _already_closed(store, registry, period, signing_key, say)
     if closed and period < closed[-1]:
         raise CloseError(
             f"cannot close {period}: {closed[-1]} is closed already (months close in order); "
             f"usage of {period} is billed as corrections by the next close"
         )
 
+    lines, rows, inputs, earlier = _compute(store, registry, month, closed, say)
+
+    say("writing ledgers")
+    comp_file = compliance_path(store, period)
+    bill_file = billing_path(store, period)
+    store.write_parquet_atomic(comp_file, _table([r.as_row() for r in rows], COMPLIANCE))
+    store.write_parquet_atomic(bill_file, _table([ln.as_row() for ln in lines], BILLING))
+
+    _write_priced_record(store, registry, period, inputs)
+
+    totals = _totals(lines, rows)
+    files = (bill_file, comp_file)
+    digest, sealed = _seal(store, period, files, totals, signing_key, say)
+    corrections = sum(1 for ln in lines if ln.corrects_period is not None)
+    return CloseResult(period, files, totals, False, len(lines), corrections, digest, sealed, tuple(earlier))
+
+
+def read_close(store: Store, period: str) -> CloseResult:
+    """The result of an earlier close, rebuilt from its ledgers (for summaries and re-sealing)."""
+    bill_file, comp_file = billing_path(store, period), compliance_path(store, period)
+    if not store.exists(bill_file):
+        raise CloseError(f"{period} is not closed")
+    bill = store.read_table(bill_file).to_pylist()
+    comp = store.read_table(comp_file).to_pylist() if store.exists(comp_file) else []
+    totals = _totals_from_rows(bill, comp)
+    corrections = sum(1 for r in bill if r["corrects_period"] is not None)
+    return CloseResult(period, (bill_file, comp_file), totals, True, len(bill), corrections)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _compute(
+    store: Store, registry: Registry, month: Month, closed: list[str], say: Progress
+) -> tuple[list[BillingLine], list[ComplianceRow], dict[str, str], list[str]]:
+    """The ledgers a close of ``month`` computes, given the periods ``closed`` before it."""
+    period = month.period
     # Fingerprint the inputs *before* reading them: a file that lands during the close is then
     # read but not fingerprinted, so the next close re-reads its period (never the reverse).
     usage_files = store.files("usage_hourly")
@@ -195,44 +231,46 @@ def _close_month(
     lines = billing_lines(period, priced, billed, registry.rounding)
     rows = compliance_rows(month, registry, month_hourly, oversubscribed, quarantine)
 
-    say("writing ledgers")
-    comp_file = compliance_path(store, period)
-    bill_file = billing_path(store, period)
-    store.write_parquet_atomic(comp_file, _table([r.as_row() for r in rows], COMPLIANCE))
-    store.write_parquet_atomic(bill_file, _table([ln.as_row() for ln in lines], BILLING))
-
-    _write_priced_record(store, registry, period, inputs)
-
-    totals = _totals(lines, rows)
-    files = (bill_file, comp_file)
-    digest, sealed = _seal(store, period, files, totals, signing_key, say)
-    corrections = sum(1 for ln in lines if ln.corrects_period is not None)
-    return CloseResult(period, files, totals, False, len(lines), corrections, digest, sealed, tuple(earlier))
+    return lines, rows, inputs, earlier
 
 
-def read_close(store: Store, period: str) -> CloseResult:
-    """The result of an earlier close, rebuilt from its ledgers (for summaries and re-sealing)."""
-    bill_file, comp_file = billing_path(store, period), compliance_path(store, period)
-    if not store.exists(bill_file):
-        raise CloseError(f"{period} is not closed")
-    bill = store.read_table(bill_file).to_pylist()
-    comp = store.read_table(comp_file).to_pylist() if store.exists(comp_file) else []
-    totals = _totals_from_rows(bill, comp)
-    corrections = sum(1 for r in bill if r["corrects_period"] is not None)
-    return CloseResult(period, (bill_file, comp_file), totals, True, len(bill), corrections)
-
-
-# -- helpers --------------------------------------------------------------------------------
-def _already_closed(store: Store, period: str, signing_key: Path | None, say: Progress) -> CloseResult:
+def _already_closed(
+    store: Store, registry: Registry, period: str, signing_key: Path | None, say: Progress
+) -> CloseResult:
     say(f"{period} is closed already: nothing rewritten")
     result = read_close(store, period)
     digest, sealed = None, False
     if not store.exists(manifest.manifest_path(store, period)):
-        # A close that stopped between its ledgers and its seal: finish the seal.
+        # A close that stopped between its ledgers and its seal: finish the seal, but only of
+        # ledgers this close computes too (a deleted manifest must not let an edit be sealed).
+        _check_unsealed_ledgers(store, registry, period, say)
         digest, sealed = _seal(store, period, result.files, result.totals, signing_key, say)
     return CloseResult(
         period, result.files, result.totals, True, result.billing_lines, result.correction_lines, digest, sealed
     )
+
+
+def _check_unsealed_ledgers(store: Store, registry: Registry, period: str, say: Progress) -> None:
+    """Raise :class:`CloseError` unless the unsealed ledgers of ``period`` are what a close of
+    it computes from the data there is now (so a close never seals a ledger it did not compute)."""
+    say(f"{period} has ledgers but no seal: recomputing them before sealing")
+    before = [p for p in closed_periods(store) if p < period]
+    lines, rows, _, _ = _compute(store, registry, parse_month(period), before, say)
+    expected = {
+        billing_path(store, period): _table([ln.as_row() for ln in lines], BILLING),
+        compliance_path(store, period): _table([r.as_row() for r in rows], COMPLIANCE),
+    }
+    for path, table in expected.items():
+        try:
+            found = store.read_table(path) if store.exists(path) else None
+        except Exception as exc:  # noqa: BLE001 - an unreadable ledger is a differing one
+            raise CloseError(f"cannot seal {period}: {path} is unreadable ({exc})") from exc
+        if found is None or not found.cast(table.schema).equals(table):
+            raise CloseError(
+                f"cannot seal {period}: {path} differs from what a close computes from the data now, and "
+                f"manifests/{period}.json is missing; restore the manifest from a backup (then run verify), "
+                "or, if this close never finished and nothing was sent, delete the period's ledgers and close again"
+            )
 
 
 def _inputs_fingerprint(store: Store, usage_files: list[str], period: str) -> str:

@@ -16,8 +16,9 @@ Breaches (:class:`Breach`): ``over_allocation`` (in some hour, more GPU-hours re
 GPUs allocated that day), ``under_use`` (utilisation below the registry threshold),
 ``low_coverage`` (coverage below the threshold), ``unregistered_entity`` and
 ``unregistered_project`` (quarantine reasons ``unknown_entity``; ``unknown_project`` /
-``project_of_other_entity``), ``gpu_oversubscribed`` (a physical GPU-hour whose devices report
-more GPU-time than the hour has). The national roll-up (entity ``ALL``) sums every entity;
+``project_of_other_entity``), ``gpu_oversubscribed`` (a physical GPU-hour in which the
+GPU's devices reported more GPU-time than the wall clock had, in an interval or in the hour:
+the excess is taken off before anything here is counted, see :mod:`accounting.wallclock`). The national roll-up (entity ``ALL``) sums every entity;
 its threshold breaches are judged on the national totals, the other breaches are the union
 of the entities'.
 """

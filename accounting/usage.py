@@ -19,11 +19,11 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 
 from accounting.errors import CloseError
+from accounting.wallclock import MICROSECONDS_PER_HOUR, OVER_SCHEMA, OWNER_SCHEMA, cap_gpu_hours
 from storage.dataset import Store
 from storage.schemas import QUARANTINE, RAW_EVENTS, USAGE_HOURLY
 
 KST_OFFSET = timedelta(hours=9)
-MICROSECONDS_PER_HOUR = 3_600_000_000
 UNATTRIBUTED = "unattributed"
 _PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _PERIOD_DIR = re.compile(r"/period=(\d{4}-\d{2})/")
@@ -105,80 +105,118 @@ def hourly_by_owner(usage: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def gpu_hour_key() -> pl.Expr:
-    """A 64-bit hash of (``gpu_uuid``, ``hour_start``): a cheap group key for the first pass.
+def shared_gpu_hours(usage: pl.LazyFrame) -> pl.LazyFrame:
+    """GPU-hours that may hold more GPU-time than the wall clock (``gpu_uuid``, ``hour_start``).
 
-    Two GPU-hours may collide on it; a collision can only *add* a candidate (sums over the
-    colliding rows are larger), so the exact second pass keeps the check exact.
-    """
-    hour = pl.col("hour_start").dt.epoch("s").cast(pl.UInt64)
-    return (pl.col("gpu_uuid").hash(0x5EED) ^ hour.hash(0x1CE)).alias("_gpu_hour")
-
-
-def oversubscription_candidates(usage: pl.LazyFrame) -> pl.LazyFrame:
-    """Hash keys of GPU-hours that *may* report more GPU-time than the hour has.
-
-    A GPU-hour can only exceed the hour if one of its rows does, or if it has several rows
-    (MIG instances, a job change within the hour, several consumer batches). Sorting the
-    64-bit keys and comparing neighbours finds the latter without a hash table of every
-    GPU-hour (4× cheaper than a group-by at 6M GPU-hours a day).
-    """
-    key = pl.col("_gpu_hour")
-    keyed = usage.select(gpu_hour_key(), "gpu_microseconds")
-    repeated = keyed.select("_gpu_hour").sort("_gpu_hour").filter((key == key.shift(1)) | (key == key.shift(-1)))
-    too_long = keyed.filter(pl.col("gpu_microseconds") > MICROSECONDS_PER_HOUR).select("_gpu_hour")
-    return pl.concat([repeated, too_long]).unique()
-
-
-def oversubscribed_gpu_hours(usage: pl.LazyFrame) -> pl.LazyFrame:
-    """Physical GPU-hours whose devices report more GPU-time than the hour has (invariant 2).
-
-    Exact (string keys). Returns one row per entity × GPU model with the number of such
-    GPU-hours. :func:`scan_month` runs it only on the rows of hash candidates.
+    One device's events of one interval share an event id, so only a GPU-hour with more than
+    one device (MIG instances, a whole GPU beside its own slice, one GPU reported by two
+    nodes) or more than an hour of usage can break invariant 2.
     """
     per_gpu_hour = usage.group_by(["gpu_uuid", "hour_start"]).agg(
+        devices=pl.struct("node", "device_uuid").n_unique(),
         gpu_microseconds=pl.col("gpu_microseconds").sum(),
-        entity=pl.col("entity").min(),
-        gpu_model=pl.col("gpu_model").min(),
+        events=pl.col("events").sum(),
     )
-    return (
-        per_gpu_hour.filter(pl.col("gpu_microseconds") > MICROSECONDS_PER_HOUR)
-        .group_by(["entity", "gpu_model"])
-        .agg(oversubscribed_gpu_hours=pl.len().cast(pl.Int64))
+    return per_gpu_hour.filter(
+        (pl.col("devices") > 1) | (pl.col("gpu_microseconds") > MICROSECONDS_PER_HOUR + pl.col("events"))
+    ).select("gpu_uuid", "hour_start")
+
+
+_DAY_COLUMNS = (
+    "hour_start", "entity", "project", "gpu_model", "gpu_uuid", "node", "device_uuid",
+    "gpu_microseconds", "busy_gpu_microseconds", "events",
+)
+
+
+def _capped_day(store: Store, period: str, day: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One KST day: usage by owner with over-reported GPU time taken off, and the breaches.
+
+    See :mod:`accounting.wallclock` for the rule. Only the day's candidate GPU-hours are
+    re-read, from ``usage_hourly`` and ``raw``.
+    """
+    lazy = store.scan(f"usage_hourly/period={period}/date={day}", USAGE_HOURLY).select(*_DAY_COLUMNS)
+    by_owner, candidates = pl.collect_all([hourly_by_owner(lazy), shared_gpu_hours(lazy)])
+    if candidates.height == 0:
+        return by_owner, _concat_over([])
+    keys = ["gpu_uuid", "hour_start"]
+    suspects = (
+        lazy.join(candidates.lazy(), on=keys, how="semi")
+        .group_by([*keys, "entity", "project", "gpu_model"])
+        .agg(pl.col("gpu_microseconds").sum(), pl.col("busy_gpu_microseconds").sum(), pl.col("events").sum())
     )
+    events = (
+        store.scan(f"raw/period={period}/date={day}", RAW_EVENTS)
+        .select("event_id", "gpu_uuid", "interval_start", "interval_end", "entity", "project", "gpu_model",
+                "gpu_microseconds", "busy_gpu_microseconds")
+        .with_columns(hour_start=pl.col("interval_start").dt.truncate("1h"))
+        .join(candidates.lazy(), on=keys, how="semi")
+    )
+    # Only the rows of intervals and GPU-hours over the wall clock (with the rounding slack of
+    # one µs per event) go on to the exact, row-by-row sharing: usually none.
+    interval = ["gpu_uuid", "interval_start"]
+    over_intervals = (
+        events.group_by(interval)
+        .agg(
+            total=pl.col("gpu_microseconds").sum(),
+            wall=(pl.col("interval_end").max() - pl.col("interval_start").first()).dt.total_microseconds(),
+            n=pl.len(),
+        )
+        .filter(pl.col("total") > pl.col("wall") + pl.col("n"))
+    )
+    bad_events = events.join(over_intervals, on=interval, how="semi")
+    over_hours = (
+        suspects.group_by(keys)
+        .agg(total=pl.col("gpu_microseconds").sum(), n=pl.col("events").sum())
+        .filter(pl.col("total") > MICROSECONDS_PER_HOUR + pl.col("n"))
+        .select(keys)
+    )
+    bad_events_frame, over_hours_frame = pl.collect_all([bad_events, over_hours])
+    if bad_events_frame.height == 0 and over_hours_frame.height == 0:
+        return by_owner, _concat_over([])
+    to_fix = pl.concat([over_hours_frame, bad_events_frame.select(keys)]).unique()
+    suspects_frame = suspects.join(to_fix.lazy(), on=keys, how="semi").collect()
+    events_frame = bad_events_frame
+    excess, over = cap_gpu_hours(suspects_frame, events_frame)
+    if excess.height:
+        taken = excess.rename({"gpu_microseconds": "_cut", "busy_gpu_microseconds": "_cut_busy"})
+        by_owner = (
+            by_owner.join(taken, on=HOURLY_OWNER_KEYS, how="left")
+            .with_columns(
+                gpu_microseconds=pl.col("gpu_microseconds") - pl.col("_cut").fill_null(0),
+                busy_gpu_microseconds=pl.col("busy_gpu_microseconds") - pl.col("_cut_busy").fill_null(0),
+            )
+            .drop("_cut", "_cut_busy")
+        )
+    return by_owner, over
 
 
 def scan_month(store: Store, period: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """One pass over a month of ``usage_hourly``: (hourly by owner, oversubscribed GPU-hours).
+    """One pass over a month: (hourly by owner, within the wall clock; oversubscribed GPU-hours).
 
     The month is read one KST day partition at a time, so the per-GPU-hour check never holds
-    more than a day of GPU-hours (~6M at programme scale) in memory. The check finds candidate
-    GPU-hours on a 64-bit hash key first and re-checks only the candidates on exact keys.
+    more than a day of GPU-hours (~6M at programme scale) in memory. Over-reported GPU time is
+    taken off before anything is priced or counted (:mod:`accounting.wallclock`).
     """
-    days = sorted({_day_dir(p) for p in period_files(store, "usage_hourly", period)})
     owners: list[pl.DataFrame] = []
     over: list[pl.DataFrame] = []
-    for day in days:
-        lazy = store.scan(f"usage_hourly/period={period}/date={day}", USAGE_HOURLY).select(
-            "hour_start", "entity", "project", "gpu_model", "gpu_uuid", "gpu_microseconds", "busy_gpu_microseconds"
-        )
-        by_owner, candidates = pl.collect_all([hourly_by_owner(lazy), oversubscription_candidates(lazy)])
+    for day in _days(store, period):
+        by_owner, breaches = _capped_day(store, period, day)
         owners.append(by_owner)
-        if candidates.height:
-            suspects = lazy.filter(gpu_hour_key().is_in(candidates.get_column("_gpu_hour").implode()))
-            over.append(oversubscribed_gpu_hours(suspects).collect())
+        over.append(breaches)
     return _concat_owner(owners), _concat_over(over)
 
 
 def scan_earlier(store: Store, periods: list[str]) -> pl.DataFrame:
-    """Hourly-by-owner usage of earlier periods (for corrections), one period at a time."""
+    """Hourly-by-owner usage of earlier periods (for corrections), capped as :func:`scan_month`
+    caps it, so a restatement never bills time the first close took off."""
     frames = []
     for period in periods:
-        lazy = store.scan(f"usage_hourly/period={period}", USAGE_HOURLY).select(
-            "hour_start", "entity", "project", "gpu_model", "gpu_microseconds", "busy_gpu_microseconds"
-        )
-        frames.append(hourly_by_owner(lazy).collect())
+        frames.extend(_capped_day(store, period, day)[0] for day in _days(store, period))
     return _concat_owner(frames)
+
+
+def _days(store: Store, period: str) -> list[str]:
+    return sorted({_day_dir(p) for p in period_files(store, "usage_hourly", period)})
 
 
 def quarantined(store: Store, period: str) -> pl.DataFrame:
@@ -241,14 +279,7 @@ def _day_dir(path: str) -> str:
     return match[1]
 
 
-_OWNER_SCHEMA = {
-    "hour_start": pl.Datetime("us", "UTC"),
-    "entity": pl.String,
-    "project": pl.String,
-    "gpu_model": pl.String,
-    "gpu_microseconds": pl.Int64,
-    "busy_gpu_microseconds": pl.Int64,
-}
+_OWNER_SCHEMA = OWNER_SCHEMA  # per hour × owner: what wallclock takes off has the same shape
 
 
 def _concat_owner(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -259,10 +290,9 @@ def _concat_owner(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def _concat_over(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    schema = {"entity": pl.String, "gpu_model": pl.String, "oversubscribed_gpu_hours": pl.Int64}
     if not frames:
-        return pl.DataFrame(schema=schema)
-    combined = pl.concat([f.cast(schema) for f in frames])
+        return pl.DataFrame(schema=OVER_SCHEMA)
+    combined = pl.concat([f.cast(OVER_SCHEMA) for f in frames])
     return (
         combined.group_by(["entity", "gpu_model"])
         .agg(pl.col("oversubscribed_gpu_hours").sum())

@@ -7,15 +7,18 @@ export, report, schedule, keys).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,11 +30,19 @@ from gpuledger.cli_common import (
     QuietFlagsGroup,
     RegistryOpt,
     console,
+    disk_full,
     out,
     run_command,
     settings_from,
 )
 from gpuledger.settings import Settings
+from storage.errors import GpuledgerError
+from streams.errors import BusUnavailable
+
+if TYPE_CHECKING:
+    from streams.consumer import RunTotals, StreamConsumer
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     cls=QuietFlagsGroup,
@@ -109,6 +120,10 @@ def demo(
             f"Published {published:,} events; consumer accepted {totals.accepted:,}, "
             f"refused {totals.refused:,}, duplicates dropped {totals.duplicates:,}."
         )
+        if settings.bus == "local":  # everything is consumed: keep only what a group has not read
+            from streams.localbus import LocalBus
+
+            LocalBus(Path(settings.data_dir) / "bus").trim(settings.kafka.usage_topic)
         from accounting.close import close_month
         from storage.rollup import roll_up
 
@@ -152,10 +167,18 @@ def ingest(
 
         settings = settings_from(data_dir, registry, bus)
         accounts = accounts_of(registry_from(settings))
-        the_bus = make_bus(settings)
-        report = ingest_file(
-            file, the_bus.producer(settings.kafka.usage_topic), accounts, lines_per_message, str(wire)
-        )
+        producer = make_bus(settings).producer(settings.kafka.usage_topic)
+        try:
+            report = ingest_file(file, producer, accounts, lines_per_message, str(wire))
+            producer.close()
+        except BusUnavailable as exc:
+            with contextlib.suppress(BusUnavailable):
+                producer.close()  # what was not delivered is dropped: the message says to ingest again
+            where = f"GPULEDGER_KAFKA_BOOTSTRAP={settings.kafka.bootstrap}" if settings.bus == "kafka" else settings.bus
+            raise BusUnavailable(
+                f"{exc} ({where}); bring the bus back and ingest {file} again "
+                "(events that did arrive are dropped as duplicates by the consumer)"
+            ) from exc
         reasons = ", ".join(f"{code} ×{n}" for code, n in sorted(report.refusals.items()))
         out.print(
             f"ingest {file}: {report.lines:,} lines published to {settings.kafka.usage_topic} "
@@ -199,19 +222,37 @@ def consume(
             **({"bootstrap": settings.kafka.bootstrap} if settings.bus == "kafka" else {}),
         })
         reg = registry_from(settings)
-        metrics = CollectorRegistry()
-        consumer = make_stream_consumer(settings, reg, make_bus(settings), make_store(settings), metrics_registry=metrics)
+        # one /metrics for the whole run; a consumer rebuilt after a full disk reports into a
+        # fresh registry (metrics cannot be registered twice) that the served one delegates to
+        served = CollectorRegistry()
+        current: list[CollectorRegistry] = [CollectorRegistry()]
+
+        class _Current:
+            def collect(self):  # noqa: ANN202 - prometheus_client's collector protocol
+                yield from current[0].collect()
+
+        served.register(_Current())
         port = metrics_port if metrics_port is not None else settings.consumer.metrics_port
         server = None
         if port is not None:
-            server, bound = serve(metrics, port)
+            server, bound = serve(served, port)
             console.print(f"consume: metrics on http://0.0.0.0:{bound}/metrics", highlight=False)
+
+        def build():  # noqa: ANN202
+            current[0] = CollectorRegistry()
+            return make_stream_consumer(settings, reg, make_bus(settings), make_store(settings), metrics_registry=current[0])
+
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         try:
-            with consumer:
-                totals = consumer.run(until_idle=until_idle, idle_polls=settings.consumer.idle_polls, stop=stop)
+            totals = run_riding_out_full_disk(
+                build,
+                data_dir=Path(settings.data_dir),
+                until_idle=until_idle,
+                idle_polls=settings.consumer.idle_polls,
+                stop=stop,
+            )
         finally:
             if server is not None:
                 server.shutdown()
@@ -343,6 +384,76 @@ def quarantine_list(
             f"{still:,} line(s) still refused{where}; {back:,} re-admitted by `quarantine replay` (counted as usage now)",
             markup=False, highlight=False,
         )
+
+    run_command(body)
+
+
+def run_riding_out_full_disk(
+    build: Callable[[], StreamConsumer],
+    *,
+    data_dir: Path,
+    until_idle: bool,
+    idle_polls: int,
+    stop: threading.Event,
+    retry_s: float = 5.0,
+    retry_max_s: float = 300.0,
+) -> RunTotals:
+    """Run the stream consumer; when the disk fills up, wait and start it again.
+
+    A batch that failed for lack of space was never committed: the consumer is closed and
+    rebuilt as after a crash (the bus re-reads from the last commit, and the offsets stored
+    with the rows skip anything already stored), so nothing is lost or doubled. A one-shot
+    ``--until-idle`` drain does not wait: it ends with a one-line error naming the data dir.
+    """
+    from streams.consumer import RunTotals
+
+    totals = RunTotals()
+    full = 0
+    while not stop.is_set():
+        try:
+            with build() as consumer:
+                consumer.run(until_idle=until_idle, idle_polls=idle_polls, stop=stop, on_batch=totals.add)
+            return totals
+        except Exception as exc:  # noqa: BLE001 - only a full disk is handled here
+            if not disk_full(exc):
+                raise
+            if until_idle:
+                raise GpuledgerError(
+                    f"no space left on the device of {data_dir}: the last batch was not committed; "
+                    "free some space and run consume again"
+                ) from exc
+            wait_s = min(retry_max_s, retry_s * 2 ** min(full, 16))
+            full += 1
+            log.warning("no space left on the device of %s; trying again in %.0f s", data_dir, wait_s)
+            stop.wait(wait_s)
+    return totals
+
+
+bus_app = typer.Typer(help="Look after the embedded local bus.", no_args_is_help=True)
+app.add_typer(bus_app, name="bus")
+
+
+@bus_app.command("trim")
+def bus_trim(data_dir: DataDirOpt = None, registry: RegistryOpt = None, bus: BusOpt = None) -> None:
+    """Drop the part of the local bus's log that every consumer group has committed.
+
+    Safe while producers and consumers run; a group that never committed starts at the first
+    record kept. Kafka trims itself (topic retention): this is for the embedded bus only.
+    """
+
+    def body() -> None:
+        from streams.localbus import LocalBus
+
+        settings = settings_from(data_dir, registry, bus)
+        if settings.bus != "local":
+            raise GpuledgerError("bus trim is for the embedded local bus; Kafka trims by topic retention")
+        the_bus = LocalBus(Path(settings.data_dir) / "bus")
+        for topic in the_bus.topics():
+            result = the_bus.trim(topic)
+            out.print(
+                f"bus trim {topic}: dropped {result.dropped_records:,} records ({result.dropped_bytes:,} bytes) "
+                f"that every group has consumed; {result.kept_bytes:,} bytes kept"
+            )
 
     run_command(body)
 

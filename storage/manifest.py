@@ -334,7 +334,12 @@ def _check_chain(doc: dict, period: str, prev_period: str | None, prev_hash: str
     if recorded is None:
         detail = f"records no previous manifest, but {prev_period} is sealed before it"
     elif prev_period is None:
-        detail = f"points at {recorded.get('period')}, whose manifest is missing"
+        detail = f"gap in the chain: points at {recorded.get('period')}, whose manifest is missing"
+    elif isinstance(recorded.get("period"), str) and prev_period < recorded["period"] < period:
+        detail = (
+            f"gap in the chain: points at {recorded['period']}, whose manifest is missing "
+            f"(the sealed period before it is {prev_period}); restore manifests/{recorded['period']}.json"
+        )
     elif recorded.get("period") != prev_period:
         detail = f"points at {recorded.get('period')}, but the previous sealed period is {prev_period}"
     else:
@@ -443,6 +448,46 @@ def _parquet_in(store: Store, rel_dir: str) -> list[str]:
         and info.path.endswith(".parquet")
         and not posixpath.basename(info.path).startswith((".", "_"))
     )
+
+
+# -- damage reports -------------------------------------------------------------------------
+def find_damaged(store: Store, limit: int = 3) -> list[str]:
+    """Files under the store that cannot be read, as ``"<path>: <what is wrong>"`` (at most ``limit``).
+
+    For error reports after a read failed with a vendor error that names no file (a truncated
+    Parquet file, a garbled batch journal): every Parquet file is read in full, every journal
+    entry and manifest parsed. Slow on a large store, and only run when something already failed.
+    """
+    found: list[str] = []
+    selector = pafs.FileSelector(store.root, recursive=True, allow_not_found=True)
+    for info in sorted(_fs(store).get_file_info(selector), key=lambda i: i.path):
+        if info.type != pafs.FileType.File or len(found) >= limit:
+            continue
+        rel = relative_path(store, info.path)
+        name = posixpath.basename(rel)
+        if name.startswith(".") or rel.startswith(("_staging/", "bus/")):
+            continue
+        problem = None
+        if name.endswith(".parquet"):
+            try:
+                with _fs(store).open_input_file(info.path) as handle:
+                    pq.ParquetFile(handle).read()
+            except Exception as exc:  # noqa: BLE001 - any failure to read is the damage to report
+                problem = f"not a readable Parquet file ({_first_line(exc)})"
+        elif name.endswith(".json") and rel.startswith(("_journal/", f"{MANIFEST_DIR}/")):
+            try:
+                json.loads(store.read_bytes(info.path))
+            except ValueError as exc:
+                what = "batch journal entry" if rel.startswith("_journal/") else "manifest"
+                problem = f"garbled {what}, not JSON ({exc})"
+        if problem is not None:
+            found.append(f"{store.path(rel)}: {problem}")
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 # -- keys -----------------------------------------------------------------------------------

@@ -16,3 +16,15 @@ class BusUnavailable(StreamError):
 
 class BusConfigError(StreamError):
     """The bus settings are wrong (bad bootstrap address, bad security settings)."""
+
+
+class BusCorrupt(StreamError):
+    """The local bus's log or a group's saved position is damaged (not a torn tail).
+
+    Never retried and never cut away: the message names the file, the record's offset and
+    byte, and what to do. Records after the damage are not read until an operator acts.
+    """
+
+
+class ConsumerGroupBusy(StreamError):
+    """Another consumer of the same group already reads this local bus (it would double count)."""

@@ -320,6 +320,9 @@ class KafkaBus:
         return KafkaConsumer(self, topic, group, on_revoke)
 
 
+_PRUNE_AT = 10_000  # pending messages before delivered ones are forgotten
+
+
 class KafkaProducer:
     """:class:`streams.bus.Producer` on Kafka: ``acks='all'``, idempotent, zstd, key = node.
 
@@ -335,6 +338,7 @@ class KafkaProducer:
         self.topic = topic
         self._producer: _KProducer | None = None
         self._pending: list[Any] = []
+        self._prune_at = _PRUNE_AT
 
     def __repr__(self) -> str:
         return f"KafkaProducer(topic={self.topic!r}, bus={self._bus!r})"
@@ -370,8 +374,24 @@ class KafkaProducer:
             self._pending.append(producer.send(self.topic, value=value, key=key.encode()))
         except kerr.KafkaError as exc:
             raise _translate(exc, f"sending to {self.topic}", sasl=self._sasl) from exc
-        if len(self._pending) >= 10_000:  # a long ingest: keep only what is still open or failed
-            self._pending = [f for f in self._pending if not (f.is_done and f.succeeded())]
+        if len(self._pending) >= self._prune_at:
+            self._prune()
+
+    def _prune(self) -> None:
+        """A long ingest: forget what was delivered, and stop at the first message that failed.
+
+        Without the stop, a producer whose broker died goes on sending for as long as expired
+        messages free buffer space, and reports nothing until the final flush. The threshold
+        doubles with what stays open, so a slow broker costs amortised O(1) per send."""
+        self._pending = [f for f in self._pending if not (f.is_done and f.succeeded())]
+        failed = [f for f in self._pending if f.is_done and f.failed()]
+        if failed:
+            count = len(self._pending)
+            self._pending = []
+            raise _translate(
+                failed[0].exception, f"delivering {len(failed)} of {count} pending messages to {self.topic}", sasl=self._sasl
+            ) from failed[0].exception
+        self._prune_at = max(_PRUNE_AT, 2 * len(self._pending))
 
     def flush(self, timeout_s: float | None = None) -> None:
         if self._producer is None or not self._pending:
@@ -379,6 +399,10 @@ class KafkaProducer:
             # in kafka-python's buffer; their sender was told, and holds them (the spool).
             return
         pending, self._pending = self._pending, []
+        if timeout_s is None:
+            # Never wait without end: a broker that dies mid-send must end an ingest with an
+            # error once every message's delivery timeout has passed.
+            timeout_s = self._bus.delivery_timeout_s + self._bus.connect_timeout_s
         try:
             self._producer.flush(timeout=timeout_s)
         except kerr.KafkaError as exc:
@@ -393,12 +417,29 @@ class KafkaProducer:
             raise BusUnavailable(f"{unfinished} messages to {self.topic} not acknowledged in time")
 
     def close(self) -> None:
+        """Flush and close; messages that cannot be delivered are dropped (the flush said so)."""
         if self._producer is not None:
             try:
                 self.flush()
             finally:
-                self._producer.close(timeout=self._bus.connect_timeout_s)
-                self._producer = None
+                producer, self._producer = self._producer, None
+                _close_producer(producer, self._bus.connect_timeout_s)
+
+
+def _close_producer(producer: _KProducer, timeout_s: float) -> None:
+    """Close a kafka-python producer even when its broker is gone.
+
+    kafka-python's ``close`` flushes first and raises ``KafkaTimeoutError`` while messages are
+    undelivered, leaving the producer open: its ``__del__`` then retries at interpreter exit and
+    prints a traceback after our one-line error. Force it closed instead.
+    """
+    try:
+        producer.close(timeout=timeout_s)
+    except kerr.KafkaTimeoutError:
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        producer._closed = True  # noqa: SLF001 - see the docstring
 
 
 class _RevokeListener(ConsumerRebalanceListener):

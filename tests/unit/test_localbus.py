@@ -20,6 +20,7 @@ def test_a_consumer_resumes_at_its_last_commit(tmp_path) -> None:
     assert [r.value for r in first] == [b"m0", b"m1", b"m2"]
     consumer.commit({0: first[-1].offset + 1})
     consumer.poll_batch(10, 0.1)  # read but never committed: a crash
+    consumer.close()
     restarted = bus.consumer("t", "g")
     assert [r.value for r in restarted.poll_batch(10, 0.1)] == [b"m3", b"m4"]
     assert [r.offset for r in bus.consumer("t", "other").poll_batch(10, 0.1)] == [0, 1, 2, 3, 4]
