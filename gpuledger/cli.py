@@ -434,7 +434,7 @@ app.add_typer(bus_app, name="bus")
 
 
 @bus_app.command("trim")
-def bus_trim(data_dir: DataDirOpt = None, registry: RegistryOpt = None, bus: BusOpt = None) -> None:
+def bus_trim(data_dir: DataDirOpt = None, registry: RegistryOpt = None) -> None:
     """Drop the part of the local bus's log that every consumer group has committed.
 
     Safe while producers and consumers run; a group that never committed starts at the first
@@ -444,9 +444,12 @@ def bus_trim(data_dir: DataDirOpt = None, registry: RegistryOpt = None, bus: Bus
     def body() -> None:
         from streams.localbus import LocalBus
 
-        settings = settings_from(data_dir, registry, bus)
-        if settings.bus != "local":
-            raise GpuledgerError("bus trim is for the embedded local bus; Kafka trims by topic retention")
+        settings = settings_from(data_dir, registry)
+        if not (Path(settings.data_dir) / "bus").is_dir():
+            raise GpuledgerError(
+                f"{Path(settings.data_dir) / 'bus'} holds no embedded bus: bus trim is for the local bus "
+                "(Kafka trims by topic retention)"
+            )
         the_bus = LocalBus(Path(settings.data_dir) / "bus")
         for topic in the_bus.topics():
             result = the_bus.trim(topic)

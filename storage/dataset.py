@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from storage.delta import CommitConflict, DeltaDataset, NewFile
+from storage.delta import CommitConflict, DeltaDataset, NewFile, brief
 from storage.errors import StorageError
 from storage.objectstore import S3Location, parse_s3_root, refused_credentials_hint
 from storage.schemas import TABLES
@@ -109,7 +109,7 @@ class Store:
             self._fs.create_dir(self.root, recursive=True)
         except OSError as exc:
             raise StorageError(
-                f"cannot open the data directory {self.display_root}: {exc}{refused_credentials_hint(str(exc))}"
+                f"cannot open the data directory {self.display_root}: {brief(exc)}{refused_credentials_hint(str(exc))}"
             ) from exc
         self._tables: dict[str, DeltaDataset] = {}
         self._pinned: dict[str, list[str]] = {}
@@ -293,7 +293,7 @@ class Store:
                 out.write(data)
             _fsync_local(self._fs, full)
         except OSError as exc:
-            raise StorageError(f"cannot write {self.uri(dataset, rel)}: {exc}{refused_credentials_hint(str(exc))}") from exc
+            raise StorageError(f"cannot write {self.uri(dataset, rel)}: {brief(exc)}{refused_credentials_hint(str(exc))}") from exc
 
     @contextlib.contextmanager
     def open_new_file(self, dataset: str, rel: str):

@@ -27,6 +27,7 @@ prefix listings. Each ``add`` carries min/max statistics for pruning.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -81,7 +82,10 @@ class DeltaDataset:
         except TableNotFoundError:
             return None
         except (DeltaError, OSError) as exc:
-            raise StorageError(f"cannot read the Delta log of {self.uri}: {exc}{refused_credentials_hint(str(exc))}") from exc
+            raise StorageError(
+                f"cannot read the Delta log of {self.uri}: {_why(exc)} (a damaged _delta_log entry: restore "
+                "the table's _delta_log from a backup)"
+            ) from exc
         return self._table
 
     def version(self) -> int:
@@ -119,7 +123,7 @@ class DeltaDataset:
                 self.uri, schema=self.schema, mode="ignore", storage_options=self._options or None
             )
         except (DeltaError, OSError) as exc:
-            raise StorageError(f"cannot create the Delta table {self.uri}: {exc}{refused_credentials_hint(str(exc))}") from exc
+            raise StorageError(f"cannot create the Delta table {self.uri}: {_why(exc)}") from exc
         self._table = None
 
     def commit(
@@ -164,10 +168,10 @@ class DeltaDataset:
             table.create_write_transaction(actions, "append", self.schema, commit_properties=props)
         except CommitFailedError as exc:
             self._table = None
-            raise CommitConflict(f"commit to {self.uri} conflicted with another writer: {exc}") from exc
+            raise CommitConflict(f"commit to {self.uri} conflicted with another writer: {brief(exc)}") from exc
         except (DeltaError, OSError) as exc:
             self._table = None
-            raise StorageError(f"cannot commit to {self.uri}: {exc}{refused_credentials_hint(str(exc))}") from exc
+            raise StorageError(f"cannot commit to {self.uri}: {_why(exc)}") from exc
         return self.version()
 
     def vacuum(self, retention_hours: int) -> list[str]:
@@ -178,6 +182,19 @@ class DeltaDataset:
         return list(
             table.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False)
         )
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def brief(exc: BaseException) -> str:
+    """A vendor error's first line, without colour codes or a Rust backtrace."""
+    text = _ANSI.sub("", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _why(exc: BaseException) -> str:
+    return brief(exc) + refused_credentials_hint(str(exc))
 
 
 def _stats_json(f: NewFile) -> str:

@@ -463,11 +463,14 @@ class LocalConsumer:
     def lag(self) -> dict[int, int]:
         """Bytes of log after the position (a torn tail a crashed producer left counts until
         the next producer cuts it off)."""
+        segment = current_segment(self._dir)
+        if segment is None:
+            return {0: 0}
         try:
-            size = self._path.stat().st_size
+            end = segment.base_position + segment.path.stat().st_size
         except FileNotFoundError:
-            size = 0
-        return {0: max(0, size - self._position)}
+            return {0: 0}
+        return {0: max(0, end - self._position)}
 
     def caught_up(self) -> bool:
         segment = self._segment_for_read()

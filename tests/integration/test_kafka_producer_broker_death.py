@@ -44,7 +44,7 @@ def test_ingest_ends_with_one_line_when_the_broker_dies_mid_send(
     # given a large ingest, one event per message, under way
     env = {
         **os.environ, "PYTHONPATH": str(REPO), "GPULEDGER_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "GPULEDGER_KAFKA__USAGE_TOPIC": kafka_topic, "GPULEDGER_CONFIG": "/nonexistent/gpuledger.toml",
+        "GPULEDGER_KAFKA__USAGE_TOPIC": kafka_topic, "GPULEDGER_CONFIG": "",
         "COLUMNS": "400",
     }
     ingest = subprocess.Popen(

@@ -33,7 +33,7 @@ def cli(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "400", "GPULEDGER_CONFIG": "/nonexistent/gpuledger.toml"}
+    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "400", "GPULEDGER_CONFIG": ""}
 
 
 def events_file(path: Path, count: int, day: int = 2) -> Path:
@@ -48,7 +48,7 @@ def events_file(path: Path, count: int, day: int = 2) -> Path:
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("{")]  # JSON logs aside
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     return lines[0]
@@ -63,11 +63,12 @@ def stored(tmp_path: Path) -> Path:
     return data
 
 
-def test_a_truncated_usage_file_is_named(stored: Path) -> None:
-    [usage] = sorted(stored.glob("usage_hourly/**/*.parquet"))
-    usage.write_bytes(usage.read_bytes()[:100])
+def test_a_truncated_raw_file_is_named(stored: Path) -> None:
+    [raw] = sorted(stored.glob("raw/**/*.parquet"))
+    raw.write_bytes(raw.read_bytes()[:100])
     line = one_error_line(cli("close", "--month", "2026-11", data=stored))
-    assert f"{usage}: not a readable Parquet file" in line and "restore it from a backup" in line
+    rel = raw.relative_to(stored).as_posix()
+    assert f"damaged raw file(s), not rolled up: {rel}" in line and "Restore them from a backup" in line
 
 
 def test_a_corrupt_billing_ledger_is_named(stored: Path) -> None:
@@ -81,12 +82,12 @@ def test_a_corrupt_billing_ledger_is_named(stored: Path) -> None:
     assert f"{bill}: not a readable Parquet file" in line
 
 
-def test_a_garbled_batch_journal_is_named(stored: Path) -> None:
-    journal = stored / "_journal" / "0123abcd.json"
-    journal.parent.mkdir(exist_ok=True)
-    journal.write_text('{"batch": "0123abcd", "moves": [["a", ')
+def test_a_garbled_delta_log_entry_is_named(stored: Path, tmp_path: Path) -> None:
+    newest = sorted((stored / "raw" / "_delta_log").glob("*.json"))[-1]
+    newest.write_text('{"add": {"path": "period=2026-11/')
+    assert cli("ingest", str(events_file(tmp_path / "more.jsonl", 50, day=3)), data=stored).returncode == 0
     line = one_error_line(cli("consume", "--until-idle", data=stored))
-    assert f"{journal}: garbled batch journal entry" in line
+    assert f"{stored / 'raw'}" in line and "Delta log" in line
 
 
 def test_a_garbled_group_file_is_named(stored: Path) -> None:

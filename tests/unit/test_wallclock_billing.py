@@ -19,6 +19,7 @@ from acct_given import golden_registry, hours, ledger, write_usage
 from accounting.close import close_month
 from accounting.wallclock import share
 from storage.dataset import Store
+from storage.rollup import roll_up
 from streams.pipeline import BatchProcessor
 from streams.schema import make_event_id
 from streams.validate import Accounts
@@ -50,6 +51,7 @@ def event(gpu: str, seconds: float, *, device: str | None = None, node: str = "n
 def consume(store: Store, *events: dict) -> None:
     result = BatchProcessor(store, ACCOUNTS).process([("test", "\n".join(json.dumps(e) for e in events).encode())])
     assert result.accepted == len(events), result
+    roll_up(store)  # usage_hourly from raw, as the scheduler and the close CLI do
 
 
 def billed(store: Store, period: str = "2026-11") -> dict[tuple[str, str], tuple[int, Decimal]]:
