@@ -66,9 +66,9 @@ class WaitsForEviction:
     def __init__(self, inner: BatchProcessor, evicted: threading.Event):
         self._inner, self._evicted = inner, evicted
 
-    def process(self, messages):
+    def process(self, messages, positions=None):
         assert self._evicted.wait(120), "the other member never got the partitions: max_poll_interval_ms not applied?"
-        return self._inner.process(messages)
+        return self._inner.process(messages, positions)
 
 
 def test_a_step_longer_than_max_poll_interval_is_evicted_and_its_commit_counted_refused(
