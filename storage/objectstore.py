@@ -56,29 +56,22 @@ class S3Location:
             allow_bucket_creation=False,
         )
 
+    def _options(self, spelling: dict[str, str]) -> dict[str, str]:
+        values = {
+            "region": self.region, "endpoint": self.endpoint_url,
+            "allow_http": "true" if (self.endpoint_url or "").startswith("http://") else None,
+            "key": self.access_key_id, "secret": self.secret_access_key,
+        }
+        return {spelling[name]: value for name, value in values.items() if value}
+
     def delta_options(self) -> dict[str, str]:
-        options = {"AWS_REGION": self.region, "conditional_put": "etag"}
-        if self.endpoint_url:
-            options["AWS_ENDPOINT_URL"] = self.endpoint_url
-            if self.endpoint_url.startswith("http://"):
-                options["AWS_ALLOW_HTTP"] = "true"
-        if self.access_key_id:
-            options["AWS_ACCESS_KEY_ID"] = self.access_key_id
-        if self.secret_access_key:
-            options["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
-        return options
+        """For delta-rs (object_store), with etag conditional puts: atomic commits on SeaweedFS."""
+        return self._options({"region": "AWS_REGION", "endpoint": "AWS_ENDPOINT_URL", "allow_http": "AWS_ALLOW_HTTP",
+                              "key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY"}) | {"conditional_put": "etag"}
 
     def polars_options(self) -> dict[str, str]:
-        options = {"aws_region": self.region}
-        if self.endpoint_url:
-            options["aws_endpoint_url"] = self.endpoint_url
-            if self.endpoint_url.startswith("http://"):
-                options["aws_allow_http"] = "true"
-        if self.access_key_id:
-            options["aws_access_key_id"] = self.access_key_id
-        if self.secret_access_key:
-            options["aws_secret_access_key"] = self.secret_access_key
-        return options
+        return self._options({"region": "aws_region", "endpoint": "aws_endpoint_url", "allow_http": "aws_allow_http",
+                              "key": "aws_access_key_id", "secret": "aws_secret_access_key"})
 
 
 def parse_s3_root(root: str, options: Mapping[str, str] | None = None) -> S3Location:

@@ -141,6 +141,16 @@ def quarantine_rows(data_dir: Path) -> list[dict]:
     return [] if table is None else table.to_pylist()
 
 
+def publish(bus, topic: str, batches) -> None:
+    """Every batch onto ``topic``, each node's under its key, as collectors send them."""
+    from collectors.publish import DirectPublisher
+
+    publisher = DirectPublisher(bus.producer(topic))
+    for node, events in batches:
+        publisher.publish(node, list(events))
+    publisher.close()
+
+
 def kafka_bus(bootstrap: str, partitions: int = 4) -> KafkaBus:
     return KafkaBus(KafkaSettings(bootstrap=bootstrap, partitions=partitions), connect_timeout_s=5.0)
 

@@ -15,6 +15,7 @@ from kafka_fleet import (
     billable,
     kafka_bus,
     known_fleet,
+    publish,
     quarantine_rows,
     raw_event_ids,
     registry,
@@ -24,18 +25,11 @@ from kafka_fleet import (
 )
 
 from accounting.close import close_month
-from collectors.publish import DirectPublisher, encode_batch
+from collectors.publish import encode_batch
 from storage.dataset import Store
 from storage.rollup import rolled_up
 
 pytestmark = pytest.mark.integration
-
-
-def publish(bus, topic: str, batches) -> None:
-    publisher = DirectPublisher(bus.producer(topic))
-    for node, events in batches:
-        publisher.publish(node, list(events))
-    publisher.close()
 
 
 def billed(data_dir: Path) -> dict[tuple[str, str], int]:

@@ -7,18 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kafka_fleet import kafka_bus, known_fleet, raw_event_ids, stored, stream_consumer, truth
+from kafka_fleet import kafka_bus, known_fleet, publish, raw_event_ids, stored, stream_consumer, truth
 
-from collectors.publish import DirectPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
-
-
-def publish(bus, topic: str, batches) -> None:
-    publisher = DirectPublisher(bus.producer(topic))
-    for node, events in batches:
-        publisher.publish(node, list(events))
-    publisher.close()
 
 
 def test_spool_replays_after_the_window_are_dropped_and_a_late_interval_is_kept(

@@ -11,18 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka_fleet import REPO, kafka_bus, known_fleet, raw_event_ids, stored, truth
+from kafka_fleet import REPO, kafka_bus, known_fleet, publish, raw_event_ids, stored, stream_consumer, truth
 
-from collectors.publish import DirectPublisher
 
 pytestmark = pytest.mark.integration
 
-
-def publish(bus, topic: str, batches) -> None:
-    publisher = DirectPublisher(bus.producer(topic))
-    for node, events in batches:
-        publisher.publish(node, list(events))
-    publisher.close()
 
 HERE = Path(__file__).resolve().parent
 
@@ -96,8 +89,6 @@ def test_a_member_handed_a_partition_resumes_where_storage_is_not_where_kafka_is
     """Given a member that stored the whole topic but whose offset commits were all lost (a
     rebalance refused them), when another member of the group is handed the partitions, then
     it seeks to the offsets stored with the rows: it re-reads nothing and stores nothing twice."""
-    from kafka_fleet import stream_consumer
-
     fleet = known_fleet(nodes_per_entity=1, hours=2)
     bus = kafka_bus(kafka_bootstrap, partitions=4)
     bus.ensure_topics([kafka_topic])
