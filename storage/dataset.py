@@ -173,6 +173,10 @@ class Store:
             return [self.path(name, p) for p in listed if p.startswith(wanted)]
         return self._list_parquet(self.path(dataset))
 
+    def files_overlapping(self, dataset: str, column: str, lo: object, hi: object) -> list[str]:
+        """Files of table ``dataset`` whose statistics for ``column`` may fall in ``[lo, hi)``."""
+        return [self.path(dataset, p) for p in self.table(dataset).files_overlapping(column, lo, hi)]
+
     def _list_parquet(self, base: str) -> list[str]:
         info = self._fs.get_file_info(base)
         if info.type == pafs.FileType.NotFound:

@@ -102,6 +102,23 @@ class DeltaDataset:
         actions = table.get_add_actions(flatten=True)
         return sorted(str(p) for p in actions.column("path").to_pylist())
 
+    def files_overlapping(self, column: str, lo: object, hi: object) -> list[str]:
+        """Live files whose ``column`` statistics may hold a value in ``[lo, hi)`` (a file
+        without statistics is kept): pruning by the log, no file is opened."""
+        table = self.table()
+        if table is None:
+            return []
+        actions = pa.table(table.get_add_actions(flatten=True))
+        paths = actions.column("path").to_pylist()
+        if f"min.{column}" not in actions.column_names:
+            return sorted(paths)
+        mins = actions.column(f"min.{column}").to_pylist()
+        maxs = actions.column(f"max.{column}").to_pylist()
+        return sorted(
+            p for p, a, b in zip(paths, mins, maxs, strict=True)
+            if a is None or b is None or (a < hi and b >= lo)
+        )
+
     def transaction_version(self, app_id: str) -> int | None:
         """The version last committed for ``app_id`` (for a Kafka partition: its last offset).
 

@@ -213,10 +213,9 @@ class EventWindow:
         )
 
     def _scan_hour(self, hour: datetime) -> pl.LazyFrame:
-        """Rows of ``raw`` in one UTC hour: only the files of its KST date are listed."""
-        kst = hour + timedelta(hours=9)
-        date = kst.strftime("%Y-%m-%d")
-        files = self._store.files(f"{RAW}/period={date[:7]}/date={date}")
+        """Rows of ``raw`` in one UTC hour: only files whose time range (from the log's
+        statistics) touches the hour are opened, however many the day holds."""
+        files = self._store.files_overlapping(RAW, "interval_start", hour, hour + _HOUR)
         return self._store.scan_files(files, RAW_EVENTS).filter(
             (pl.col("interval_start") >= hour) & (pl.col("interval_start") < hour + _HOUR)
         )
