@@ -115,6 +115,9 @@ class ConsumerSettings(_Section):
     max_batch_records: int = Field(default=50_000, ge=1)
     poll_timeout_s: float = Field(default=0.5, gt=0)
     idle_polls: int = Field(default=2, ge=1)  # --until-idle: empty polls in a row before exit
+    # event-time hours of ids the dedupe holds in memory (24 bytes per id); re-sends of older
+    # hours are checked against storage, which costs CPU when many arrive late
+    dedupe_window_hours: int = Field(default=2, ge=1, le=48)
     # where `consume` writes its progress for `gpuledger health` (default <data-dir>/consumer.heartbeat.json;
     # one per process: consumers sharing a data dir each need their own)
     heartbeat_file: Path | None = None

@@ -19,6 +19,7 @@ from storage.dataset import Store
 from streams.bus import Bus
 from streams.consumer import StreamConsumer
 from streams.metrics import ConsumerMetrics
+from streams.dedupe import EventWindow
 from streams.pipeline import BatchProcessor
 from streams.validate import Accounts
 
@@ -91,7 +92,7 @@ def make_stream_consumer(
         metrics.report()
     return StreamConsumer(
         bus_consumer,
-        BatchProcessor(store, accounts_of(registry)),
+        BatchProcessor(store, accounts_of(registry), EventWindow(store, settings.consumer.dedupe_window_hours)),
         quarantine_producer=quarantine,
         max_batch_records=settings.consumer.max_batch_records,
         poll_timeout_s=settings.consumer.poll_timeout_s,
