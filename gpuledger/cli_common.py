@@ -52,7 +52,7 @@ def run_command(body: Callable[[], T]) -> T:
     """Run a command body; our errors become exit 1 with a one-line reason.
 
     So do a full disk and a damaged file that a library failed to read (a truncated Parquet
-    file, a garbled journal): the data dir is searched for the file to name. Anything else
+    file, a garbled Delta log entry): the data dir is searched for the file to name. Anything else
     keeps its traceback (a bug to report).
     """
     try:
@@ -96,8 +96,8 @@ def explain_failure(exc: BaseException, data_dir: Path | None) -> str | None:
     if damaged:
         more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
         return (
-            f"{damaged[0]}{more}; restore it from a backup, or move a batch journal entry aside and consume "
-            "again (`gpuledger verify` lists sealed files that changed)"
+            f"{damaged[0]}{more}; restore it from a backup (a Delta log entry: the table's _delta_log) and run the "
+            "command again (`gpuledger verify` lists sealed files that changed)"
         )
     if vendor or isinstance(exc, OSError):
         lines = str(exc).strip().splitlines()

@@ -309,16 +309,20 @@ class Store:
             yield out
         _fsync_local(self._fs, full)
 
-    def new_file_of(self, dataset: str, rel: str, rows: int, stats: Mapping[str, tuple[object, object]]) -> NewFile:
-        """Describe a file written by a streaming writer (size and SHA-256 read back)."""
-        full = self.path(dataset, rel)
+    def sha256_of(self, path: str) -> tuple[str, int]:
+        """(SHA-256, byte size) of a stored file, read in 8 MiB chunks."""
         digest = hashlib.sha256()
         size = 0
-        with self._fs.open_input_stream(full) as handle:
+        with self._fs.open_input_stream(path) as handle:
             while chunk := handle.read(8 << 20):
                 digest.update(chunk)
                 size += len(chunk)
-        return NewFile(rel, size, rows, digest.hexdigest(), stats)
+        return digest.hexdigest(), size
+
+    def new_file_of(self, dataset: str, rel: str, rows: int, stats: Mapping[str, tuple[object, object]]) -> NewFile:
+        """Describe a file written by a streaming writer (size and SHA-256 read back)."""
+        sha, size = self.sha256_of(self.path(dataset, rel))
+        return NewFile(rel, size, rows, sha, stats)
 
     def commit_files(
         self,

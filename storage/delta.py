@@ -92,13 +92,11 @@ class DeltaDataset:
         table = self.table()
         return -1 if table is None else table.version()
 
-    def files(self, version: int | None = None) -> list[str]:
-        """Paths (relative to the table root) of the files of the newest or a given version."""
+    def files(self) -> list[str]:
+        """Paths (relative to the table root) of the files of the newest version."""
         table = self.table()
         if table is None:
             return []
-        if version is not None and version != table.version():
-            table = DeltaTable(self.uri, version=version, storage_options=self._options or None)
         actions = table.get_add_actions(flatten=True)
         return sorted(str(p) for p in actions.column("path").to_pylist())
 

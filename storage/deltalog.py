@@ -14,7 +14,6 @@ roll-up before it reads a day of ``raw``).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections.abc import Iterable
@@ -23,7 +22,6 @@ import pyarrow.parquet as pq
 
 from storage.dataset import Store
 from storage.delta import SHA256_STAT
-_CHUNK = 8 << 20
 
 
 def recorded_sha256(store: Store, dataset: str) -> dict[str, str | None]:
@@ -43,11 +41,8 @@ def recorded_sha256(store: Store, dataset: str) -> dict[str, str | None]:
             if add:
                 live[add["path"]] = _sha_of(add.get("stats"))
     version = start + 1
-    while True:
-        path = store.path(dataset, "_delta_log", f"{version:020d}.json")
-        if not store.exists(path):
-            break
-        for action in _lines(store.read_bytes(path).decode()):
+    while (actions := commit_actions(store, dataset, version)) is not None:
+        for action in actions:
             if "add" in action:
                 live[action["add"]["path"]] = _sha_of(action["add"].get("stats"))
             elif "remove" in action:
@@ -56,31 +51,36 @@ def recorded_sha256(store: Store, dataset: str) -> dict[str, str | None]:
     return live
 
 
-def damaged_files(store: Store, dataset: str, paths: Iterable[str] | None = None) -> list[str]:
+def commit_actions(store: Store, dataset: str, version: int) -> list[dict] | None:
+    """The actions of one commit of ``dataset`` (``None`` when its log entry does not exist)."""
+    path = store.path(dataset, "_delta_log", f"{version:020d}.json")
+    try:
+        text = store.read_bytes(path).decode()
+    except FileNotFoundError:
+        return None
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def damaged_files(
+    store: Store, dataset: str, paths: Iterable[str] | None = None, recorded: dict[str, str | None] | None = None
+) -> list[str]:
     """``"<dataset>/<path>: …"`` for each live file (or each of ``paths``, relative to the
-    table) whose bytes no longer hash to what was recorded when it was committed."""
-    recorded = recorded_sha256(store, dataset)
+    table) whose bytes no longer hash to what was recorded when it was committed
+    (``recorded``: :func:`recorded_sha256`, when the caller has read it already)."""
+    recorded = recorded_sha256(store, dataset) if recorded is None else recorded
     out = []
     for rel in sorted(recorded if paths is None else paths):
         expected = recorded.get(rel)
         if expected is None:
             continue
         try:
-            actual = file_sha256(store, store.path(dataset, rel))
+            actual, _ = store.sha256_of(store.path(dataset, rel))
         except OSError as exc:
             out.append(f"{dataset}/{rel}: unreadable ({exc})")
             continue
         if actual != expected:
             out.append(f"{dataset}/{rel}: SHA-256 {actual[:16]}… is not the {expected[:16]}… recorded when it was committed")
     return out
-
-
-def file_sha256(store: Store, path: str) -> str:
-    digest = hashlib.sha256()
-    with store._fs.open_input_stream(path) as handle:  # noqa: SLF001 - same package
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sha_of(stats: str | None) -> str | None:
@@ -90,9 +90,3 @@ def _sha_of(stats: str | None) -> str | None:
         return json.loads(stats).get(SHA256_STAT)
     except ValueError:
         return None
-
-
-def _lines(text: str) -> Iterable[dict]:
-    for line in text.splitlines():
-        if line.strip():
-            yield json.loads(line)

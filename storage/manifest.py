@@ -455,8 +455,8 @@ def find_damaged(store: Store, limit: int = 3) -> list[str]:
     """Files under the store that cannot be read, as ``"<path>: <what is wrong>"`` (at most ``limit``).
 
     For error reports after a read failed with a vendor error that names no file (a truncated
-    Parquet file, a garbled batch journal): every Parquet file is read in full, every journal
-    entry and manifest parsed. Slow on a large store, and only run when something already failed.
+    Parquet file, a garbled Delta log entry): every Parquet file is read in full, every log entry
+    and manifest parsed. Slow on a large store, and only run when something already failed.
     """
     found: list[str] = []
     selector = pafs.FileSelector(store.root, recursive=True, allow_not_found=True)
@@ -465,7 +465,7 @@ def find_damaged(store: Store, limit: int = 3) -> list[str]:
             continue
         rel = relative_path(store, info.path)
         name = posixpath.basename(rel)
-        if name.startswith(".") or rel.startswith(("_staging/", "bus/")):
+        if name.startswith(".") or rel.startswith("bus/"):
             continue
         problem = None
         if name.endswith(".parquet"):
@@ -474,12 +474,18 @@ def find_damaged(store: Store, limit: int = 3) -> list[str]:
                     pq.ParquetFile(handle).read()
             except Exception as exc:  # noqa: BLE001 - any failure to read is the damage to report
                 problem = f"not a readable Parquet file ({_first_line(exc)})"
-        elif name.endswith(".json") and rel.startswith(("_journal/", f"{MANIFEST_DIR}/")):
+        elif name.endswith(".json") and "/_delta_log/" in f"/{rel}":
+            try:
+                for line in store.read_bytes(info.path).decode().splitlines():
+                    if line.strip():
+                        json.loads(line)
+            except ValueError as exc:
+                problem = f"garbled Delta log entry, not JSON lines ({exc})"
+        elif name.endswith(".json") and rel.startswith(f"{MANIFEST_DIR}/"):
             try:
                 json.loads(store.read_bytes(info.path))
             except ValueError as exc:
-                what = "batch journal entry" if rel.startswith("_journal/") else "manifest"
-                problem = f"garbled {what}, not JSON ({exc})"
+                problem = f"garbled manifest, not JSON ({exc})"
         if problem is not None:
             found.append(f"{store.path(rel)}: {problem}")
     return found

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import posixpath
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date as Date
 from datetime import datetime, timedelta, timezone
@@ -37,7 +35,7 @@ import pyarrow.parquet as pq
 
 from storage.dataset import PARQUET_COMPRESSION, Store, to_table
 from storage.delta import NewFile
-from storage.deltalog import file_sha256, recorded_sha256
+from storage.deltalog import commit_actions, damaged_files, recorded_sha256
 from storage.errors import StorageError
 from storage.schemas import RAW_EVENTS, USAGE_HOURLY
 
@@ -129,18 +127,7 @@ def roll_up(store: Store) -> RollupResult:
 def _refuse_damaged(store: Store, rel_paths: list[str], recorded: dict[str, str | None]) -> None:
     """Raw files are re-hashed before their day is rolled up: a file changed since its commit
     (a flipped bit, a truncation) must never become usage that is then sealed and billed."""
-    damaged = []
-    for rel in rel_paths:
-        expected = recorded.get(rel)
-        if expected is None:
-            continue
-        try:
-            actual = file_sha256(store, store.path("raw", rel))
-        except OSError as exc:
-            damaged.append(f"raw/{rel} ({exc})")
-            continue
-        if actual != expected:
-            damaged.append(f"raw/{rel} (SHA-256 differs from the one recorded at its commit)")
+    damaged = damaged_files(store, "raw", rel_paths, recorded)
     if damaged:
         raise StorageError(
             f"damaged raw file(s), not rolled up: {'; '.join(damaged)}. Restore them from a backup "
@@ -219,10 +206,7 @@ def _minus(full: pl.DataFrame, sealed: pl.DataFrame) -> pl.DataFrame:
     """``full`` − ``sealed`` per key: rows whose sums changed, holding the difference."""
     if sealed.height == 0:
         return full
-    sealed_sums = sealed.group_by(HOURLY_KEYS).agg(
-        [pl.col(c).sum().alias(f"_s_{c}") for c in _SUMS if c != "energy_joules"]
-        + [pl.col("energy_joules").sum().alias("_s_energy_joules")]
-    )
+    sealed_sums = sealed.group_by(HOURLY_KEYS).agg([pl.col(c).sum().alias(f"_s_{c}") for c in _SUMS])
     joined = full.join(sealed_sums, on=HOURLY_KEYS, how="full", coalesce=True, nulls_equal=True)
     diffs = [
         (pl.col(c).fill_null(0) - pl.col(f"_s_{c}").fill_null(0)).alias(c) for c in _SUMS
@@ -241,22 +225,14 @@ def _changed_dates(store: Store, done: int | None, version: int) -> set[str] | N
         return None
     dates: set[str] = set()
     for v in range(done + 1, version + 1):
-        path = store.path("raw", "_delta_log", f"{v:020d}.json")
-        try:
-            text = store.read_bytes(path).decode()
-        except (FileNotFoundError, OSError):
+        actions = commit_actions(store, "raw", v)
+        if actions is None:  # cleaned up since: the caller rolls every date up
             return None
-        for action in _actions(text.splitlines()):
+        for action in actions:
             add = action.get("add")
             if add and add.get("dataChange", True):
                 dates.add(_date_dir(add["path"]))
     return dates
-
-
-def _actions(lines: Iterable[str]) -> Iterable[dict]:
-    for line in lines:
-        if line.strip():
-            yield json.loads(line)
 
 
 def _date_dir(rel: str) -> str:

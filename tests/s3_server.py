@@ -11,22 +11,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+from script_server import ScriptServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "s3.sh"
 BUILD_TIMEOUT_S = 45 * 60  # a first build compiles SeaweedFS: ~15 minutes on 2 cores
 START_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,13 +53,15 @@ class S3Endpoint:
         return "/".join([f"s3://{self.bucket}", *parts])
 
 
-class S3Server:
+class S3Server(ScriptServer):
     """One ``weed mini`` in ``home``; ``stop()`` and ``start()`` keep its data."""
+
+    script, log_name, what = SCRIPT, "weed.log", "server"
 
     def __init__(self, home: Path, bucket: str = "gpuledger-test"):
         self.home = home
         self.endpoint = S3Endpoint(
-            endpoint_url=f"http://127.0.0.1:{_free_port()}",
+            endpoint_url=f"http://127.0.0.1:{free_port()}",
             access_key=f"test-{secrets.token_hex(4)}",
             secret_key=secrets.token_urlsafe(24),
             region="us-east-1",
@@ -81,22 +77,6 @@ class S3Server:
             "S3_SECRET_KEY": self.endpoint.secret_key,
             "S3_START_TIMEOUT_S": str(START_TIMEOUT_S - 30),
         }
-
-    def _run(self, command: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", str(SCRIPT), command],
-            env=self._env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-
-    def log_tail(self, lines: int = 60) -> str:
-        log = self.home / "weed.log"
-        if not log.exists():
-            return "(no server log)"
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
     def build(self) -> None:
         """The cached binary, or a build of it (the first time only)."""

@@ -9,37 +9,32 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from script_server import ScriptServer, free_port  # tests/ is on sys.path (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "kafka.sh"
 
 
-def _free_port() -> int:
-    """A port the OS just handed out (bind to port 0), free again once the socket closes."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class KafkaBroker:
+class KafkaBroker(ScriptServer):
     """A single-node broker in ``home``; ``stop()`` and ``start()`` keep its data."""
+
+    script, log_name, what = SCRIPT, "broker.log", "broker"
 
     def __init__(self, home: Path):
         self.home = home
-        port = _free_port()
-        controller_port = _free_port()
+        port = free_port()
+        controller_port = free_port()
         while controller_port == port:
-            controller_port = _free_port()
-        sasl_port = _free_port()
+            controller_port = free_port()
+        sasl_port = free_port()
         while sasl_port in (port, controller_port):
-            sasl_port = _free_port()
+            sasl_port = free_port()
         self.port = port
         self.bootstrap = f"127.0.0.1:{port}"
         # a second listener, SASL_PLAINTEXT with SCRAM-SHA-512, for the security tests
@@ -56,22 +51,6 @@ class KafkaBroker:
             "KAFKA_SCRAM_USER": self.scram_user,
             "KAFKA_SCRAM_PASSWORD": self.scram_password,
         }
-
-    def _run(self, command: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", str(SCRIPT), command],
-            env=self._env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-
-    def log_tail(self, lines: int = 60) -> str:
-        log = self.home / "broker.log"
-        if not log.exists():
-            return "(no broker log)"
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
     def start(self) -> None:
         try:
