@@ -223,6 +223,10 @@ class Store:
     def exists(self, path: str) -> bool:
         return self._fs.get_file_info(path).type != pafs.FileType.NotFound
 
+    def file_info(self, path: str) -> pafs.FileInfo:
+        """Type, size and modification time of a stored file (storage.verified keys on them)."""
+        return self._fs.get_file_info(path)
+
     # -- single atomic files (ledgers, manifests) ------------------------------------------
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""

@@ -1,72 +1,155 @@
-"""The SHA-256 recorded for each file of a table when it was committed, read from the Delta log.
+"""What each file of a table recorded when it was committed, read from the Delta log.
 
 Every ``add`` our writers commit carries, inside its ``stats`` JSON, the key
-:data:`SHA256_STAT` (the SHA-256 of the file's bytes, computed before the commit). Delta keeps
-``stats`` verbatim in its checkpoints, so the current record of every live file is the newest
-checkpoint plus the commits after it (at most ~100 small JSON files): the cost follows the
-table's current size, not its history. ``deltalake`` does not expose raw stats, hence this
-small reader of the log (the protocol's documented JSON and checkpoint layout).
+:data:`SHA256_STAT` (the SHA-256 of the file's bytes, computed before the commit), its row
+count and min/max of the pruning columns. Delta keeps ``stats`` verbatim in its checkpoints,
+so the current record of every live file is the newest checkpoint plus the commits after it
+(at most ~100 small JSON files): the cost follows the table's current size, not its history.
+``deltalake`` does not expose raw stats, hence this small reader of the log (the protocol's
+documented JSON and checkpoint layout).
+
+:class:`TableLog` reads the log once and then only the commits after the last one it read
+(the dedupe's verified reads ask it on every lookup of a file it does not know yet).
+
+Damage (invariant 9, named, never a traceback): a garbled ``_last_checkpoint`` or checkpoint
+file is skipped with one warning line when the log can be read from version 0 instead (the
+JSON entries are all there); otherwise, and for a garbled log entry, :class:`DamagedLog`
+names the file and the next step.
 
 :func:`damaged_files` re-hashes files and names every one whose bytes are not what was
-committed: damage before any close sealed a file is caught too (verify ``--all``, and the
-roll-up before it reads a day of ``raw``).
+committed, and every one the log lists that is gone: damage before any close sealed a file is
+caught too (verify ``--all``, and the roll-up before it reads a day of ``raw``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import logging
 from collections.abc import Iterable
 
 import pyarrow.parquet as pq
 
 from storage.dataset import Store
 from storage.delta import SHA256_STAT
+from storage.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+
+class DamagedLog(StorageError):
+    """A ``_delta_log`` file cannot be read; the message names it and the next step."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recorded:
+    """What the commit that added a file recorded about it."""
+
+    sha256: str | None
+    size_bytes: int | None
+    rows: int | None
+    min_values: dict
+    max_values: dict
+    version: int | None  # the commit that added it (None: known from a checkpoint only)
+
+
+class TableLog:
+    """Live files of one table with what their commits recorded, read incrementally."""
+
+    def __init__(self, store: Store, dataset: str):
+        self._store = store
+        self.dataset = dataset
+        self.version = -1  # the last log entry read
+        self.live: dict[str, Recorded] = {}
+        self.removed_at: dict[str, int] = {}  # path -> version of its remove (recent ones)
+
+    def refresh(self) -> TableLog:
+        """Read the commits after the last one read (the checkpoint first, on the first call)."""
+        store, dataset = self._store, self.dataset
+        if self.version < 0:
+            if not store.exists(store.path(dataset, "_delta_log")):
+                return self
+            self.version = self._from_checkpoint()
+        version = self.version + 1
+        while (actions := commit_actions(store, dataset, version)) is not None:
+            for action in actions:
+                if "add" in action:
+                    add = action["add"]
+                    self.live[add["path"]] = _recorded(add, version)
+                    self.removed_at.pop(add["path"], None)
+                elif "remove" in action:
+                    path = action["remove"]["path"]
+                    if self.live.pop(path, None) is not None:
+                        self.removed_at[path] = version
+            self.version = version
+            version += 1
+        if len(self.removed_at) > 10_000:  # a memory bound: keep the newest removes only
+            for path, _ in sorted(self.removed_at.items(), key=lambda kv: kv[1])[:5_000]:
+                del self.removed_at[path]
+        return self
+
+    def _from_checkpoint(self) -> int:
+        """Load the newest checkpoint; returns its version (-1: none, read from version 0)."""
+        store, dataset = self._store, self.dataset
+        pointer = store.path(dataset, "_delta_log", "_last_checkpoint")
+        if not store.exists(pointer):
+            return -1
+        try:
+            start = int(json.loads(store.read_bytes(pointer))["version"])
+            checkpoint = store.path(dataset, "_delta_log", f"{start:020d}.checkpoint.parquet")
+            table = pq.read_table(io.BytesIO(store.read_bytes(checkpoint)), columns=["add"])
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            where = f"{dataset}/_delta_log"
+            if commit_actions(store, dataset, 0) is None:
+                raise DamagedLog(
+                    f"{where}/_last_checkpoint or its checkpoint is damaged ({_first_line(exc)}) and the log's "
+                    f"early entries are gone, so {dataset} cannot be read without it: restore {where} from a backup"
+                ) from exc
+            log.warning(
+                "%s/_last_checkpoint or its checkpoint is damaged (%s): reading the log from version 0 instead "
+                "(nothing is lost; restore the file from a backup, or let the next checkpoint replace it)",
+                where, _first_line(exc),
+            )
+            self.live.clear()
+            return -1
+        for add in table.column("add").to_pylist():
+            if add:
+                self.live[add["path"]] = _recorded(add, None)
+        return start
 
 
 def recorded_sha256(store: Store, dataset: str) -> dict[str, str | None]:
     """Live files of ``dataset`` (paths relative to the table) → SHA-256 recorded at commit
     (``None`` for a file committed without one)."""
-    log = store.path(dataset, "_delta_log")
-    if not store.exists(log):
-        return {}
-    start = -1
-    live: dict[str, str | None] = {}
-    pointer = store.path(dataset, "_delta_log", "_last_checkpoint")
-    if store.exists(pointer):
-        start = int(json.loads(store.read_bytes(pointer))["version"])
-        checkpoint = store.path(dataset, "_delta_log", f"{start:020d}.checkpoint.parquet")
-        table = pq.read_table(io.BytesIO(store.read_bytes(checkpoint)), columns=["add"])
-        for add in table.column("add").to_pylist():
-            if add:
-                live[add["path"]] = _sha_of(add.get("stats"))
-    version = start + 1
-    while (actions := commit_actions(store, dataset, version)) is not None:
-        for action in actions:
-            if "add" in action:
-                live[action["add"]["path"]] = _sha_of(action["add"].get("stats"))
-            elif "remove" in action:
-                live.pop(action["remove"]["path"], None)
-        version += 1
-    return live
+    return {path: r.sha256 for path, r in TableLog(store, dataset).refresh().live.items()}
 
 
 def commit_actions(store: Store, dataset: str, version: int) -> list[dict] | None:
-    """The actions of one commit of ``dataset`` (``None`` when its log entry does not exist)."""
+    """The actions of one commit of ``dataset`` (``None`` when its log entry does not exist).
+    Raises :class:`DamagedLog` naming the entry when it is not JSON lines of actions."""
     path = store.path(dataset, "_delta_log", f"{version:020d}.json")
     try:
         text = store.read_bytes(path).decode()
+        actions = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if not all(isinstance(a, dict) for a in actions):
+            raise ValueError("a line is not a JSON object")
     except FileNotFoundError:
         return None
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedLog(
+            f"{dataset}/_delta_log/{version:020d}.json is damaged ({_first_line(exc)}): the table cannot be "
+            f"read past version {version - 1}; restore that file from a backup"
+        ) from exc
+    return actions
 
 
 def damaged_files(
     store: Store, dataset: str, paths: Iterable[str] | None = None, recorded: dict[str, str | None] | None = None
 ) -> list[str]:
     """``"<dataset>/<path>: …"`` for each live file (or each of ``paths``, relative to the
-    table) whose bytes no longer hash to what was recorded when it was committed
-    (``recorded``: :func:`recorded_sha256`, when the caller has read it already)."""
+    table) whose bytes no longer hash to what was recorded when it was committed, or that is
+    gone (``recorded``: :func:`recorded_sha256`, when the caller has read it already)."""
     recorded = recorded_sha256(store, dataset) if recorded is None else recorded
     out = []
     for rel in sorted(recorded if paths is None else paths):
@@ -75,6 +158,12 @@ def damaged_files(
             continue
         try:
             actual, _ = store.sha256_of(store.path(dataset, rel))
+        except FileNotFoundError:
+            out.append(
+                f"{dataset}/{rel}: missing (the Delta log lists it); restore it from a backup, or record the loss "
+                f"with `gpuledger storage record-loss --file {dataset}/{rel} --reason TEXT`"
+            )
+            continue
         except OSError as exc:
             out.append(f"{dataset}/{rel}: unreadable ({exc})")
             continue
@@ -83,10 +172,23 @@ def damaged_files(
     return out
 
 
-def _sha_of(stats: str | None) -> str | None:
-    if not stats:
-        return None
-    try:
-        return json.loads(stats).get(SHA256_STAT)
-    except ValueError:
-        return None
+def _recorded(add: dict, version: int | None) -> Recorded:
+    stats: dict = {}
+    if add.get("stats"):
+        try:
+            stats = json.loads(add["stats"])
+        except ValueError:
+            stats = {}
+    return Recorded(
+        sha256=stats.get(SHA256_STAT),
+        size_bytes=add.get("size"),
+        rows=stats.get("numRecords"),
+        min_values=stats.get("minValues") or {},
+        max_values=stats.get("maxValues") or {},
+        version=version,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

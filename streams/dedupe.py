@@ -36,6 +36,7 @@ import polars as pl
 
 from storage.dataset import Store
 from storage.schemas import RAW_EVENTS
+from storage.verified import verified_files
 
 RAW = "raw"
 _HOUR = timedelta(hours=1)
@@ -216,6 +217,7 @@ class EventWindow:
         """Rows of ``raw`` in one UTC hour: only files whose time range (from the log's
         statistics) touches the hour are opened, however many the day holds."""
         files = self._store.files_overlapping(RAW, "interval_start", hour, hour + _HOUR)
+        files = verified_files(self._store, RAW, files)  # invariant 9: SHA-256 as committed, or stop
         return self._store.scan_files(files, RAW_EVENTS).filter(
             (pl.col("interval_start") >= hour) & (pl.col("interval_start") < hour + _HOUR)
         )

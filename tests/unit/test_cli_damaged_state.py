@@ -248,4 +248,4 @@ def test_a_truncated_raw_file_is_named_by_consume(stored: Path, tmp_path: Path) 
     assert cli("ingest", str(events_file(tmp_path / "more.jsonl", 300)), data=stored).returncode == 0
     # when consume reads the day's stored ids to drop duplicates, then it names the file
     line = one_error_line(cli("consume", "--until-idle", data=stored))
-    assert f"{raw}: not a readable Parquet file" in line
+    assert f"{raw.relative_to(stored).as_posix()} (" in line and "does not hold the bytes its commit recorded" in line
