@@ -16,6 +16,7 @@ from accounting.registry import Registry, load_registry
 from gpuledger.health import HeartbeatFile
 from gpuledger.settings import Settings
 from storage.dataset import Store
+from storage.owner import claim
 from streams.bus import Bus
 from streams.consumer import StreamConsumer
 from streams.metrics import ConsumerMetrics
@@ -83,6 +84,7 @@ def make_stream_consumer(
     ``gpuledger health``), a first one before it polls.
     """
     topic = settings.kafka.usage_topic
+    claim(store, settings.kafka.consumer_group, topic)  # one store, one owner (storage/owner.py)
     quarantine = bus.producer(settings.kafka.quarantine_topic)
     bus_consumer = bus.consumer(topic, settings.kafka.consumer_group)
     metrics = None

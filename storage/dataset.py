@@ -193,16 +193,18 @@ class Store:
         return sorted(found)
 
     # -- reads -----------------------------------------------------------------------------
-    def scan_files(self, files: Sequence[str], schema: pa.Schema) -> pl.LazyFrame:
-        """A lazy frame over the given files (from :meth:`files`); empty frame if none."""
+    def scan_files(self, files: Sequence[str], schema: pa.Schema, include_file_paths: str | None = None) -> pl.LazyFrame:
+        """A lazy frame over the given files (from :meth:`files`); empty frame if none
+        (``include_file_paths``: a column naming each row's file)."""
         if not files:
-            return pl.LazyFrame(schema=pl.from_arrow(schema.empty_table()).schema)
+            empty = pl.LazyFrame(schema=pl.from_arrow(schema.empty_table()).schema)
+            return empty.with_columns(pl.lit(None, pl.String).alias(include_file_paths)) if include_file_paths else empty
         if self.location is not None:
             return pl.scan_parquet(
                 ["s3://" + f for f in files], hive_partitioning=False,
-                storage_options=self.polars_storage_options(),
+                storage_options=self.polars_storage_options(), include_file_paths=include_file_paths,
             )
-        return pl.scan_parquet(list(files), hive_partitioning=False)
+        return pl.scan_parquet(list(files), hive_partitioning=False, include_file_paths=include_file_paths)
 
     def scan(self, dataset: str, schema: pa.Schema) -> pl.LazyFrame:
         """A lazy frame over every committed file of ``dataset`` (empty frame if none).
@@ -222,6 +224,13 @@ class Store:
 
     def exists(self, path: str) -> bool:
         return self._fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def list_files(self, base: str, suffix: str) -> list[str]:
+        """Files under ``base`` whose names end with ``suffix``, sorted."""
+        if self._fs.get_file_info(base).type == pafs.FileType.NotFound:
+            return []
+        infos = self._fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        return sorted(f.path for f in infos if f.type == pafs.FileType.File and f.path.endswith(suffix))
 
     def file_info(self, path: str) -> pafs.FileInfo:
         """Type, size and modification time of a stored file (storage.verified keys on them)."""

@@ -151,6 +151,7 @@ def _roll_date(
     digest = hashlib.sha256(("\n".join([date_dir, *inputs, *sealed])).encode()).hexdigest()[:24]
     rel = posixpath.join(date_dir, f"part-rollup-{digest}.parquet")
     raw_scan = store.scan_files(inputs, RAW_EVENTS)
+    raw_scan_with_paths = store.scan_files(inputs, RAW_EVENTS, include_file_paths="file")
     sealed_scan = store.scan_files(sealed, USAGE_HOURLY) if sealed else None
     rows = 0
     lo: datetime | None = None
@@ -165,7 +166,7 @@ def _roll_date(
             else:
                 in_hour = (pl.col("interval_start") >= start) & (pl.col("interval_start") < start + timedelta(hours=1))
                 frame = hourly_rows(raw_scan.filter(in_hour)).collect(engine="streaming")
-            _refuse_impossible(frame, date_dir)
+            _refuse_impossible(frame, date_dir, raw_scan_with_paths)
             if sealed_scan is not None:
                 frame = _minus(frame, sealed_scan.filter(pl.col("hour_start") == start).collect())
             if frame.height == 0:
@@ -185,8 +186,11 @@ def _roll_date(
     return store.new_file_of("usage_hourly", rel, rows, stats)
 
 
-def _refuse_impossible(frame: pl.DataFrame, date_dir: str) -> None:
-    """A device-hour holds at most an hour of GPU time and never less than none."""
+def _refuse_impossible(frame: pl.DataFrame, date_dir: str, raw_scan: pl.LazyFrame | None = None) -> None:
+    """A device-hour holds at most an hour of GPU time and never less than none.
+
+    The day's files were re-hashed before (:func:`_refuse_damaged`), so this is not damage
+    ``verify`` could name: the message names the files that hold the device-hour instead."""
     bad = frame.filter(
         (pl.col("gpu_microseconds") < 0)
         | (pl.col("gpu_microseconds") > 3_600_000_000)
@@ -195,10 +199,24 @@ def _refuse_impossible(frame: pl.DataFrame, date_dir: str) -> None:
     )
     if bad.height:
         row = bad.row(0, named=True)
+        holders = ""
+        if raw_scan is not None:
+            hour = row["hour_start"]
+            found = (
+                raw_scan.filter(
+                    (pl.col("device_uuid") == row["device_uuid"])
+                    & (pl.col("interval_start") >= hour) & (pl.col("interval_start") < hour + timedelta(hours=1))
+                )
+                .select(pl.col("file").str.extract(r"(raw/.*)$"))
+                .unique().sort("file").collect()["file"].to_list()
+            )
+            holders = f" (held by {', '.join(str(f) for f in found)})"
         raise StorageError(
             f"impossible usage in raw/{date_dir}: {bad.height} device-hour(s), e.g. {row['device_uuid']} at "
-            f"{row['hour_start']}: {row['gpu_microseconds']} GPU-µs, {row['busy_gpu_microseconds']} busy; "
-            "a raw file was altered after validation: `gpuledger verify --all` names it"
+            f"{row['hour_start']}: {row['gpu_microseconds']} GPU-µs, {row['busy_gpu_microseconds']} busy{holders}; "
+            "the files hash as committed, so the events were stored so: most often the same events stored twice "
+            "by two consumer groups writing one data dir (`gpuledger storage owner` shows who writes it), or "
+            "by events with new ids for old intervals; the close is refused until an operator finds and removes them"
         )
 
 
