@@ -283,7 +283,8 @@ def health(
         from gpuledger.health import HeartbeatFile, assess, describe
 
         settings = settings_from(data_dir)
-        progress = HeartbeatFile(heartbeat_file or settings.heartbeat_file).read()
+        where = heartbeat_file if heartbeat_file is not None else settings.heartbeat_file
+        progress = HeartbeatFile(where, s3_options=settings.storage.s3_options()).read()
         now_s = time.time()
         problems = assess(progress, now_s, max_stale_s)
         if problems:

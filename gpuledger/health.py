@@ -25,9 +25,11 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from storage.errors import GpuledgerError
+from storage.location import Location, read_bytes, write_atomic
 from streams.metrics import ConsumerProgress
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,17 @@ class HealthError(GpuledgerError):
 
 
 class HeartbeatFile:
-    """A consumer's progress on disk, replaced atomically so a reader never sees half a file."""
+    """A consumer's progress in a file, replaced atomically so a reader never sees half a file.
 
-    def __init__(self, path: Path, pid: int | None = None):
-        self.path = Path(path)
+    ``location`` is a :class:`~storage.location.Location`: beside the data (default
+    ``<data-dir>/consumer.heartbeat.json``, on S3 too, so ``health`` reads it from any machine
+    and directory), or a local file given by ``--heartbeat-file``."""
+
+    def __init__(self, location: Location | Path | str, pid: int | None = None,
+                 s3_options: Mapping[str, str] | None = None):
+        self.path = location if isinstance(location, Location) else Location.parse(location)
         self._pid = os.getpid() if pid is None else pid
+        self._s3 = dict(s3_options or {})
 
     def write(self, progress: ConsumerProgress) -> None:
         """Replace the file. A failure is logged, never raised: the consumer keeps consuming,
@@ -52,21 +60,18 @@ class HeartbeatFile:
         payload = {"format": FORMAT, "pid": self._pid, **dataclasses.asdict(progress)}
         if progress.lag is not None:
             payload["lag"] = {str(p): n for p, n in sorted(progress.lag.items())}
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(payload, sort_keys=True))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(payload, sort_keys=True).encode(), self._s3)
         except OSError as exc:
             log.warning("could not write the heartbeat %s: %s", self.path, exc)
 
     def read(self) -> ConsumerProgress:
         try:
-            payload = json.loads(self.path.read_text())
+            payload = json.loads(read_bytes(self.path, self._s3))
         except FileNotFoundError:
             raise HealthError(
                 f"no heartbeat at {self.path}: the consumer has not started here "
-                "(or writes elsewhere: GPULEDGER_CONSUMER__HEARTBEAT_FILE)"
+                "(or writes elsewhere: give that file with --heartbeat-file, or GPULEDGER_CONSUMER__HEARTBEAT_FILE)"
             ) from None
         except (OSError, ValueError) as exc:
             raise HealthError(f"cannot read the heartbeat {self.path}: {exc}") from exc

@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from storage.errors import GpuledgerError
+from storage.location import Location
 from streams.bus import QUARANTINE_TOPIC, USAGE_TOPIC
 
 
@@ -178,8 +179,16 @@ class Settings(BaseSettings):
         return self.collector.spool_dir or self.data_dir / "spool"
 
     @property
-    def heartbeat_file(self) -> Path:
-        return self.consumer.heartbeat_file or self.data_dir / "consumer.heartbeat.json"
+    def data_location(self) -> Location:
+        """The data dir as a value (STYLE 17): ``Path("s3://b/p")`` is the relative ``s3:/b/p``."""
+        return Location.parse(self.data_dir)
+
+    @property
+    def heartbeat_file(self) -> Location:
+        """Where ``consume`` writes its heartbeat: the setting, else beside the data (S3 too)."""
+        if self.consumer.heartbeat_file is not None:
+            return Location.parse(self.consumer.heartbeat_file)
+        return self.data_location.join("consumer.heartbeat.json")
 
 
 DEFAULT_CONFIG = Path("gpuledger.toml")

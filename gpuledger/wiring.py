@@ -89,7 +89,7 @@ def make_stream_consumer(
     bus_consumer = bus.consumer(topic, settings.kafka.consumer_group)
     metrics = None
     if metrics_registry is not None:
-        heartbeat = HeartbeatFile(settings.heartbeat_file)
+        heartbeat = HeartbeatFile(settings.heartbeat_file, s3_options=settings.storage.s3_options())
         metrics = ConsumerMetrics(metrics_registry, lag=bus_consumer, on_progress=heartbeat.write)  # type: ignore[arg-type]
         metrics.report()
     return StreamConsumer(

@@ -24,11 +24,15 @@ import posixpath
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING
 
 from storage.errors import StorageError
-from storage.objectstore import parse_s3_root
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
+# pyarrow is imported on use only: settings (and so every CLI command, the node agent's
+# included) hold Locations, and the agent must start without pyarrow (test_architecture)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,6 +74,10 @@ class Location:
 
 def filesystem_of(location: Location, s3_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path on it) for ``location``; S3 options as in :mod:`storage.objectstore`."""
+    import pyarrow.fs as pafs
+
+    from storage.objectstore import parse_s3_root
+
     if location.is_s3:
         bucket, _, key = location.url[len("s3://") :].partition("/")
         s3 = parse_s3_root(f"s3://{bucket}", s3_options)
@@ -79,6 +87,10 @@ def filesystem_of(location: Location, s3_options: Mapping[str, str] | None = Non
 
 def read_bytes(location: Location, s3_options: Mapping[str, str] | None = None) -> bytes:
     """The file's bytes; ``FileNotFoundError`` when there is none."""
+    if not location.is_s3:
+        return Path(location.url).read_bytes()
+    import pyarrow.fs as pafs
+
     fs, path = filesystem_of(location, s3_options)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise FileNotFoundError(location.url)
@@ -88,12 +100,12 @@ def read_bytes(location: Location, s3_options: Mapping[str, str] | None = None) 
 
 def write_atomic(location: Location, data: bytes, s3_options: Mapping[str, str] | None = None) -> None:
     """Replace the file whole: readers see the old bytes or the new ones."""
-    fs, path = filesystem_of(location, s3_options)
     if location.is_s3:
+        fs, path = filesystem_of(location, s3_options)
         with fs.open_output_stream(path) as out:
             out.write(data)
         return
-    target = Path(path)
+    target = Path(location.url)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -114,14 +126,16 @@ def create_new(location: Location, data: bytes, s3_options: Mapping[str, str] | 
     racing within one round trip both "win" and the later bytes stay — callers read the file
     back after creating and trust only what is there (the owner record does).
     """
-    fs, path = filesystem_of(location, s3_options)
     if location.is_s3:
+        import pyarrow.fs as pafs
+
+        fs, path = filesystem_of(location, s3_options)
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             return False
         with fs.open_output_stream(path) as out:
             out.write(data)
         return True
-    target = Path(path)
+    target = Path(location.url)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:

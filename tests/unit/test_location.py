@@ -1,0 +1,63 @@
+"""One location type for the data dir (issue 18, item 11; STYLE 17): ``s3://bucket/prefix`` is
+a value, never a relative local path. ``Path("s3://b/p")`` is ``s3:/b/p``: the heartbeat joined
+onto it filled a directory literally named ``s3:`` wherever the consumer ran (two such files
+were committed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuledger.settings import Settings
+from storage.location import Location, create_new, read_bytes, write_atomic
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("given", ["s3://bucket/prefix", "s3://bucket/prefix/", Path("s3://bucket/prefix")])
+def test_an_s3_data_dir_is_an_s3_location_however_it_is_spelt(given) -> None:
+    location = Location.parse(given)
+    assert location.is_s3 and location.url == "s3://bucket/prefix"
+    assert location.join("consumer.heartbeat.json").url == "s3://bucket/prefix/consumer.heartbeat.json"
+
+
+def test_the_heartbeat_of_an_s3_data_dir_lives_in_the_store_not_in_a_local_s3_directory() -> None:
+    settings = Settings(data_dir=Path("s3://bucket/prefix"))
+    assert settings.heartbeat_file.url == "s3://bucket/prefix/consumer.heartbeat.json"
+    local = Settings(data_dir=Path("gpuledger-data"))
+    assert local.heartbeat_file.url == str(Path("gpuledger-data").absolute() / "consumer.heartbeat.json")
+
+
+def test_local_writes_are_whole_and_create_new_creates_once(tmp_path: Path) -> None:
+    target = Location.parse(tmp_path / "a" / "f.json")
+    write_atomic(target, b"one")
+    write_atomic(target, b"two")
+    assert read_bytes(target) == b"two" and sorted(os.listdir(tmp_path / "a")) == ["f.json"]
+    fresh = Location.parse(tmp_path / "b.json")
+    assert create_new(fresh, b"first") is True
+    assert create_new(fresh, b"second") is False
+    assert read_bytes(fresh) == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["a", "b.json"]
+
+
+def test_no_s3_directory_is_committed_and_git_ignores_one() -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert not [line for line in tracked.splitlines() if line.startswith("s3:") or "/s3:/" in line]
+    probe = subprocess.run(["git", "check-ignore", "-q", "s3:/bucket/x.json"], cwd=REPO, check=False)
+    assert probe.returncode == 0
+
+
+def test_health_of_an_unreachable_s3_store_names_the_heartbeat_and_creates_nothing_local(tmp_path: Path) -> None:
+    # an endpoint nobody listens on: health fails with one line, and no s3: directory appears
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GPULEDGER_CONFIG": "", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+           "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    proc = subprocess.run([sys.executable, "-m", "gpuledger", "health", "--data-dir", "s3://bucket/prefix"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
