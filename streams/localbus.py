@@ -5,6 +5,8 @@ Layout under a directory (``<data-dir>/bus`` by default)::
     <dir>/<topic>/log                    the log from its first record (offset 0, byte 0)
     <dir>/<topic>/log.<offset>.<byte>    the log after a trim: it starts at record <offset>,
                                          logical byte <byte> (the newest such file is the log)
+    <dir>/<topic>/durable.json           {"position": bytes}: the log's end after the last
+                                         fsynced append (written after the log's fsync)
     <dir>/<topic>/groups/<group>.json    {"offset": n, "position": bytes} of the next record
     <dir>/<topic>/groups/<group>.lock    held (flock) by the one live consumer of the group
     <dir>/<topic>/trim.lock              shared by commits, exclusive while trimming
@@ -17,15 +19,27 @@ Invariants:
 
 * Appends take an exclusive ``flock`` on the log and are fsynced on flush, so several
   producers (``ingest`` in one shell, the demo's collectors) can share a log.
-* Only a *torn tail* may be cut: an incomplete last record at the very end of the log (a
-  writer that died mid-append; also a tail of zero bytes, what a crash can leave after the
-  file grew). Readers treat it as not yet written, the next writer truncates it. Any other
-  bad record (crc mismatch, bad magic, a length that runs past the end with complete
-  records behind it) raises :class:`BusCorrupt` naming the offset, the byte and the file, in
-  readers and writers alike: nothing is skipped and nothing is cut silently.
+* Only a *torn tail* may be cut: an incomplete last record at the very end of the log, after
+  the durable end (``durable.json``: every byte before it was fsynced by an append that
+  finished), i.e. a writer that died mid-append; also a tail of zero bytes, what a crash can
+  leave after the file grew. Readers treat it as not yet written, the next writer truncates
+  it. A log that ends, breaks or turns to zeros *before* its durable end was truncated or
+  damaged in the middle: :class:`BusCorrupt` names the file, the byte, how many durable bytes
+  are missing and the next step — it is never read as a torn tail (that silently dropped
+  thousands of events). Any other bad record (crc mismatch, bad magic, a length that runs
+  past the end with complete records behind it) raises :class:`BusCorrupt` naming the
+  offset, the byte and the file, in readers and writers alike: nothing is skipped and
+  nothing is cut silently.
 * A group's position moves only on :meth:`LocalConsumer.commit` (atomic replace of the
   group file), so a restarted consumer re-reads what it had not committed. A saved position
-  past the end of the log, or not on a record boundary, is refused when the consumer opens.
+  past the end of the log, not on a record boundary, or whose offset is not the number of
+  records before it, is refused when the consumer opens (found by walking the record
+  headers from the segment's start, never guessed from the bytes at the position).
+* The group file is a hint; storage is the truth (architecture.md, invariant 6).
+  :meth:`LocalConsumer.on_assign` takes the stream consumer's callback that says where
+  storage resumes; the consumer seeks there before its first poll (:meth:`LocalConsumer.seek`)
+  and says so in one warning line when the group file disagrees. An offset that is not in the
+  log (trimmed away, or past its end) is refused, naming both.
 * One live consumer per group and bus: a second one fails at once
   (:class:`ConsumerGroupBusy`); two would both store every batch.
 * :meth:`LocalBus.trim` drops the prefix that every group has committed past, by writing the
@@ -40,6 +54,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import re
 import struct
@@ -50,6 +65,8 @@ from pathlib import Path
 
 from streams.bus import BusRecord, RevokeCallback
 from streams.errors import BusCorrupt, ConsumerGroupBusy, StreamError
+
+log = logging.getLogger(__name__)
 
 _MAGIC = b"GL"
 _HEADER = struct.Struct(">2sIII")  # magic, crc32, key_len, value_len
@@ -147,6 +164,73 @@ def _complete_record_after(handle, start: int, end: int) -> bool:
                 return True
         at = rest.find(_MAGIC, at + 1)
     return False
+
+
+DURABLE = "durable.json"
+
+
+def read_durable_end(topic_dir: Path) -> int:
+    """The log's durable end (logical byte): every byte before it was fsynced by a finished
+    append. 0 when unknown (a log written before this file existed: the old rules apply)."""
+    path = topic_dir / DURABLE
+    try:
+        doc = json.loads(path.read_bytes())
+        position = doc["position"]
+        if not isinstance(position, int) or position < 0:
+            raise ValueError("position must be a non-negative integer")
+    except FileNotFoundError:
+        return 0
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BusCorrupt(
+            f"{path}: garbled durable end of the log ({exc}); delete it (the next append rewrites it; until then a "
+            "cut log is told from a torn tail by the old rules only)"
+        ) from exc
+    return position
+
+
+def _write_durable_end(topic_dir: Path, position: int) -> None:
+    """Record the durable end (after the log's fsync; a lost update only makes it lower)."""
+    tmp = topic_dir / f".{DURABLE}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as out:
+            out.write(json.dumps({"position": position}).encode())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, topic_dir / DURABLE)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cut_before_durable(path: Path, at: int, durable_in_file: int, what: str) -> BusCorrupt:
+    return BusCorrupt(
+        f"{path} {what} at byte {at}, but {durable_in_file - at:,} more byte(s) up to byte {durable_in_file} were "
+        f"durably written (durable.json): the log was truncated or damaged in the middle, not torn by a crashed "
+        f"writer; {_WHAT_TO_DO}"
+    )
+
+
+def _walk_headers(handle, end: int, base_offset: int, *, to_position: int | None = None,
+                  to_offset: int | None = None) -> tuple[int, int]:
+    """Walk record headers from file byte 0: ``(offset, file byte)`` of the record boundary
+    at ``to_position`` or of record ``to_offset``, whichever is given. Raises ``LookupError``
+    when the walk passes the position (not a boundary) or the log ends first."""
+    position, offset = 0, base_offset
+    while True:
+        if to_position is not None and position >= to_position:
+            if position == to_position:
+                return offset, position
+            raise LookupError(f"record {offset - 1} spans byte {to_position}")
+        if to_offset is not None and offset == to_offset:
+            return offset, position
+        handle.seek(position)
+        header = handle.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            raise LookupError(f"the log ends at record {offset} (byte {position})")
+        magic, _, key_len, value_len = _HEADER.unpack(header)
+        stop = position + _HEADER.size + key_len + value_len
+        if magic != _MAGIC or stop > end:
+            raise LookupError(f"record {offset} at byte {position} is damaged or incomplete")
+        position, offset = stop, offset + 1
 
 
 @contextlib.contextmanager
@@ -296,6 +380,9 @@ class LocalProducer:
     def _append(self, handle, segment: Segment) -> None:
         inode = os.fstat(handle.fileno()).st_ino
         end = handle.seek(0, os.SEEK_END)
+        durable = read_durable_end(self._dir) - segment.base_position  # in this file's bytes
+        if end < durable:
+            raise _cut_before_durable(segment.path, end, durable, "ends")
         position = 0
         if self._known is not None and self._known[0] == inode and self._known[1] <= end:
             position = self._known[1]
@@ -311,12 +398,15 @@ class LocalProducer:
             position = record[2]
             offset = None if offset is None else offset + 1
         if position != end:  # torn tail of a crashed writer: the one thing that is cut
+            if position < durable:
+                raise _cut_before_durable(segment.path, position, durable, "breaks off (an incomplete or zeroed record)")
             handle.truncate(position)
         handle.seek(position)
         handle.write(b"".join(self._pending))
         handle.flush()
         os.fsync(handle.fileno())
         self._known = (inode, handle.tell())
+        _write_durable_end(self._dir, segment.base_position + handle.tell())
 
     def close(self) -> None:
         self.flush()
@@ -330,6 +420,7 @@ class LocalConsumer:
             raise StreamError(f"bad consumer group name {group!r}")
         self._dir = topic_dir
         self._topic = topic_dir.name
+        self.topic = self._topic  # as the Kafka consumer: the stream consumer names its streams by it
         groups = topic_dir / "groups"
         groups.mkdir(parents=True, exist_ok=True)
         self._group_file = groups / f"{group}.json"
@@ -350,6 +441,8 @@ class LocalConsumer:
             raise
 
     def _start(self) -> None:
+        self._on_assign = None
+        self._assigned = False
         committed = self._read_committed()
         self._offset, self._position = committed["offset"], committed["position"]
         self._positions: dict[int, int] = {self._offset: self._position}
@@ -363,7 +456,8 @@ class LocalConsumer:
         self._check_saved_position(segment)
 
     def _check_saved_position(self, segment: Segment) -> None:
-        """Refuse a saved position past the end of the log or between records."""
+        """Refuse a saved position past the end of the log, between records, or whose offset
+        is not the number of records before it (a hand-edited or mixed-up group file)."""
         if self._position < segment.base_position:
             if self._group_file.exists():
                 raise BusCorrupt(
@@ -381,16 +475,77 @@ class LocalConsumer:
                     "the bus from a backup, or delete the group file to re-read the whole log"
                 )
             try:
-                _read_at(handle, at, end)
-            except _Damage as exc:
-                handle.seek(at)
-                if handle.read(len(_MAGIC)) == _MAGIC:
-                    return  # a record starts here, a damaged one: poll_batch names it
+                offset, _ = _walk_headers(handle, end, segment.base_offset, to_position=at)
+            except LookupError as exc:
                 raise BusCorrupt(
                     f"{self._group_file}: saved position {self._position} (offset {self._offset}) is not on a record "
                     f"boundary of {segment.path} ({exc}); restore the group file from a backup, or delete it to "
                     "re-read the whole log"
                 ) from exc
+            if offset != self._offset:
+                raise BusCorrupt(
+                    f"{self._group_file}: saved position {self._position} is the start of record {offset}, not of "
+                    f"offset {self._offset} as the file says; restore the group file from a backup, or delete it "
+                    "to re-read the whole log"
+                )
+
+    def on_assign(self, resume) -> None:  # noqa: ANN001 - Callable[[list[int]], Mapping[int, int]]
+        """``resume([0])`` is asked before the first poll; it returns the next offset storage
+        does not hold (``{0: n}``, or ``{}`` when storage holds nothing of this topic), and the
+        consumer seeks there: storage is the truth, the group file a hint."""
+        self._on_assign = resume
+        self._assigned = False
+
+    def _assign_once(self) -> None:
+        if self._assigned:
+            return
+        self._assigned = True
+        if self._on_assign is None:
+            return
+        wanted = dict(self._on_assign([0]))
+        if 0 in wanted:
+            self.seek(wanted)
+
+    def seek(self, next_offsets: Mapping[int, int]) -> None:
+        """Position the consumer at record ``next_offsets[0]`` (found by walking the record
+        headers). A group file that disagrees is named in one warning line, not trusted; an
+        offset that is not in the log raises :class:`BusCorrupt` naming it and the log."""
+        if 0 not in next_offsets:
+            return
+        offset = int(next_offsets[0])
+        if offset != self._offset:
+            ahead = "ahead of" if self._offset > offset else "behind"
+            log.warning(
+                "local bus %s: the group file says offset %d, %s what storage holds (next offset %d): reading "
+                "from offset %d (storage is the truth; the group file is a hint)",
+                self._group_file, self._offset, ahead, offset, offset,
+            )
+        segment = current_segment(self._dir)
+        if segment is None:
+            if offset:
+                raise BusCorrupt(
+                    f"storage holds this topic up to offset {offset - 1}, but the local bus log in {self._dir} is "
+                    "empty or gone: restore the bus directory from a backup (new events are not read until then)"
+                )
+            return
+        if offset < segment.base_offset:
+            raise BusCorrupt(
+                f"storage resumes at offset {offset}, but {segment.path} starts at offset {segment.base_offset} "
+                f"(records {offset}–{segment.base_offset - 1} were trimmed before they were stored): restore the "
+                "bus directory from a backup"
+            )
+        with open(segment.path, "rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            try:
+                _, at = _walk_headers(handle, end, segment.base_offset, to_offset=offset)
+            except LookupError as exc:
+                raise BusCorrupt(
+                    f"storage resumes at offset {offset}, which is not in {segment.path} ({exc}): the log is shorter "
+                    "than what storage holds (re-created or restored from an older backup); restore the bus "
+                    "directory that matches the data dir"
+                ) from exc
+        self._offset, self._position = offset, at + segment.base_position
+        self._positions = {self._offset: self._position}
 
     def _read_committed(self) -> dict[str, int]:
         if not self._group_file.exists():
@@ -410,6 +565,7 @@ class LocalConsumer:
     def poll_batch(
         self, max_records: int, timeout_s: float, max_batch_bytes: int = 64 * 1024 * 1024
     ) -> list[BusRecord]:
+        self._assign_once()
         segment = self._segment_for_read()
         if segment is None:
             return []
@@ -426,6 +582,8 @@ class LocalConsumer:
                         break  # hand over the good records first; the next poll stops here
                     raise self._corrupt(segment, at, exc) from exc
                 if record is None:
+                    if not records:
+                        self._check_not_cut(segment, at)
                     break  # end, or a torn tail: not yet (or never) complete
                 key, value, stop = record
                 records.append(BusRecord(self._topic, 0, self._offset, key or None, value))
@@ -434,6 +592,22 @@ class LocalConsumer:
                 self._position = stop + segment.base_position
                 self._positions[self._offset] = self._position
         return records
+
+    def _check_not_cut(self, segment: Segment, at: int) -> None:
+        """The log ends (or tears) at file byte ``at``: fine after the durable end, damage before
+        it — unless a writer appended or a trim replaced the file meanwhile (read it again)."""
+        durable = read_durable_end(self._dir) - segment.base_position
+        if at >= durable or current_segment(self._dir) != segment:
+            return
+        with open(segment.path, "rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            try:
+                if _read_at(handle, at, end) is not None:
+                    return  # appended since the first look: the next poll reads it
+            except _Damage as exc:
+                raise self._corrupt(segment, at, exc) from exc
+        what = "ends" if at >= end else "breaks off (an incomplete or zeroed record)"
+        raise _cut_before_durable(segment.path, at, durable, what)
 
     def _corrupt(self, segment: Segment, at: int, exc: _Damage) -> BusCorrupt:
         return BusCorrupt(f"bad record at offset {self._offset} (byte {at}) in {segment.path}: {exc}; {_WHAT_TO_DO}")
@@ -473,6 +647,7 @@ class LocalConsumer:
         return {0: max(0, end - self._position)}
 
     def caught_up(self) -> bool:
+        self._assign_once()
         segment = self._segment_for_read()
         if segment is None:
             return True
@@ -480,9 +655,12 @@ class LocalConsumer:
             end = handle.seek(0, os.SEEK_END)
             at = self._position - segment.base_position
             try:
-                return _read_at(handle, at, end) is None
+                done = _read_at(handle, at, end) is None
             except _Damage as exc:
                 raise self._corrupt(segment, at, exc) from exc
+        if done:
+            self._check_not_cut(segment, at)
+        return done
 
     def seek_to_committed(self) -> None:
         """Forget uncommitted reads: the next poll starts at the last commit (like a restart)."""
