@@ -493,16 +493,19 @@ class LocalConsumer:
         """``resume([0])`` is asked before the first poll; it returns the next offset storage
         does not hold (``{0: n}``, or ``{}`` when storage holds nothing of this topic), and the
         consumer seeks there: storage is the truth, the group file a hint."""
-        self._on_assign = resume
+        # weakly: the stream consumer holds this consumer; a strong reference back would make a
+        # cycle that keeps the group's lock held after a crashed consumer is dropped
+        self._on_assign = weakref.WeakMethod(resume) if hasattr(resume, "__self__") else (lambda: resume)
         self._assigned = False
 
     def _assign_once(self) -> None:
         if self._assigned:
             return
         self._assigned = True
-        if self._on_assign is None:
+        resume = self._on_assign() if self._on_assign is not None else None
+        if resume is None:
             return
-        wanted = dict(self._on_assign([0]))
+        wanted = dict(resume([0]))
         if 0 in wanted:
             self.seek(wanted)
 
