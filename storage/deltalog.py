@@ -27,6 +27,7 @@ import dataclasses
 import io
 import json
 import logging
+import posixpath
 from collections.abc import Iterable
 
 import pyarrow.parquet as pq
@@ -90,33 +91,55 @@ class TableLog:
         return self
 
     def _from_checkpoint(self) -> int:
-        """Load the newest checkpoint; returns its version (-1: none, read from version 0)."""
+        """Load the newest checkpoint; returns its version (-1: none, read from version 0).
+
+        ``_last_checkpoint`` names it; when that pointer is garbled, the newest
+        ``*.checkpoint.parquet`` listed in the log is used (as delta-rs does), and when that
+        is unreadable too, the log from version 0 — each time with one warning line."""
         store, dataset = self._store, self.dataset
+        where = f"{dataset}/_delta_log"
         pointer = store.path(dataset, "_delta_log", "_last_checkpoint")
         if not store.exists(pointer):
             return -1
+        candidates: list[int] = []
         try:
-            start = int(json.loads(store.read_bytes(pointer))["version"])
-            checkpoint = store.path(dataset, "_delta_log", f"{start:020d}.checkpoint.parquet")
-            table = pq.read_table(io.BytesIO(store.read_bytes(checkpoint)), columns=["add"])
+            candidates.append(int(json.loads(store.read_bytes(pointer))["version"]))
         except (ValueError, KeyError, TypeError, OSError) as exc:
-            where = f"{dataset}/_delta_log"
-            if commit_actions(store, dataset, 0) is None:
-                raise DamagedLog(
-                    f"{where}/_last_checkpoint or its checkpoint is damaged ({_first_line(exc)}) and the log's "
-                    f"early entries are gone, so {dataset} cannot be read without it: restore {where} from a backup"
-                ) from exc
-            log.warning(
-                "%s/_last_checkpoint or its checkpoint is damaged (%s): reading the log from version 0 instead "
-                "(nothing is lost; restore the file from a backup, or let the next checkpoint replace it)",
-                where, _first_line(exc),
+            listed = sorted(
+                (int(name[:20]) for name in (posixpath.basename(p) for p in store.list_files(
+                    store.path(dataset, "_delta_log"), ".checkpoint.parquet")) if name[:20].isdigit()),
+                reverse=True,
             )
-            self.live.clear()
-            return -1
-        for add in table.column("add").to_pylist():
-            if add:
-                self.live[add["path"]] = _recorded(add, None)
-        return start
+            log.warning(
+                "%s/_last_checkpoint is damaged (%s): using the newest checkpoint listed in the log (%s) instead; "
+                "nothing is lost (the next checkpoint rewrites the pointer, or restore it from a backup)",
+                where, _first_line(exc), f"version {listed[0]}" if listed else "none: reading from version 0",
+            )
+            candidates.extend(listed[:1])
+        for start in candidates:
+            checkpoint = store.path(dataset, "_delta_log", f"{start:020d}.checkpoint.parquet")
+            try:
+                table = pq.read_table(io.BytesIO(store.read_bytes(checkpoint)), columns=["add"])
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                if commit_actions(store, dataset, 0) is None:
+                    raise DamagedLog(
+                        f"{where}/{start:020d}.checkpoint.parquet is damaged ({_first_line(exc)}) and the log's early "
+                        f"entries are gone, so {dataset} cannot be read without it: restore {where} from a backup"
+                    ) from exc
+                log.warning(
+                    "%s/%020d.checkpoint.parquet is damaged (%s): reading the log from version 0 instead (nothing "
+                    "is lost; restore the file from a backup, or let the next checkpoint supersede it)",
+                    where, start, _first_line(exc),
+                )
+                return -1
+            for add in table.column("add").to_pylist():
+                if add:
+                    self.live[add["path"]] = _recorded(add, None)
+            return start
+        if commit_actions(store, dataset, 0) is None:
+            raise DamagedLog(f"{where}/_last_checkpoint is damaged, no checkpoint is listed and the log's early "
+                             f"entries are gone: restore {where} from a backup")
+        return -1
 
 
 def recorded_sha256(store: Store, dataset: str) -> dict[str, str | None]:
