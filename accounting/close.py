@@ -38,6 +38,7 @@ import pyarrow as pa
 
 from accounting.billing import BillingLine, billed_so_far, billing_lines, gpu_hours, price_usage
 from accounting.compliance import ComplianceRow, compliance_rows
+from accounting.losses import loss_files, month_losses, with_losses
 from accounting.errors import CloseError
 from accounting.registry import NATIONAL, Registry
 from accounting.schemas import BILLING, COMPLIANCE
@@ -230,6 +231,7 @@ def _compute(
     }
     lines = billing_lines(period, priced, billed, registry.rounding)
     rows = compliance_rows(month, registry, month_hourly, oversubscribed, quarantine)
+    rows = with_losses(rows, month_losses(store, period))  # recorded losses: data_lost (accounting/losses.py)
 
     return lines, rows, inputs, earlier
 
@@ -399,6 +401,7 @@ def _seal(
     """Seal the period with ``storage.manifest.seal_period`` (the audit room's manifest)."""
     say("sealing")
     inputs = [f for ds in ("usage_hourly", "quarantine") for f in _period_inputs(store, ds, period)]
+    inputs += loss_files(store, period)  # recorded losses are sealed with the month
     digest = manifest.seal_period(store, period, [*files, *inputs], seal_totals(totals), signing_key)
     return digest, True
 

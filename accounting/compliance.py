@@ -46,6 +46,7 @@ class Breach(StrEnum):
     UNREGISTERED_ENTITY = "unregistered_entity"
     UNREGISTERED_PROJECT = "unregistered_project"
     GPU_OVERSUBSCRIBED = "gpu_oversubscribed"
+    DATA_LOST = "data_lost"  # a raw file recorded as lost (accounting/losses.py)
 
 
 _THRESHOLD_BREACHES = {Breach.UNDER_USE, Breach.LOW_COVERAGE}

@@ -128,9 +128,12 @@ def findings(compliance: pl.DataFrame, registry: Registry | None = None) -> list
     """Every breach of every entity × GPU model as a sentence (national rows: threshold breaches only)."""
     thresholds = registry.thresholds if registry is not None else None
     found = []
+    said_lost = {r["gpu_model"] for r in compliance.iter_rows(named=True)
+                 if r["entity"] != NATIONAL and "data_lost" in (r["breaches"] or [])}
     for row in compliance.sort("entity", "gpu_model").iter_rows(named=True):
         for breach in row["breaches"] or []:
-            if row["entity"] == NATIONAL and breach not in ("under_use", "low_coverage"):
+            lost_unsaid = breach == "data_lost" and row["gpu_model"] not in said_lost  # whose: unknown
+            if row["entity"] == NATIONAL and breach not in ("under_use", "low_coverage") and not lost_unsaid:
                 continue  # the union of the entities' own breaches, already said
             korean, english = breach_sentence(breach, row, display_name(registry, row["entity"]), thresholds)
             found.append(Finding(row["entity"], row["gpu_model"], breach, korean, english))
@@ -178,6 +181,13 @@ def breach_sentence(breach: str, row: dict[str, Any], name: str, thresholds: Thr
             "거부되어 격리되었습니다. 등록부를 고친 뒤 quarantine replay로 다시 받을 수 있습니다.",
             f"{where_en}: usage of projects not registered to it was refused ({quarantined:,.1f} GPU-hours in "
             "quarantine); amend the registry and run quarantine replay.",
+        )
+    if breach == "data_lost":
+        return (
+            f"{where_ko}: 원시 데이터 파일이 손실로 기록되었습니다 (그 사용량은 청구되지 않음; "
+            "gpuledger storage losses 로 파일·건수·시간·기록자 확인).",
+            f"{where_en}: a raw data file was recorded as lost (its usage is not billed; "
+            "`gpuledger storage losses` lists the file, events, hours, who recorded it and why).",
         )
     if breach == "gpu_oversubscribed":
         return (
@@ -282,6 +292,9 @@ def render_report(
     figures = entity_figures(compliance, billing, registry)
     projects = top_projects(billing)
     said = findings(compliance, registry)
+    from accounting.losses import loss_sentences, month_losses  # recorded losses, with their figures
+
+    said += [Finding(NATIONAL, "", "data_lost", ko, en) for ko, en in loss_sentences(month_losses(store, period))]
     gaps = node_gaps(store, period)
     seal = seal_status(store, period)
     simulated = is_simulated(store)

@@ -85,6 +85,10 @@ def print_close_summary(store: Store, period: str, result: Any = None, *, regist
             out.print(f"  - {finding.english}", soft_wrap=True, highlight=False)
     else:
         out.print("breaches: none", highlight=False)
+    from accounting.losses import loss_sentences, month_losses
+
+    for _, english in loss_sentences(month_losses(store, period)):  # never a silent zero
+        out.print(f"  - {english}", soft_wrap=True, highlight=False)
     where = [
         ("billing ledger:   ", store.path("ledgers", "billing", f"period={period}")),
         ("compliance ledger:", store.path("ledgers", "compliance", f"period={period}")),

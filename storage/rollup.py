@@ -238,7 +238,7 @@ def _minus(full: pl.DataFrame, sealed: pl.DataFrame) -> pl.DataFrame:
 
 
 def _changed_dates(store: Store, done: int | None, version: int) -> set[str] | None:
-    """``period=…/date=…`` of every data-changing ``add`` in raw commits ``done+1..version``."""
+    """``period=…/date=…`` of every data-changing ``add`` or ``remove`` in raw commits ``done+1..version``."""
     if done is None:
         return None
     dates: set[str] = set()
@@ -246,10 +246,10 @@ def _changed_dates(store: Store, done: int | None, version: int) -> set[str] | N
         actions = commit_actions(store, "raw", v)
         if actions is None:  # cleaned up since: the caller rolls every date up
             return None
-        for action in actions:
-            add = action.get("add")
-            if add and add.get("dataChange", True):
-                dates.add(_date_dir(add["path"]))
+        for action in actions:  # a data-changing remove too: a file recorded as lost (storage.losses)
+            change = action.get("add") or action.get("remove")
+            if change and change.get("dataChange", True):
+                dates.add(_date_dir(change["path"]))
     return dates
 
 
