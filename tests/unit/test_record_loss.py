@@ -109,3 +109,33 @@ def test_record_loss_refuses_a_present_file_and_a_sealed_month(tmp_path: Path) -
     kept.unlink()
     line = one_error_line(cli("storage", "record-loss", "--file", rel, "--reason", "x", data=data))
     assert "which a close has sealed" in line and "restore the file from a backup" in line
+
+
+def test_impossible_usage_names_the_files_that_hold_it_not_a_verify_that_finds_nothing(tmp_path: Path) -> None:
+    # given one full hour of a GPU stored twice (two writers that each thought it new): the files
+    # hash as committed, so `verify --all` has nothing to name
+    from spine_events import ACCOUNTS, jsonl
+
+    from streams.pipeline import BatchProcessor
+
+    hour = [event(f"2026-11-02T00:{m:02d}:00Z") for m in range(60)]
+    for name in ("a", "b"):  # separate stores' processors: their windows never see each other
+        BatchProcessor(Store(tmp_path / name), ACCOUNTS).process([("m", jsonl(*hour))])
+    data = tmp_path / "a"
+    [extra] = Store(tmp_path / "b").files("raw")
+    rel = Path(extra).relative_to(tmp_path / "b" / "raw").as_posix()
+    copy = data / "raw" / rel.replace("part-", "part-copy-")
+    copy.write_bytes(Path(extra).read_bytes())
+    store = Store(data)
+    [added] = store.table("raw").files()
+    import hashlib
+
+    from storage.delta import NewFile
+
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+    store.commit_files("raw", [NewFile(copy.relative_to(data / "raw").as_posix(), copy.stat().st_size, 60, digest, {})])
+    # when the month is closed, then the refusal names both files and no longer promises verify would
+    line = one_error_line(cli("close", "--month", "2026-11", data=data))
+    assert "impossible usage in raw/period=2026-11/date=2026-11-02" in line
+    assert f"raw/{added}" in line and f"raw/{copy.relative_to(data / 'raw').as_posix()}" in line
+    assert "verify --all` names it" not in line and "the files hash as committed" in line
