@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from gpuledger.health import HeartbeatFile
 from gpuledger.settings import Settings
+from streams.metrics import ConsumerProgress
 from storage.location import Location, create_new, read_bytes, write_atomic
 
 pytestmark = pytest.mark.unit
@@ -52,11 +54,21 @@ def test_no_s3_directory_is_committed_and_git_ignores_one() -> None:
     assert probe.returncode == 0
 
 
-def test_health_of_an_unreachable_s3_store_names_the_heartbeat_and_creates_nothing_local(tmp_path: Path) -> None:
-    # an endpoint nobody listens on: health fails with one line, and no s3: directory appears
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GPULEDGER_CONFIG": "", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-           "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}
+def test_an_s3_consumers_heartbeat_never_lands_in_a_local_s3_directory(tmp_path: Path, monkeypatch) -> None:
+    # given a consumer of an s3:// data dir whose endpoint does not answer, in a scratch directory
+    for key, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k",
+                       "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(data_dir=Path("s3://bucket/prefix"))
+    # when it writes its heartbeat the way `consume` does (a failed write is logged, not raised)
+    HeartbeatFile(settings.heartbeat_file, s3_options=settings.storage.s3_options()).write(
+        ConsumerProgress(started_s=1.0, last_poll_s=None, last_progress_s=1.0, last_commit_s=None, batches=0,
+                         lag=None, lag_unit="records")
+    )
+    # then nothing appears locally, and `health` from here fails with one line, creating nothing
+    assert list(tmp_path.iterdir()) == []
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GPULEDGER_CONFIG": ""}
     proc = subprocess.run([sys.executable, "-m", "gpuledger", "health", "--data-dir", "s3://bucket/prefix"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
