@@ -92,7 +92,7 @@ def demo(
 
         settings = settings_from(data_dir or Path("gpuledger-data/demo"), registry or demo_mod.demo_registry_path(), bus)
         reg = registry_from(settings)
-        demo_mod.prepare_data_dir(Path(settings.data_dir))
+        demo_mod.prepare_data_dir(settings.local_data_dir("the demo"))
         period = month or demo_mod.previous_month(datetime.now(UTC))
         plan = demo_mod.plan(reg, period, nodes_per_entity)
         store = make_store(settings)

@@ -81,7 +81,7 @@ def _bus(settings: Settings) -> Bus:
         return KafkaBus(settings.kafka)
     from streams.localbus import LocalBus
 
-    return LocalBus(Path(settings.data_dir) / "bus")
+    return LocalBus(settings.local_data_dir("the embedded local bus") / "bus")
 
 
 def log_bus(settings: Settings, simulate: bool) -> None:
@@ -94,7 +94,7 @@ def log_bus(settings: Settings, simulate: bool) -> None:
     if settings.bus == "kafka":
         log.info("publishing to Kafka", extra=where | {"bootstrap": settings.kafka.bootstrap})
         return
-    bus_dir = str(Path(settings.data_dir).absolute() / "bus")
+    bus_dir = str(settings.local_data_dir("the embedded local bus") / "bus")
     if simulate:
         log.info("publishing to the local bus (simulation)", extra=where | {"path": bus_dir})
         return

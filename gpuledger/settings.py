@@ -176,7 +176,19 @@ class Settings(BaseSettings):
 
     @property
     def spool_dir(self) -> Path:
-        return self.collector.spool_dir or self.data_dir / "spool"
+        return self.collector.spool_dir or self.local_data_dir("the collector's spool (set collector.spool_dir)") / "spool"
+
+    def local_data_dir(self, what: str) -> Path:
+        """The data dir as a local path, for ``what`` lives only on this machine's disk (the
+        embedded bus, the spool, the demo). An ``s3://`` data dir is refused in one line:
+        ``Path("s3://b/p")`` would be the relative directory ``s3:/b/p`` (STYLE 17)."""
+        location = self.data_location
+        if location.is_s3:
+            raise SettingsError(
+                f"{what} lives on this machine's disk and cannot use the data dir {location}: give a local "
+                "--data-dir, or use --bus kafka (GPULEDGER_KAFKA_BOOTSTRAP) with the data dir on S3"
+            )
+        return location.local_path()
 
     @property
     def data_location(self) -> Location:

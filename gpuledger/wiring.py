@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -39,15 +38,7 @@ def make_bus(settings: Settings) -> Bus:
         return KafkaBus(settings.kafka)
     from streams.localbus import LocalBus
 
-    if str(settings.data_dir).startswith("s3:"):
-        from streams.errors import StreamError
-
-        raise StreamError(
-            "the embedded local bus keeps its log on this machine's disk and cannot live in an "
-            "s3:// data directory: use --bus kafka with GPULEDGER_KAFKA_BOOTSTRAP"
-        )
-
-    return LocalBus(Path(settings.data_dir) / "bus")
+    return LocalBus(settings.local_data_dir("the embedded local bus") / "bus")
 
 
 def registry_from(settings: Settings) -> Registry:

@@ -73,3 +73,26 @@ def test_an_s3_consumers_heartbeat_never_lands_in_a_local_s3_directory(tmp_path:
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("ingest", "EVENTS"), ("consume", "--until-idle"), ("demo",), ("collect", "--simulate", "--once")],
+    ids=["ingest", "consume", "demo", "collect"],
+)
+def test_no_command_makes_a_local_s3_directory_for_an_s3_data_dir(tmp_path: Path, args: tuple[str, ...]) -> None:
+    # given an s3:// data dir and the embedded bus (which lives on this machine's disk only)
+    events = tmp_path / "in" / "e.jsonl"
+    events.parent.mkdir()
+    events.write_text("")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GPULEDGER_CONFIG": "", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+           "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1"}
+    argv = [str(events) if a == "EVENTS" else a for a in args]
+    proc = subprocess.run([sys.executable, "-m", "gpuledger", *argv, "--data-dir", "s3://bucket/prefix"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    # then it is refused in one line, and nothing named s3: appears where it ran
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(cwd.iterdir()) == []
