@@ -508,6 +508,28 @@ class LocalConsumer:
         wanted = dict(resume([0]))
         if 0 in wanted:
             self.seek(wanted)
+        elif self._offset > 0 and self._group_file.exists():
+            self._storage_holds_nothing()
+
+    def _storage_holds_nothing(self) -> None:
+        """Storage holds nothing of this topic, yet the group file says records were consumed
+        (the tables were deleted or restored from before the first batch): read from the first
+        record there is, saying so; records trimmed away meanwhile are named, not skipped."""
+        segment = current_segment(self._dir)
+        first = segment.base_offset if segment is not None else 0
+        if first > 0:
+            raise BusCorrupt(
+                f"storage holds nothing of topic {self._topic}, but the group file {self._group_file} says offset "
+                f"{self._offset} and the log now starts at offset {first}: records 0–{first - 1} were consumed and "
+                "trimmed, and are not in this data dir; restore its tables from a backup, or re-ingest the source"
+            )
+        log.warning(
+            "local bus %s: the group file says offset %d but storage holds nothing of topic %s: reading from "
+            "offset 0 (storage is the truth; what is stored already is dropped by event id)",
+            self._group_file, self._offset, self._topic,
+        )
+        self._offset, self._position = 0, 0
+        self._positions = {0: 0}
 
     def seek(self, next_offsets: Mapping[int, int]) -> None:
         """Position the consumer at record ``next_offsets[0]`` (found by walking the record

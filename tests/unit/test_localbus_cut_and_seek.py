@@ -176,3 +176,24 @@ def test_consume_names_a_log_cut_in_the_middle_in_one_line(tmp_path) -> None:
     line = one_error_line(cli("consume", "--until-idle", data=data))
     assert f"{log} breaks off (an incomplete or zeroed record) at byte" in line
     assert "durably written" in line and "restore the bus from a backup" in line
+
+
+def test_storage_that_holds_nothing_is_believed_over_a_group_file(tmp_path, caplog) -> None:
+    # given ten messages consumed into a store, and then the store's tables lost (deleted)
+    import shutil
+
+    bus = LocalBus(tmp_path / "bus")
+    publish(bus, 10)
+    with stream(bus, tmp_path / "data") as consumer:
+        consumer.run(until_idle=True, idle_polls=1)
+    shutil.rmtree(tmp_path / "data")
+    # when the consumer starts again, then it reads from the start, says so, and stores all ten
+    with stream(bus, tmp_path / "data", batch=100) as consumer:
+        assert consumer.run(until_idle=True, idle_polls=1).accepted == 10
+    assert "the group file says offset 10 but storage holds nothing of topic gpu.usage.v1" in caplog.text
+    # and when the log was trimmed meanwhile, the records gone with it are named, not skipped
+    shutil.rmtree(tmp_path / "data")
+    bus.trim("gpu.usage.v1")
+    with pytest.raises(BusCorrupt, match="records 0–9 were consumed and trimmed, and are not in this data dir"):
+        with stream(bus, tmp_path / "data") as consumer:
+            consumer.run(until_idle=True, idle_polls=1)
