@@ -197,9 +197,14 @@ class Settings(BaseSettings):
 
     @property
     def heartbeat_file(self) -> Location:
-        """Where ``consume`` writes its heartbeat: the setting, else beside the data (S3 too)."""
+        """Where ``consume`` writes its heartbeat (and ``health`` reads it): the setting, else
+        beside the data — ``<data-dir>/consumer.heartbeat.json`` on a local disk, and on S3,
+        where consumers on several machines share one data dir, one per host:
+        ``<data-dir>/heartbeats/<host>.json`` (``health`` runs on the consumer's host)."""
         if self.consumer.heartbeat_file is not None:
             return Location.parse(self.consumer.heartbeat_file)
+        if self.data_location.is_s3:
+            return self.data_location.join("heartbeats", f"{socket.gethostname()}.json")
         return self.data_location.join("consumer.heartbeat.json")
 
 

@@ -6,6 +6,7 @@ were committed)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ def test_an_s3_data_dir_is_an_s3_location_however_it_is_spelt(given) -> None:
 
 def test_the_heartbeat_of_an_s3_data_dir_lives_in_the_store_not_in_a_local_s3_directory() -> None:
     settings = Settings(data_dir=Path("s3://bucket/prefix"))
-    assert settings.heartbeat_file.url == "s3://bucket/prefix/consumer.heartbeat.json"
+    # one per host: consumers on several machines share one S3 data dir
+    assert settings.heartbeat_file.url == f"s3://bucket/prefix/heartbeats/{socket.gethostname()}.json"
     local = Settings(data_dir=Path("gpuledger-data"))
     assert local.heartbeat_file.url == str(Path("gpuledger-data").absolute() / "consumer.heartbeat.json")
 
