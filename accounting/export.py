@@ -146,7 +146,8 @@ def export_month(
     usage_files = period_files(store, USAGE_DIR, period)
     sealed_usage = [p for p in usage_files if p in sealed]
     usage_to_copy = sealed_usage or usage_files
-    for rel in ledger_files + usage_to_copy:
+    loss_records = sorted(p for p in sealed if p.startswith("losses/"))  # recorded losses, sealed with the month
+    for rel in ledger_files + usage_to_copy + loss_records:
         data = store.read_bytes(store.path(rel))
         digest = hashlib.sha256(data).hexdigest()
         entry = sealed.get(rel)

@@ -71,9 +71,15 @@ def test_a_lost_file_is_named_then_recorded_and_the_month_closes_honestly(tmp_pa
     assert billed_hours(data) == pytest.approx(21 / 60)
     national = compliance(data).filter(pl.col("entity") == "ALL")
     assert national.height and all("data_lost" in b for b in national["breaches"].to_list())
-    # and the loss record is sealed with the month: verify checks it, and names it when changed
+    # and the loss record is sealed with the month: verify checks it, the auditor pack carries
+    # it (its SHA256SUMS too), and verify names it when it is changed
     assert cli("verify", "--all", data=data).returncode == 0
     [record] = (data / "losses" / "raw").glob("*.json")
+    exported = cli("export", "--month", "2026-11", "--out", str(tmp_path / "packs"), data=data)
+    assert exported.returncode == 0, exported.stderr
+    auditor = tmp_path / "packs" / "2026-11" / "auditor"
+    assert (auditor / "losses" / "raw" / record.name).read_bytes() == record.read_bytes()
+    assert f"losses/raw/{record.name}" in (auditor / "SHA256SUMS").read_text()
     doc = json.loads(record.read_text())
     assert (doc["rows"], doc["recorded_by"], doc["lost_usage"]) == (30, doc["recorded_by"], None)
     record.write_text(record.read_text().replace("ticket 7", "ticket 8"))
