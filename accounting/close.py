@@ -63,6 +63,7 @@ from storage import manifest
 from storage.dataset import Store
 from storage.deltalog import recorded_sha256
 from storage.lease import Lease
+from storage.rollup import ROLLUP_APP
 
 Progress = Callable[[str], None]
 BILLING_DIR = "ledgers/billing"
@@ -464,13 +465,18 @@ def _seal(
     if registry_hash != registry_sha256(registry):
         raise CloseError(f"the registry copy {registry_file} did not read back as written")
     inputs = [f for ds in ("usage_hourly", "quarantine") for f in _period_inputs(store, ds, period)]
+    # the raw version usage_hourly was rolled up from (under the lease nothing rolls up meanwhile),
+    # so the raw files listed re-derive the sealed usage_hourly exactly (docs/auditors.md)
+    raw_version = store.table("usage_hourly").transaction_version(ROLLUP_APP)
     recorded = recorded_sha256(store, "raw")
+    prefix = f"period={period}/"
     raw_files = [
-        {"path": manifest.relative_path(store, f), "sha256": recorded.get(manifest.relative_path(store, f)[len("raw/"):])}
-        for f in _period_inputs(store, "raw", period)
+        {"path": f"raw/{rel}", "sha256": recorded.get(rel)}
+        for rel in (store.table("raw").files_at(raw_version) if raw_version is not None else [])
+        if rel.startswith(prefix)
     ]
     reads = {
-        "raw": {"version": store.pinned_version("raw"), "files": raw_files},
+        "raw": {"version": -1 if raw_version is None else raw_version, "files": raw_files},
         "usage_hourly": {"version": store.pinned_version("usage_hourly")},
         "quarantine": {"version": store.pinned_version("quarantine")},
     }

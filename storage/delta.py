@@ -200,6 +200,15 @@ class DeltaDataset:
         actions = table.get_add_actions(flatten=True)
         return sorted(str(p) for p in actions.column("path").to_pylist()), table.version()
 
+    def files_at(self, version: int) -> list[str]:
+        """Paths (relative to the table root) of the files of an earlier ``version``."""
+        try:
+            table = DeltaTable(self.uri, version=version, storage_options=self._options or None)
+        except (DeltaError, OSError) as exc:
+            raise StorageError(f"cannot read version {version} of {self.uri}: {_why(exc)}") from exc
+        actions = table.get_add_actions(flatten=True)
+        return sorted(str(p) for p in actions.column("path").to_pylist())
+
     def vacuum_candidates(self, retention_hours: int) -> list[str]:
         """What :meth:`vacuum` would delete (paths relative to the table), deleting nothing."""
         table = self.table()
