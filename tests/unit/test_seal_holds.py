@@ -89,10 +89,13 @@ def test_the_hourly_job_firing_while_a_close_seals_moves_nothing_and_vacuum_keep
     _consume(store, _events(5, range(0, 5)))
     roll_up(store)
     _consume(store, _events(5, range(5, 9)))
+    replaced = [f"raw/{p}" for p in store.table("raw").files() if "date=2026-11-05" in p]
+    replaced += [f"usage_hourly/{p}" for p in store.table("usage_hourly").files() if "date=2026-11-05" in p]
     after = run_compaction(Store(tmp_path), datetime.now(UTC), retention_hours=0)
     assert not after.locked_out
     # then it really vacuumed the files it replaced, and not one sealed file
-    assert sum(after.vacuumed.values()) > 0
+    assert len(replaced) == 3 and not any(_on_disk(store, p) for p in replaced)
+    assert sum(after.vacuumed.values()) == 3
     doc = read_manifest(store, "2026-11")
     sealed = [f["path"] for f in doc["files"]] + [f["path"] for f in doc["reads"]["raw"]["files"]]
     assert all(_on_disk(store, p) for p in sealed)
