@@ -307,3 +307,39 @@ def test_a_close_that_lost_its_lease_writes_nothing_more(tmp_path: Path) -> None
         assert run_due_closes(store, RegistryCloser(EXAMPLES), datetime(2026, 12, 2, tzinfo=KST)).locked_out
     assert run_due_closes(store, RegistryCloser(EXAMPLES), datetime(2026, 12, 2, tzinfo=KST)).closed == ("2026-11",)
     assert verify(store).ok
+
+
+# -- the same events, whatever the batches -------------------------------------------------------
+def _sealed_month(data: Path, batches: list[list[dict]], *, consumers: int = 1) -> dict:
+    store = Store(data)
+    processors = [BatchProcessor(store, accounts_of(REGISTRY)) for _ in range(consumers)]
+    for i, batch in enumerate(batches):
+        processors[i % consumers].process([(f"{consumers}-{i}", jsonl(*batch))])
+    roll_up(store)
+    close_month(store, REGISTRY, "2026-11")
+    return read_manifest(store, "2026-11")
+
+
+def test_the_same_events_in_other_batches_seal_to_the_same_content_and_statement_numbers(tmp_path: Path) -> None:
+    from accounting.figures import statement_number
+
+    # 2 days × 4 devices × 3 hours of minutes, energy with more digits than a millijoule
+    events = [
+        event(f"2026-11-{d:02d}T{h:02d}:{m:02d}:00Z", gpu=f"GPU-{g}", energy_joules=1234.5678901 + (m * 7 + g) / 13)
+        for d in (2, 3) for h in (1, 14, 15) for m in range(60) for g in range(4)
+    ]
+    one = _sealed_month(tmp_path / "one", [events])
+    small = _sealed_month(tmp_path / "small", [events[i : i + 7] for i in range(0, len(events), 7)][::-1])
+    two = _sealed_month(tmp_path / "two", [events[i : i + 100] for i in range(0, len(events), 100)], consumers=2)
+    # the Delta versions differ (they count commits), what was sealed does not
+    assert one["reads"]["raw"]["version"] != small["reads"]["raw"]["version"]
+    assert one["content_sha256"] == small["content_sha256"] == two["content_sha256"]
+    assert one["files"] == small["files"] == two["files"]
+    for doc in (small, two):
+        assert {k: v for k, v in doc.items() if k not in ("reads", "manifest_sha256")} == {
+            k: v for k, v in one.items() if k not in ("reads", "manifest_sha256")
+        }
+    numbers = {statement_number("2026-11", "gov", d["content_sha256"]) for d in (one, small, two)}
+    assert len(numbers) == 1
+    for f in one["files"]:
+        assert (tmp_path / "one" / f["path"]).read_bytes() == (tmp_path / "small" / f["path"]).read_bytes()
