@@ -78,3 +78,34 @@ def test_two_closes_and_an_upkeep_at_once_on_s3_seal_once_and_verify(s3: S3Endpo
     assert len(holder_of) == 2 + upkeep_ran, (holder_of, outputs[2])
     print(outputs[2].strip(), {t: sorted(w)[0].split("@")[0] for t, w in holder_of.items()})
     assert list(tmp_path.iterdir()) == []  # nothing local: no lock directory named after the URL
+
+
+def test_eight_takers_at_once_on_s3_exactly_one_wins(s3: S3Endpoint, s3_prefix: str) -> None:
+    """SeaweedFS refuses the second conditional put of the same log entry: of eight processes'
+    worth of takers released at one barrier, one holds the lease, seven are told who does."""
+    import threading
+
+    from storage.lease import Lease, LeaseHeld
+
+    url = s3.url(s3_prefix, "lease")
+    Lease(Store(url, s3_options=options(s3)), "warm-up").state()  # the table exists before the race
+    barrier = threading.Barrier(8)
+    won: list[int] = []
+    refused: list[str] = []
+
+    def take(i: int) -> None:
+        lease = Lease(Store(url, s3_options=options(s3)), f"taker-{i}")
+        lease.state()
+        barrier.wait()
+        try:
+            won.append(lease.acquire())
+        except LeaseHeld as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert won == [1] and len(refused) == 7
+    assert all("is held by taker-" in r for r in refused)
