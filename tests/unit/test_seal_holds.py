@@ -343,3 +343,47 @@ def test_the_same_events_in_other_batches_seal_to_the_same_content_and_statement
     assert len(numbers) == 1
     for f in one["files"]:
         assert (tmp_path / "one" / f["path"]).read_bytes() == (tmp_path / "small" / f["path"]).read_bytes()
+
+
+# -- the raw events in the seal --------------------------------------------------------------------
+def test_the_auditor_pack_raw_events_re_derive_the_sealed_usage_hourly_with_the_documented_query(tmp_path: Path) -> None:
+    from accounting.export import export_month
+    from accounting.rawpack import REDERIVE_SQL
+
+    # given a month with MIG slices, partial intervals, an event without energy, two days, late data
+    store = Store(tmp_path / "data")
+    mig = [event(f"2026-11-02T14:{m:02d}:00Z", gpu="GPU-9", device=f"MIG-9-{s}", mig_profile="3g.90gb",
+                 gpu_fraction=3 / 7, gpu_seconds=60 * 3 / 7, busy_gpu_seconds=10.0, energy_joules=333.3333333 + s)
+           for m in range(0, 60, 5) for s in range(2)]
+    partial = [event(f"2026-11-03T15:{m:02d}:00Z", gpu="GPU-7", flags=["partial_interval"], gpu_seconds=30.0,
+                     busy_gpu_seconds=3.0, energy_joules=None if m == 0 else 12.3456789) for m in range(10)]
+    _consume(store, _events(2, range(30)), mig, partial)
+    roll_up(store)
+    close_month(store, REGISTRY, "2026-11")
+    _consume(store, _events(2, range(30, 35)))  # late: not what the close read
+    roll_up(store)
+    # when the auditor pack is exported with the raw events
+    result = export_month(store, "2026-11", tmp_path / "packs", raw_events=True)
+    pack = result.out_dir / "auditor"
+    readme = (pack / "README.md").read_text()
+    assert REDERIVE_SQL in readme
+    assert REDERIVE_SQL.strip() in (Path(__file__).resolve().parents[2] / "docs" / "auditors.md").read_text()
+    # then every raw file's hash checks, and the documented query gives the sealed rows exactly
+    for line in (pack / "raw-events.sha256").read_text().splitlines():
+        digest, rel = line.split("  ", 1)
+        assert hashlib.sha256((pack / rel).read_bytes()).hexdigest() == digest
+    con = duckdb.connect()
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(pack)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        derived = REDERIVE_SQL.split(";", 1)[1].strip().rstrip(";").replace("ORDER BY ALL", "")
+        sealed = "SELECT * FROM read_parquet('usage_hourly/**/*.parquet', hive_partitioning = false)"
+        rows = con.sql(derived).fetchall()
+        assert len(rows) == 30 // 60 + 1 + 2 + 1  # hour 03 GPU-0001, two MIG devices, the partial hour
+        assert con.sql(f"({derived}) EXCEPT ALL ({sealed})").fetchall() == []
+        assert con.sql(f"({sealed}) EXCEPT ALL ({derived})").fetchall() == []
+    finally:
+        os.chdir(cwd)
