@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -268,6 +269,14 @@ class ScheduleConfig:
     timezone: ZoneInfo = KST
 
 
+def data_dir_text(data_dir: Path | str) -> str:
+    """The data dir as jobs store it: an ``s3://`` URL kept as a URL, a local path made absolute."""
+    text = str(data_dir)
+    if text.startswith("s3:/"):
+        return "s3://" + text[len("s3:/"):].lstrip("/")
+    return str(Path(text).absolute())
+
+
 def job_store_url(data_dir: Path) -> str:
     path = (Path(data_dir) / JOB_STORE).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,12 +302,16 @@ def configure(
         MONTHLY_CLOSE_ID: CronTrigger(day=1, hour=config.close_hour, minute=config.close_minute, timezone=tz),
     }
     chosen.update(triggers or {})
+    data_dir = data_dir_text(config.data_dir)
+    # jobs have fixed ids and are added again at every start, and the close finds what is due by
+    # itself: the SQLite store only spares a restart the re-adding. On S3 there is no local data
+    # dir to put it in (and nothing to share), so the jobs live in memory.
+    store = MemoryJobStore() if data_dir.startswith("s3://") else SQLAlchemyJobStore(url=job_store_url(config.data_dir))
     scheduler.configure(
-        jobstores={"default": SQLAlchemyJobStore(url=job_store_url(config.data_dir))},
+        jobstores={"default": store},
         job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
         timezone=tz,
     )
-    data_dir = str(Path(config.data_dir).absolute())
     common: dict[str, Any] = {"replace_existing": True}
     scheduler.add_job(
         "accounting.scheduler:compaction_job",

@@ -387,3 +387,15 @@ def test_the_auditor_pack_raw_events_re_derive_the_sealed_usage_hourly_with_the_
         assert con.sql(f"({sealed}) EXCEPT ALL ({derived})").fetchall() == []
     finally:
         os.chdir(cwd)
+
+
+def test_a_scheduler_on_s3_keeps_the_url_and_writes_nothing_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On S3 there was a local directory named ``s3:`` (the close lock and the job store)."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from accounting.scheduler import configure
+
+    monkeypatch.chdir(tmp_path)
+    scheduler = configure(BackgroundScheduler(), ScheduleConfig(data_dir=Path("s3://bucket/prefix"), registry=EXAMPLES))
+    assert {job.kwargs["data_dir"] for job in scheduler.get_jobs()} == {"s3://bucket/prefix"}
+    assert list(tmp_path.iterdir()) == []
