@@ -399,3 +399,27 @@ def test_a_scheduler_on_s3_keeps_the_url_and_writes_nothing_local(tmp_path: Path
     scheduler = configure(BackgroundScheduler(), ScheduleConfig(data_dir=Path("s3://bucket/prefix"), registry=EXAMPLES))
     assert {job.kwargs["data_dir"] for job in scheduler.get_jobs()} == {"s3://bucket/prefix"}
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_upkeep_whose_lease_was_taken_over_cannot_commit_after_the_new_holder(tmp_path: Path) -> None:
+    """Fencing: a holder that stalled past its expiry (a GC pause) wakes up and commits a roll-up;
+    the table already records a newer holder's token, so the commit is refused."""
+    from storage.lease import Lease, LeaseLost
+
+    store = Store(tmp_path)
+    clock = [2_000_000_000.0]
+    stalled = Lease(store, "stalled upkeep", ttl_s=60, clock=lambda: clock[0])
+    stalled.acquire()
+    clock[0] += 120
+    newer = Lease(store, "newer upkeep", ttl_s=60, clock=lambda: clock[0])
+    newer.acquire()
+    _consume(store, _events(2, range(5)))
+    roll_up(store, lease=newer)
+    _consume(store, _events(2, range(5, 10)))
+    with pytest.raises(LeaseLost, match="newer than this holder's"):
+        roll_up(store, lease=stalled)
+    assert compact_dataset(store, "raw", lease=newer)  # raw now records token 2
+    _consume(store, _events(2, range(10, 12)))
+    with pytest.raises(LeaseLost, match="newer than this holder's"):
+        compact_dataset(store, "raw", lease=stalled)
+    assert duckdb.sql(f"select sum(gpu_microseconds)::BIGINT from read_parquet({store.files('usage_hourly')!r})").fetchall()[0][0] == 5 * 60_000_000
