@@ -81,25 +81,23 @@ class Lease:
         self.holder = holder
         self.ttl_s = ttl_s
         self._clock = clock
-        self._table = DeltaDataset(store.uri(LEASE_TABLE), _SCHEMA, store.table("raw")._options)  # noqa: SLF001
+        options = store.location.delta_options() if store.location is not None else None
+        self._table = DeltaDataset(store.uri(LEASE_TABLE), _SCHEMA, options)
         self.token: int | None = None
 
     # -- reading ------------------------------------------------------------------------------
     def state(self) -> LeaseState:
         """The lease as its newest commit says (free if never taken)."""
+        # one snapshot, the one the next commit is checked against: its txn and its newest entry
         self._table.create_if_missing()
-        token = self._table.transaction_version(LEASE_APP) or 0
-        version = self._table.version()
-        for v in range(version, -1, -1):
-            actions = commit_actions(self.store, LEASE_TABLE, v) or []
-            for action in actions:
-                info = action.get("commitInfo") or {}
-                raw = info.get(LEASE_KEY)
-                if raw:
-                    doc = json.loads(raw)
-                    return LeaseState(doc["holder"], int(doc["token"]), int(doc["expires_ms"]), bool(doc["released"]))
-            if token == 0:
-                break
+        snapshot = self._table.table()
+        assert snapshot is not None
+        token = snapshot.transaction_version(LEASE_APP) or 0
+        for action in commit_actions(self.store, LEASE_TABLE, snapshot.version()) or []:
+            raw = (action.get("commitInfo") or {}).get(LEASE_KEY)
+            if raw:  # every commit but the table's creation carries the lease
+                doc = json.loads(raw)
+                return LeaseState(doc["holder"], int(doc["token"]), int(doc["expires_ms"]), bool(doc["released"]))
         return LeaseState(None, token, 0, True)
 
     # -- taking, renewing, releasing ----------------------------------------------------------

@@ -29,7 +29,6 @@ from storage.seal import (
     seal_period,
     sealed_files,
     sealed_periods,
-    sealed_versions,
 )
 from storage.verify import Difference, DifferenceKind, VerifyReport, verify
 
@@ -38,5 +37,5 @@ __all__ = [
     "Difference", "DifferenceKind", "SealUnreadable", "SealedFile", "VerifyReport",
     "content_sha256", "describe_file", "find_damaged", "generate_keypair", "iter_manifests",
     "ledger_periods", "load_private_key", "load_public_key", "manifest_path", "read_manifest",
-    "relative_path", "seal_period", "sealed_files", "sealed_periods", "sealed_versions", "verify",
+    "relative_path", "seal_period", "sealed_files", "sealed_periods", "verify",
 ]

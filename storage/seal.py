@@ -184,17 +184,6 @@ def read_files(doc: Mapping[str, object]) -> list[dict]:
     return out
 
 
-def sealed_versions(store: Store) -> dict[str, list[int]]:
-    """Table → the Delta versions sealed manifests record as read (for vacuum's keep list)."""
-    out: dict[str, list[int]] = {}
-    for period in sealed_periods(store):
-        reads = read_manifest(store, period).get("reads") or {}
-        for table, entry in reads.items():
-            if isinstance(entry, dict) and isinstance(entry.get("version"), int) and entry["version"] >= 0:
-                out.setdefault(table, []).append(entry["version"])
-    return {t: sorted(set(v)) for t, v in out.items()}
-
-
 def iter_manifests(store: Store) -> Iterable[tuple[str, dict]]:
     """(period, parsed manifest) for each readable manifest, oldest first (exports use this)."""
     for period in sealed_periods(store):
