@@ -423,3 +423,14 @@ def test_an_upkeep_whose_lease_was_taken_over_cannot_commit_after_the_new_holder
     with pytest.raises(LeaseLost, match="newer than this holder's"):
         compact_dataset(store, "raw", lease=stalled)
     assert duckdb.sql(f"select sum(gpu_microseconds)::BIGINT from read_parquet({store.files('usage_hourly')!r})").fetchall()[0][0] == 5 * 60_000_000
+
+
+def test_verify_names_a_raw_file_the_close_read_that_is_gone(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    _consume(store, _events(2, range(10)), _events(3, range(10)))
+    roll_up(store)
+    close_month(store, REGISTRY, "2026-11")
+    (gone, *_) = [f["path"] for f in read_manifest(store, "2026-11")["reads"]["raw"]["files"]]
+    (tmp_path / gone).unlink()
+    report = verify(store, every_file=True)
+    assert [(str(d.kind), d.path) for d in report.differences] == [("file_missing", gone)]
