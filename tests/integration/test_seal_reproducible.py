@@ -44,6 +44,9 @@ def test_local_bus_and_kafka_with_other_batch_sizes_seal_the_same_month(
     publish(local, "gpu.usage.v1", fleet.batches)
     via_local = _drain_and_close(local, tmp_path / "local", "gpu.usage.v1", "g", max_batch_records=50_000)
 
+    for name, doc in (("kafka", via_kafka), ("local", via_local)):
+        print(name, "raw version", doc["reads"]["raw"]["version"], "content_sha256", doc["content_sha256"],
+              "manifest_sha256", doc["manifest_sha256"][:16])
     assert via_kafka["content_sha256"] == via_local["content_sha256"]
     assert via_kafka["files"] == via_local["files"]
     assert via_kafka["reads"]["raw"]["version"] != via_local["reads"]["raw"]["version"]
