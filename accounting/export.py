@@ -49,7 +49,7 @@ from accounting.statements import ProgrammeLine, StatementHeader, programme_xlsx
 from accounting.schemas import BILLING, COMPLIANCE
 from storage.dataset import Store
 from storage.errors import IntegrityError
-from storage.manifest import SIGNATURE_SUFFIX, content_sha256, manifest_path, relative_path, sealed_periods
+from storage.manifest import SIGNATURE_SUFFIX, manifest_path, relative_path, sealed_periods
 
 BILLING_DIR = "ledgers/billing"
 COMPLIANCE_DIR = "ledgers/compliance"
@@ -199,7 +199,8 @@ def export_month(
     finance = _write_finance(
         pack,
         _Finance(period, hashlib.sha256(manifest_bytes).hexdigest(), registry, is_simulated(store),
-                 manifest.get("content_sha256") or content_sha256(manifest)),
+                 # a month sealed before content_sha256 existed keeps the number it was issued with
+                 manifest.get("content_sha256") or hashlib.sha256(manifest_bytes).hexdigest()),
         billing,
         compliance,
         totals,
