@@ -62,10 +62,12 @@ def record_loss(
     many rows, which hours, who, why) and a Delta remove, so work can go on and the loss shows."""
 
     def body() -> None:
+        from storage.lease import hold
         from storage.losses import record_loss as record
 
         store = store_of(settings_from(data_dir))
-        r = record(store, file, reason)
+        with hold(store, "gpuledger storage record-loss", wait_s=120) as lease:  # no close or upkeep meanwhile
+            r = record(store, file, reason, lease=lease)
         out.print(
             f"recorded loss of {r['table']}/{r['file']}: {r['rows']} rows of {r['first_interval_start']} to "
             f"{r['last_interval_start']} (period {r['period']}), removed in version {r['removed_in_version']}; "

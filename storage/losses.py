@@ -37,8 +37,11 @@ from storage.schemas import TABLES
 LOSSES_DIR = "losses"
 
 
-def record_loss(store: Store, file: str, reason: str, *, who: str | None = None, now: datetime | None = None) -> dict:
-    """Record ``file`` (``<table>/<path in the table>``) as lost; returns the loss record."""
+def record_loss(store: Store, file: str, reason: str, *, who: str | None = None, now: datetime | None = None,
+                lease=None) -> dict:  # noqa: ANN001 - storage.lease.Lease
+    """Record ``file`` (``<table>/<path in the table>``) as lost; returns the loss record.
+    Under the store's ``lease`` (the CLI takes it) the remove carries its fencing token, and no
+    close or upkeep runs meanwhile."""
     dataset, _, rel = file.strip("/").partition("/")
     if dataset not in TABLES or not rel:
         raise StorageError(f"{file!r} is not a table file: give it as <table>/<path>, e.g. raw/period=…/part-….parquet")
@@ -74,7 +77,8 @@ def record_loss(store: Store, file: str, reason: str, *, who: str | None = None,
     }
     target = store.path(LOSSES_DIR, dataset, posixpath.basename(rel) + ".json")
     store.write_bytes_atomic(target, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
-    record["removed_in_version"] = store.commit_files(dataset, [], removes=[rel])
+    fence = lease.fence(dataset) if lease is not None else None
+    record["removed_in_version"] = store.commit_files(dataset, [], removes=[rel], txns=fence)
     store.write_bytes_atomic(target, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     return record
 
@@ -94,7 +98,7 @@ def losses(store: Store, period: str | None = None) -> list[dict]:
 
 
 def _refuse_sealed(store: Store, dataset: str, rel: str) -> None:
-    from storage.manifest import sealed_files  # manifest imports dataset too
+    from storage.seal import sealed_files
 
     date_dir = "/".join(rel.split("/")[:2])
     sealed = [f for f in sealed_files(store) if f.startswith(("usage_hourly/" + date_dir + "/", f"{dataset}/{rel}"))]
