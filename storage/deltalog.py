@@ -110,7 +110,8 @@ class TableLog:
                     store.path(dataset, "_delta_log"), ".checkpoint.parquet")) if name[:20].isdigit()),
                 reverse=True,
             )
-            log.warning(
+            _warn_once(
+                (store.path(dataset), "pointer"),
                 "%s/_last_checkpoint is damaged (%s): using the newest checkpoint listed in the log (%s) instead; "
                 "nothing is lost (the next checkpoint rewrites the pointer, or restore it from a backup)",
                 where, _first_line(exc), f"version {listed[0]}" if listed else "none: reading from version 0",
@@ -126,7 +127,8 @@ class TableLog:
                         f"{where}/{start:020d}.checkpoint.parquet is damaged ({_first_line(exc)}) and the log's early "
                         f"entries are gone, so {dataset} cannot be read without it: restore {where} from a backup"
                     ) from exc
-                log.warning(
+                _warn_once(
+                    (store.path(dataset), start),
                     "%s/%020d.checkpoint.parquet is damaged (%s): reading the log from version 0 instead (nothing "
                     "is lost; restore the file from a backup, or let the next checkpoint supersede it)",
                     where, start, _first_line(exc),
@@ -210,6 +212,16 @@ def _recorded(add: dict, version: int | None) -> Recorded:
         max_values=stats.get("maxValues") or {},
         version=version,
     )
+
+
+_WARNED: set[tuple[str, object]] = set()
+
+
+def _warn_once(key: tuple[str, object], message: str, *args: object) -> None:
+    """One warning line per damaged file and process (a close reads the log several times)."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message, *args)
 
 
 def _first_line(exc: BaseException) -> str:
