@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date as Date
 from typing import TYPE_CHECKING
@@ -171,7 +172,9 @@ def _roll_date(
     digest = hashlib.sha256(("\n".join([date_dir, *inputs, *sealed])).encode()).hexdigest()[:24]
     rel = posixpath.join(date_dir, f"part-rollup-tmp-{digest}.parquet")  # renamed after its bytes
     raw_scan = store.scan_files(inputs, RAW_EVENTS)
-    raw_scan_with_paths = store.scan_files(inputs, RAW_EVENTS, include_file_paths="file")
+    def raw_scan_with_paths() -> pl.LazyFrame:  # only when usage is impossible: to name the files
+        return store.scan_files(inputs, RAW_EVENTS, include_file_paths="file")
+
     sealed_scan = store.scan_files(sealed, USAGE_HOURLY) if sealed else None
     rows = 0
     lo: datetime | None = None
@@ -213,7 +216,7 @@ def _roll_date(
     return NewFile(final, written.size_bytes, written.rows, written.sha256, written.stats)
 
 
-def _refuse_impossible(frame: pl.DataFrame, date_dir: str, raw_scan: pl.LazyFrame | None = None) -> None:
+def _refuse_impossible(frame: pl.DataFrame, date_dir: str, raw_scan: Callable[[], pl.LazyFrame] | None = None) -> None:
     """A device-hour holds at most an hour of GPU time and never less than none.
 
     The day's files were re-hashed before (:func:`_refuse_damaged`), so this is not damage
@@ -230,7 +233,7 @@ def _refuse_impossible(frame: pl.DataFrame, date_dir: str, raw_scan: pl.LazyFram
         if raw_scan is not None:
             hour = row["hour_start"]
             found = (
-                raw_scan.filter(
+                raw_scan().filter(
                     (pl.col("device_uuid") == row["device_uuid"])
                     & (pl.col("interval_start") >= hour) & (pl.col("interval_start") < hour + timedelta(hours=1))
                 )
