@@ -176,10 +176,10 @@ def test_a_member_assigned_partitions_forgets_its_ids_and_resumes_from_storage(t
 
     class _Partitioned:  # the in-memory twin of a partitioned bus consumer, as far as assignment goes
         topic = "gpu.usage.v1"
-        resume = None
+        listener = None
 
-        def on_assign(self, resume):
-            self.resume = resume
+        def listen(self, listener):
+            self.listener = listener
 
     processor = BatchProcessor(Store(tmp_path), ACCOUNTS)
     processor.process(*messages(P1, 0, 3, node="mine"))  # warms hour 03
@@ -187,7 +187,7 @@ def test_a_member_assigned_partitions_forgets_its_ids_and_resumes_from_storage(t
     bus = _Partitioned()
     StreamConsumer(bus, processor, group="g")  # type: ignore[arg-type]
     assert processor.window.hours_held == 1
-    assert bus.resume([0, 1]) == {0: 4, 1: 3}
+    assert bus.listener.on_assign([0, 1]) == {0: 4, 1: 3}
     assert processor.window.hours_held == 0
     # then a spool re-send of partition 0's event (a new message) is found as a duplicate
     resent = processor.process([("spool", jsonl(event("2026-11-02T03:02:00Z", node="n0")))])
