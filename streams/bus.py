@@ -106,7 +106,7 @@ def offset_beyond_log(topic: str, partition: int, stored: int, log_end: int, bus
     return (
         f"partition {partition} of {topic}: storage holds it up to offset {stored}, but the {bus} bus's log "
         f"ends at offset {log_end} (the topic was re-created or its offsets restarted); nothing of it is read. "
-        f"If so, re-base it deliberately (recorded in raw's history): gpuledger offsets rebase --bus {bus} "
+        f"If so, re-base it deliberately (recorded in raw's history): gpuledger offsets rebase "
         f"--topic {topic} --partition {partition} --to <first offset to read, e.g. 0> --reason '<why>'"
     )
 

@@ -26,6 +26,7 @@ member: a few small JSON objects). Memory: the two snapshots' file lists, as bef
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 
 from storage.dataset import Store
@@ -54,10 +55,13 @@ class Checkpoint:
         ``[lo, hi)``, as store paths (what :meth:`Store.scan_files` reads)."""
         return [self._store.path(dataset, p) for p in self._pins[dataset].files_overlapping(column, lo, hi)]
 
-    def commit(self, table: str, files: Sequence[NewFile], txns: Mapping[str, int]) -> None:
-        """Commit ``files`` and ``txns`` to ``table``, checked against the pinned version.
-        Raises :class:`~storage.delta.CommitConflict` when another writer got in the way."""
-        self._pins[table].commit(files, txns=txns)
+    def commit(
+        self, table: str, files: Sequence[NewFile], txns: Mapping[str, int], note: Mapping[str, str] | None = None
+    ) -> None:
+        """Commit ``files`` and ``txns`` to ``table``, checked against the pinned version
+        (``note``: entries for the commit's ``commitInfo``). Raises
+        :class:`~storage.delta.CommitConflict` when another writer got in the way."""
+        self._pins[table].commit(files, txns=txns, note=note)
 
 
 class Checkpoints:
@@ -78,3 +82,31 @@ class Checkpoints:
                 pin = self._pins[table] = self._store.table(table).pinned()
             versions[table] = pin.advance()
         return Checkpoint(self._store, self._pins, versions)
+
+
+REBASE_NOTE = "gpuledger.rebase"  # commitInfo key of an operator's re-base (who, why, from, to)
+
+
+def rebase(store: Store, stream: str, next_offset: int, *, operator: str, reason: str) -> dict[str, int | None]:
+    """Record, deliberately, that ``stream`` (``<group>/<topic>/<partition>``) resumes at
+    ``next_offset``: one commit to ``quarantine`` and one to ``raw`` setting the stream's
+    ``txn`` to ``next_offset - 1``, each with a ``commitInfo`` entry saying who, why, and the
+    offsets before and after (``DESCRIBE HISTORY`` / ``DeltaTable.history()`` shows it).
+
+    For a topic that was re-created (its offsets restarted), after the operator checked that
+    what the old topic held is stored. Returns each table's offset before the re-base."""
+    if next_offset < 0:
+        raise ValueError("the first offset to read must be 0 or more")
+    if not reason.strip():
+        raise ValueError("a re-base needs a reason (it is kept in the table's history)")
+    before: dict[str, int | None] = {}
+    checkpoint = Checkpoints(store).open()
+    for table in (QUARANTINE, RAW):
+        old = checkpoint.stored_offsets([stream], table).get(stream)
+        before[table] = old
+        note = {REBASE_NOTE: json.dumps(
+            {"stream": stream, "operator": operator, "reason": reason, "from": old, "to": next_offset - 1},
+            sort_keys=True,
+        )}
+        checkpoint.commit(table, [], {stream: next_offset - 1}, note)
+    return before

@@ -13,7 +13,7 @@ import kafka.errors as kerr
 from kafka import KafkaProducer as _KProducer
 
 from streams.errors import BusUnavailable
-from streams.kafka.connection import MAX_MESSAGE_BYTES, translate
+from streams.kafka.connection import MAX_MESSAGE_BYTES, client_config, translate
 
 if TYPE_CHECKING:
     from streams.kafka.bus import KafkaBus
