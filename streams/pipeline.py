@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import re
 from collections.abc import Mapping, Sequence
 
@@ -40,6 +41,7 @@ from streams.validate import Accounts, Refused, check_rules, decode_messages, li
 
 RAW = "raw"
 QUARANTINE = "quarantine"
+log = logging.getLogger(__name__)
 _MESSAGE_OF_ROW = re.compile(r"#\d+$")
 
 
@@ -111,6 +113,10 @@ class BatchProcessor:
                 # pinned (the partition moved): what we remember may be stale; filter again
                 # from a new checkpoint, with the in-memory ids forgotten
                 self.conflicts += 1
+                log.warning(
+                    "commit conflict: another member committed a partition of this batch after the version it "
+                    "read (the partition moved); filtering the batch again from storage's offsets"
+                )
                 self._seen.clear()
                 if attempt == self._max_conflicts:
                     raise
