@@ -34,7 +34,7 @@ import polars as pl
 
 from storage.dataset import CommitConflict, Store
 from streams.aggregate import KST_OFFSET, to_raw
-from streams.checkpoint import Checkpoint, Checkpoints
+from streams.checkpoint import Checkpoints
 from streams.dedupe import EventWindow, fingerprint
 from streams.schema import RefusalReason
 from streams.validate import Accounts, Refused, check_rules, decode_messages, line_id
