@@ -138,14 +138,14 @@ class DeltaDataset:
         txns: Mapping[str, int] | None = None,
         data_change: bool = True,
         max_retries: int = 20,
-        note: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> int:
         """Make ``adds`` visible and ``removes`` invisible in one commit; returns its version.
 
-        ``txns`` (app id → version) are stored in the same commit. Raises
+        ``txns`` (app id → version) are stored in the same commit, ``metadata`` in its
+        ``commitInfo`` (the lease's holder and expiry: :mod:`storage.lease`). Raises
         :class:`CommitConflict` when a concurrent commit conflicts (same app id, or a removed
         file already removed by someone else); nothing of this commit is then visible.
-        ``note`` goes into the commit's ``commitInfo`` (who did what and why).
         """
         removes = list(removes)
         if not adds and not removes and not txns:
@@ -156,7 +156,7 @@ class DeltaDataset:
         table = self.table(refresh=False)
         assert table is not None
         try:
-            _commit(table, self.uri, self.schema, adds, removes, txns, data_change, max_retries, note)
+            _commit(table, self.uri, self.schema, adds, removes, txns, data_change, max_retries, metadata)
         except StorageError:
             self._table = None
             raise
@@ -167,6 +167,32 @@ class DeltaDataset:
         :class:`PinnedTable`); the table is created if missing."""
         self.create_if_missing()
         return PinnedTable(self)
+
+    def files_and_version(self) -> tuple[list[str], int]:
+        """The files and the version of one snapshot (a close pins both at once)."""
+        table = self.table()
+        if table is None:
+            return [], -1
+        actions = table.get_add_actions(flatten=True)
+        return sorted(str(p) for p in actions.column("path").to_pylist()), table.version()
+
+    def files_at(self, version: int) -> list[str]:
+        """Paths (relative to the table root) of the files of an earlier ``version``."""
+        try:
+            table = DeltaTable(self.uri, version=version, storage_options=self._options or None)
+        except (DeltaError, OSError) as exc:
+            raise StorageError(f"cannot read version {version} of {self.uri}: {_why(exc)}") from exc
+        actions = table.get_add_actions(flatten=True)
+        return sorted(str(p) for p in actions.column("path").to_pylist())
+
+    def vacuum_candidates(self, retention_hours: int) -> list[str]:
+        """What :meth:`vacuum` would delete (paths relative to the table), deleting nothing."""
+        table = self.table()
+        if table is None:
+            return []
+        return sorted(
+            table.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=True)
+        )
 
     def vacuum(self, retention_hours: int) -> list[str]:
         """Delete files no version younger than ``retention_hours`` still lists."""
@@ -241,7 +267,7 @@ class PinnedTable:
         adds: Sequence[NewFile],
         *,
         txns: Mapping[str, int] | None = None,
-        note: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
         max_retries: int = 20,
     ) -> None:
         """One commit checked against the pinned version (one per unit of work: the next
@@ -254,7 +280,7 @@ class PinnedTable:
         table = self._pinned()
         self._spent = True
         try:
-            _commit(table, self._dataset.uri, self._dataset.schema, adds, (), txns, True, max_retries, note)
+            _commit(table, self._dataset.uri, self._dataset.schema, adds, (), txns, True, max_retries, metadata)
         except StorageError:
             self._table = None
             raise
@@ -282,7 +308,7 @@ def _commit(
     txns: Mapping[str, int] | None,
     data_change: bool,
     max_retries: int,
-    note: Mapping[str, str] | None,
+    metadata: Mapping[str, str] | None,
 ) -> None:
     """One Delta commit built on ``table``'s snapshot (the version its conflicts are checked from)."""
     now_ms = int(time.time() * 1000)
@@ -295,7 +321,7 @@ def _commit(
         for p in removes
     )
     meta = {FILES_METADATA_KEY: json.dumps({f.path: {"sha256": f.sha256, "rows": f.rows} for f in adds})}
-    meta.update(note or {})
+    meta.update(metadata or {})
     props = CommitProperties(
         custom_metadata=meta,
         max_commit_retries=max_retries,

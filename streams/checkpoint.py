@@ -61,7 +61,7 @@ class Checkpoint:
         """Commit ``files`` and ``txns`` to ``table``, checked against the pinned version
         (``note``: entries for the commit's ``commitInfo``). Raises
         :class:`~storage.delta.CommitConflict` when another writer got in the way."""
-        self._pins[table].commit(files, txns=txns, note=note)
+        self._pins[table].commit(files, txns=txns, metadata=note)
 
 
 class Checkpoints:
