@@ -63,7 +63,9 @@ class TableLog:
         self.dataset = dataset
         self.version = -1  # the last log entry read
         self.live: dict[str, Recorded] = {}
-        self.removed_at: dict[str, int] = {}  # path -> version of its remove (recent ones)
+        # path -> (version of its remove, what its add recorded): recent ones, so that a reader
+        # pinned to an older version (a batch's checkpoint) can still check a file compaction removed since
+        self.removed: dict[str, tuple[int, Recorded]] = {}
 
     def refresh(self) -> TableLog:
         """Read the commits after the last one read (the checkpoint first, on the first call)."""
@@ -78,16 +80,17 @@ class TableLog:
                 if "add" in action:
                     add = action["add"]
                     self.live[add["path"]] = _recorded(add, version)
-                    self.removed_at.pop(add["path"], None)
+                    self.removed.pop(add["path"], None)
                 elif "remove" in action:
                     path = action["remove"]["path"]
-                    if self.live.pop(path, None) is not None:
-                        self.removed_at[path] = version
+                    gone = self.live.pop(path, None)
+                    if gone is not None:
+                        self.removed[path] = (version, gone)
             self.version = version
             version += 1
-        if len(self.removed_at) > 10_000:  # a memory bound: keep the newest removes only
-            for path, _ in sorted(self.removed_at.items(), key=lambda kv: kv[1])[:5_000]:
-                del self.removed_at[path]
+        if len(self.removed) > 10_000:  # a memory bound: keep the newest removes only
+            for path, _ in sorted(self.removed.items(), key=lambda kv: kv[1][0])[:5_000]:
+                del self.removed[path]
         return self
 
     def _from_checkpoint(self) -> int:

@@ -63,6 +63,8 @@ class VerifiedFiles:
         found = table_log.live.get(rel)
         if found is None:
             found = table_log.refresh().live.get(rel)
+        if found is None and rel in table_log.removed:  # removed after the caller's pinned version
+            found = table_log.removed[rel][1]
         return found
 
     def _check_one(self, dataset: str, full: str) -> None:
@@ -70,7 +72,7 @@ class VerifiedFiles:
         rel = posixpath.relpath(full, store.path(dataset))
         recorded = self._recorded(dataset, rel)
         if recorded is None or recorded.sha256 is None:
-            return  # removed since the caller's snapshot, or committed without a hash: nothing to compare
+            return  # committed without a hash (or removed long ago): nothing to compare against
         info = store.file_info(full)
         if info.type == pafs.FileType.NotFound:
             raise MissingFile(missing_line(dataset, rel, recorded))

@@ -35,11 +35,9 @@ Invariants:
   past the end of the log, not on a record boundary, or whose offset is not the number of
   records before it, is refused when the consumer opens (found by walking the record
   headers from the segment's start, never guessed from the bytes at the position).
-* The group file is a hint; storage is the truth (architecture.md, invariant 6).
-  :meth:`LocalConsumer.on_assign` takes the stream consumer's callback that says where
-  storage resumes; the consumer seeks there before its first poll (:meth:`LocalConsumer.seek`)
-  and says so in one warning line when the group file disagrees. An offset that is not in the
-  log (trimmed away, or past its end) is refused, naming both.
+* The group file is a hint; storage is the truth (architecture.md, invariant 6):
+  :meth:`LocalConsumer.listen` seeks to storage's stored offset + 1 (found by walking the
+  record headers) and names a saved position it overrides.
 * One live consumer per group and bus: a second one fails at once
   (:class:`ConsumerGroupBusy`); two would both store every batch.
 * :meth:`LocalBus.trim` drops the prefix that every group has committed past, by writing the
@@ -63,8 +61,10 @@ import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from streams.bus import BusRecord, RevokeCallback
-from streams.errors import BusCorrupt, ConsumerGroupBusy, StreamError
+from streams.bus import BusRecord, RebalanceListener, RevokeCallback, offset_beyond_log
+from streams.errors import BusCorrupt, ConsumerGroupBusy, StoredOffsetBeforeLog, StoredOffsetBeyondLog, StreamError
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +420,8 @@ class LocalConsumer:
             raise StreamError(f"bad consumer group name {group!r}")
         self._dir = topic_dir
         self._topic = topic_dir.name
-        self.topic = self._topic  # as the Kafka consumer: the stream consumer names its streams by it
+        self.topic = self._topic
+        self.group = group
         groups = topic_dir / "groups"
         groups.mkdir(parents=True, exist_ok=True)
         self._group_file = groups / f"{group}.json"
@@ -441,8 +442,6 @@ class LocalConsumer:
             raise
 
     def _start(self) -> None:
-        self._on_assign = None
-        self._assigned = False
         committed = self._read_committed()
         self._offset, self._position = committed["offset"], committed["position"]
         self._positions: dict[int, int] = {self._offset: self._position}
@@ -489,87 +488,68 @@ class LocalConsumer:
                     "to re-read the whole log"
                 )
 
-    def on_assign(self, resume) -> None:  # noqa: ANN001 - Callable[[list[int]], Mapping[int, int]]
-        """``resume([0])`` is asked before the first poll; it returns the next offset storage
-        does not hold (``{0: n}``, or ``{}`` when storage holds nothing of this topic), and the
-        consumer seeks there: storage is the truth, the group file a hint."""
-        # weakly: the stream consumer holds this consumer; a strong reference back would make a
-        # cycle that keeps the group's lock held after a crashed consumer is dropped
-        self._on_assign = weakref.WeakMethod(resume) if hasattr(resume, "__self__") else (lambda: resume)
-        self._assigned = False
+    def listen(self, listener: RebalanceListener) -> None:
+        """The local bus has one partition, assigned to this consumer as it opens: ask
+        ``listener`` where it resumes (storage's stored offset + 1; nothing stored: the first
+        record kept), seek there and save that as the group's position. A saved position
+        storage disagrees with is named in the log and overridden (storage wins); a stored
+        offset past the log's end raises :class:`StoredOffsetBeyondLog`.
 
-    def _assign_once(self) -> None:
-        if self._assigned:
-            return
-        self._assigned = True
-        resume = self._on_assign() if self._on_assign is not None else None
-        if resume is None:
-            return
-        wanted = dict(resume([0]))
-        if 0 in wanted:
-            self.seek(wanted)
-        elif self._offset > 0 and self._group_file.exists():
-            self._storage_holds_nothing()
+        The byte position of an offset is found by walking the record headers of the log
+        from its first kept record (the saved byte position is not trusted to match its
+        offset): one read of the headers at start, none afterwards."""
+        wanted = listener.on_assign([0]).get(0)
+        saved = self._offset if self._group_file.exists() else None
+        self._seek(wanted)
+        if saved is not None and saved != self._offset:
+            if wanted is None:
+                why = "storage holds nothing of this partition"
+            else:
+                why = f"storage holds it up to offset {wanted - 1}"
+            # behind: a crash between a batch's commit and the bus's (normal); ahead: a position
+            # that storage cannot explain (a lost newest commit, a moved group file): named
+            log.log(
+                logging.WARNING if saved > self._offset else logging.INFO,
+                "local bus group %s of %s: saved position offset %d is %s storage; %s, so reading resumes at "
+                "offset %d (storage wins)", self.group, self._topic, saved,
+                "ahead of" if saved > self._offset else "behind", why, self._offset,
+            )
+        if saved != self._offset:
+            self.commit({0: self._offset})
 
-    def _storage_holds_nothing(self) -> None:
-        """Storage holds nothing of this topic, yet the group file says records were consumed
-        (the tables were deleted or restored from before the first batch): read from the first
-        record there is, saying so; records trimmed away meanwhile are named, not skipped."""
+    def _seek(self, offset: int | None) -> None:
         segment = current_segment(self._dir)
-        first = segment.base_offset if segment is not None else 0
-        if first > 0:
-            raise BusCorrupt(
-                f"storage holds nothing of topic {self._topic}, but the group file {self._group_file} says offset "
-                f"{self._offset} and the log now starts at offset {first}: records 0–{first - 1} were consumed and "
-                "trimmed, and are not in this data dir; restore its tables from a backup, or re-ingest the source"
+        base = segment or Segment(self._dir / "log", 0, 0)
+        if offset is None:
+            offset = base.base_offset
+        if offset < base.base_offset:
+            raise StoredOffsetBeforeLog(
+                f"partition 0 of {self._topic} (local bus {self._dir.parent}): storage holds it up to offset "
+                f"{offset - 1}, but the log now starts at offset {base.base_offset} ({base.path}): records "
+                f"{offset}..{base.base_offset - 1} were trimmed before they were stored; restore the bus from a backup"
             )
-        log.warning(
-            "local bus %s: the group file says offset %d but storage holds nothing of topic %s: reading from "
-            "offset 0 (storage is the truth; what is stored already is dropped by event id)",
-            self._group_file, self._offset, self._topic,
-        )
-        self._offset, self._position = 0, 0
-        self._positions = {0: 0}
-
-    def seek(self, next_offsets: Mapping[int, int]) -> None:
-        """Position the consumer at record ``next_offsets[0]`` (found by walking the record
-        headers). A group file that disagrees is named in one warning line, not trusted; an
-        offset that is not in the log raises :class:`BusCorrupt` naming it and the log."""
-        if 0 not in next_offsets:
-            return
-        offset = int(next_offsets[0])
-        if offset != self._offset:
-            ahead = "ahead of" if self._offset > offset else "behind"
-            log.warning(
-                "local bus %s: the group file says offset %d, %s what storage holds (next offset %d): reading "
-                "from offset %d (storage is the truth; the group file is a hint)",
-                self._group_file, self._offset, ahead, offset, offset,
-            )
-        segment = current_segment(self._dir)
-        if segment is None:
-            if offset:
-                raise BusCorrupt(
-                    f"storage holds this topic up to offset {offset - 1}, but the local bus log in {self._dir} is "
-                    "empty or gone: restore the bus directory from a backup (new events are not read until then)"
-                )
-            return
-        if offset < segment.base_offset:
-            raise BusCorrupt(
-                f"storage resumes at offset {offset}, but {segment.path} starts at offset {segment.base_offset} "
-                f"(records {offset}–{segment.base_offset - 1} were trimmed before they were stored): restore the "
-                "bus directory from a backup"
-            )
-        with open(segment.path, "rb") as handle:
-            end = handle.seek(0, os.SEEK_END)
-            try:
-                _, at = _walk_headers(handle, end, segment.base_offset, to_offset=offset)
-            except LookupError as exc:
-                raise BusCorrupt(
-                    f"storage resumes at offset {offset}, which is not in {segment.path} ({exc}): the log is shorter "
-                    "than what storage holds (re-created or restored from an older backup); restore the bus "
-                    "directory that matches the data dir"
-                ) from exc
-        self._offset, self._position = offset, at + segment.base_position
+        at, current = 0, base.base_offset
+        if segment is not None:
+            with open(segment.path, "rb") as handle:
+                end = handle.seek(0, os.SEEK_END)
+                while current < offset:
+                    handle.seek(at)
+                    header = handle.read(_HEADER.size)
+                    if len(header) < _HEADER.size:
+                        break
+                    magic, _crc, key_len, value_len = _HEADER.unpack(header)
+                    stop = at + _HEADER.size + key_len + value_len
+                    if magic != _MAGIC or stop > end:
+                        try:
+                            if _read_at(handle, at, end) is None:
+                                break  # a torn tail: the log ends here
+                        except _Damage as exc:
+                            self._offset = current
+                            raise self._corrupt(segment, at, exc) from exc
+                    at, current = stop, current + 1
+        if current < offset:
+            raise StoredOffsetBeyondLog(offset_beyond_log(self._topic, 0, offset - 1, current, "local"))
+        self._offset, self._position = offset, base.base_position + at
         self._positions = {self._offset: self._position}
 
     def _read_committed(self) -> dict[str, int]:
@@ -590,7 +570,6 @@ class LocalConsumer:
     def poll_batch(
         self, max_records: int, timeout_s: float, max_batch_bytes: int = 64 * 1024 * 1024
     ) -> list[BusRecord]:
-        self._assign_once()
         segment = self._segment_for_read()
         if segment is None:
             return []
@@ -672,7 +651,6 @@ class LocalConsumer:
         return {0: max(0, end - self._position)}
 
     def caught_up(self) -> bool:
-        self._assign_once()
         segment = self._segment_for_read()
         if segment is None:
             return True
