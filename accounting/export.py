@@ -41,6 +41,7 @@ from accounting.billing import gpu_hours
 from accounting.errors import AccountingError
 from accounting.figures import EntityFigures, display_name, entity_figures, is_simulated, statement_number
 from accounting.registry import NATIONAL, Registry, RoundingRule
+from accounting.templating import render
 from accounting.statements import ProgrammeLine, StatementHeader, programme_xlsx, statement_xlsx, vat
 from accounting.schemas import BILLING, COMPLIANCE
 from storage.dataset import Store
@@ -326,190 +327,33 @@ def render_readme(
     signed: bool,
     manifest_totals: dict[str, str],
 ) -> str:
-    """The pack's README: checks an auditor runs from the pack directory, with expected results.
+    """The pack's README (``templates/auditor_readme.md.j2``): checks an auditor runs from the
+    pack directory, with expected results.
 
     Every ``sql`` block runs as it stands in DuckDB from the pack's root; the first returns the
     statement totals shown above it, each other returns no rows when everything agrees (a test
     runs them on an exported pack).
     """
-    billing = f"ledgers/billing/period={period}/*.parquet"
-    compliance = f"ledgers/compliance/period={period}/*.parquet"
-    usage = f"usage_hourly/period={period}/*/*.parquet"
-    table = "\n".join(
-        f"| {t.entity} | {t.gpu_hours} | {t.usage_krw} | {t.correction_krw} | {t.total_krw} |" for t in totals
-    )
-    grand = sum((t.total_krw for t in totals), Decimal(0))
     rule_note = (
         f"The registry's rounding rule for this close is **{rounding}**."
         if rounding_known
         else f"The export was not given the registry; the query assumes the sample rule **{rounding}**"
         " (see `registry.toml`, `[billing] rounding`, and pick the matching line below)."
     )
-    parts = [
-        f"# Auditor pack — gpuledger, period {period}",
-        "",
-        f"This pack holds the billing and compliance ledgers of the KST month {period}, the hourly",
-        "usage they were computed from, and the period's sealed manifest. Everything below runs",
-        "from this directory (the one holding this README).",
-        "",
-        "| path | what |",
-        "|---|---|",
-        f"| `manifests/{period}.json` | the seal: SHA-256, rows and Arrow schema of every file, the period's totals, the SHA-256 of the previous period's manifest (`previous`) |",
-        f"| `manifests/{period}.json.sig` | {'Ed25519 signature (64 raw bytes) over the manifest bytes' if signed else '(not signed: the operator sealed without a key)'} |",
-        "| `SHA256SUMS` | the manifest's hashes of the files in this pack, for `sha256sum -c` |",
-        "| `ledgers/billing/…` | billing lines: period × entity × project × GPU model × rate segment × charge class |",
-        "| `ledgers/compliance/…` | allocated / capacity / reported / busy / idle / unreported GPU-hours per entity × model |",
-        f"| `usage_hourly/…` | hourly usage per device ({'sealed by the manifest' if usage_sealed else 'copied as found: the manifest does not seal hourly usage'}) |",
-        "",
-        "## 1. Nothing was altered",
-        "",
-        "```sh",
-        "sha256sum -c SHA256SUMS",
-        f"sha256sum manifests/{period}.json   # equals previous.sha256 in the next period's manifest",
-    ]
-    if signed:
-        parts += [
-            "# with the operator's public key (PEM), OpenSSL 3:",
-            f"openssl pkeyutl -verify -pubin -inkey operator.pub.pem -rawin -in manifests/{period}.json -sigfile manifests/{period}.json.sig",
-        ]
-    parts += [
-        "```",
-        "",
-        "On the operator's data directory, `gpuledger verify --public-key operator.pub.pem` re-hashes",
-        "every sealed file of every period and walks the whole chain.",
-        "",
-        "## 2. Re-derive every total with DuckDB",
-        "",
-        "Run each query with the `duckdb` CLI or `python -c \"import duckdb; print(duckdb.sql('''…'''))\"`.",
-        "",
-        "### Statement totals per entity (KRW)",
-        "",
-        "Expected — the same figures as `../finance/summary.csv`, the statements and the manifest's",
-        "`totals` (`billed_gpu_hours.<entity>`, `amount_krw.<entity>`), to the last digit. Billed",
-        "GPU-hours are the lines' exact `gpu_microseconds` summed, then rounded once (half-even, 6",
-        "places): never the sum of the lines' already-rounded `gpu_hours`.",
-        "",
-        "| entity | billed_gpu_hours | usage_krw | correction_krw | total_krw |",
-        "|---|---|---|---|---|",
-        table,
-        "",
-        f"All entities together: **{grand} KRW**.",
-        "",
-        "```sql",
-        "WITH t AS (",
-        "    SELECT entity, sum(gpu_microseconds)::HUGEINT AS us,",
-        "           coalesce(sum(amount_krw) FILTER (WHERE charge_class = 'usage'), 0) AS usage_krw,",
-        "           coalesce(sum(amount_krw) FILTER (WHERE charge_class = 'correction'), 0) AS correction_krw,",
-        "           sum(amount_krw) AS total_krw",
-        f"    FROM read_parquet('{billing}')",
-        "    GROUP BY entity",
-        ")",
-        "SELECT entity,",
-        "       (us // 3600 + CASE WHEN us % 3600 > 1800 OR (us % 3600 = 1800 AND (us // 3600) % 2 = 1)",
-        "                          THEN 1 ELSE 0 END)::DECIMAL(24, 0) * 0.000001::DECIMAL(7, 6) AS billed_gpu_hours,",
-        "       usage_krw, correction_krw, total_krw",
-        "FROM t",
-        "ORDER BY entity;",
-        "```",
-        "",
-        "### Every line's amount from its usage and rate",
-        "",
-        "`amount_krw` is `gpu_microseconds × rate_krw_per_gpu_hour / 3,600,000,000` rounded once to",
-        f"whole won. {rule_note} The query is exact integer arithmetic (rate in hundredths of a won)",
-        "and returns the lines that disagree: expect **no rows**.",
-        "",
-        "```sql",
-        "WITH lines AS (",
-        "    SELECT *, gpu_microseconds::HUGEINT * CAST(rate_krw_per_gpu_hour * 100 AS HUGEINT) AS n",
-        f"    FROM read_parquet('{billing}')",
-        "), parts AS (",
-        "    SELECT *, abs(n) // 360000000000 AS q, abs(n) % 360000000000 AS r FROM lines",
-        ")",
-        "SELECT entity, project, gpu_model, charge_class, rate_from, amount_krw,",
-        f"       sign(n) * ({_ROUNDING_SQL[rounding]}) AS recomputed_krw",
-        "FROM parts",
-        f"WHERE amount_krw <> sign(n) * ({_ROUNDING_SQL[rounding]});",
-        "```",
-        "",
-        "Other rules: truncate → `q`; half_up → `q + (2r ≥ d)`; half_even → `q + (2r > d or (2r = d and q odd))`,",
-        "with `d = 360000000000`.",
-    ]
-    if has_usage:
-        parts += [
-            "",
-            "### Billed usage equals the hourly usage",
-            "",
-            "Usage lines bill every GPU-microsecond of hourly usage of a registered project (usage no",
-            "job could be attributed to is `unattributed`, never billed). Returns the differences:",
-            "expect **no rows**.",
-            "",
-            "```sql",
-            "WITH used AS (",
-            "    SELECT entity, project, gpu_model, sum(gpu_microseconds) AS used_us",
-            f"    FROM read_parquet('{usage}')",
-            "    WHERE project <> 'unattributed'",
-            "    GROUP BY entity, project, gpu_model",
-            "), billed AS (",
-            "    SELECT entity, project, gpu_model, sum(gpu_microseconds) AS billed_us",
-            f"    FROM read_parquet('{billing}')",
-            "    WHERE charge_class = 'usage'",
-            "    GROUP BY entity, project, gpu_model",
-            ")",
-            "SELECT * FROM used FULL OUTER JOIN billed USING (entity, project, gpu_model)",
-            "WHERE used_us IS DISTINCT FROM billed_us;",
-            "```",
-        ]
-    if has_usage and has_compliance:
-        parts += [
-            "",
-            "### Compliance hours from the hourly usage",
-            "",
-            "Reported, busy, attributed and unattributed GPU-hours per entity × model (hours are",
-            "micro-seconds / 3.6e9, rounded to 6 places). Returns the differences: expect **no rows**.",
-            "",
-            "```sql",
-            "WITH used AS (",
-            "    SELECT entity, gpu_model,",
-            "           sum(gpu_microseconds) AS reported_us,",
-            "           sum(busy_gpu_microseconds) AS busy_us,",
-            "           sum(gpu_microseconds) FILTER (WHERE project <> 'unattributed') AS attributed_us",
-            f"    FROM read_parquet('{usage}')",
-            "    GROUP BY entity, gpu_model",
-            ")",
-            "SELECT c.entity, c.gpu_model, c.reported_gpu_hours, u.reported_us, c.busy_gpu_hours, u.busy_us",
-            f"FROM read_parquet('{compliance}') AS c",
-            "JOIN used AS u USING (entity, gpu_model)",
-            "WHERE abs(c.reported_gpu_hours - u.reported_us / 3600000000.0) > 0.000001",
-            "   OR abs(c.busy_gpu_hours - u.busy_us / 3600000000.0) > 0.000001",
-            "   OR abs(c.attributed_gpu_hours - coalesce(u.attributed_us, 0) / 3600000000.0) > 0.000001",
-            "   OR abs(c.unattributed_gpu_hours - (u.reported_us - coalesce(u.attributed_us, 0)) / 3600000000.0) > 0.000001;",
-            "```",
-        ]
-    parts += [
-        "",
-        "## 3. The same with Polars",
-        "",
-        "```python",
-        "from decimal import Decimal, ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP",
-        "import polars as pl",
-        "",
-        f'billing = pl.read_parquet("{billing}")',
-        'totals = billing.group_by("entity").agg(pl.col("amount_krw").sum().alias("total_krw")).sort("entity")',
-        "print(totals)",
-        "",
-        f"rule = {_ROUNDING_PY[rounding]}  # the registry's [billing] rounding",
-        "for line in billing.iter_rows(named=True):",
-        '    exact = Decimal(line["gpu_microseconds"]) * line["rate_krw_per_gpu_hour"] / Decimal(3_600_000_000)',
-        '    assert exact.quantize(Decimal(1), rounding=rule) == line["amount_krw"], line',
-        "```",
-        "",
-        "## Manifest totals",
-        "",
-        "The manifest records these totals, as sealed by the close:",
-        "",
-        "```",
-        *[f"{k} = {v}" for k, v in sorted(manifest_totals.items())],
-        "```",
-        "",
-    ]
-    return "\n".join(parts)
+    return render(
+        "auditor_readme.md.j2",
+        period=period,
+        billing=f"ledgers/billing/period={period}/*.parquet",
+        compliance=f"ledgers/compliance/period={period}/*.parquet",
+        usage=f"usage_hourly/period={period}/*/*.parquet",
+        totals=totals,
+        grand=sum((t.total_krw for t in totals), Decimal(0)),
+        rule_note=rule_note,
+        rounding_sql=_ROUNDING_SQL[rounding],
+        rounding_py=_ROUNDING_PY[rounding],
+        has_usage=has_usage,
+        usage_sealed=usage_sealed,
+        has_compliance=has_compliance,
+        signed=signed,
+        manifest_totals=sorted(manifest_totals.items()),
+    )
