@@ -15,10 +15,13 @@ from typing import Any
 
 import jinja2
 
+from accounting.breaches import label as breach_label
+from accounting.figures import hours_text, pct, won_text
+
 
 @cache
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("accounting", "templates"),
         autoescape=jinja2.select_autoescape(["html", "html.j2"]),
         undefined=jinja2.StrictUndefined,
@@ -26,6 +29,9 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    # the one precision of accounting.figures: GPU-hours to 2 places, whole won, percent to 1 place
+    env.filters.update(hours=hours_text, won=won_text, pct=pct, breach_label=breach_label)
+    return env
 
 
 def render(name: str, **context: Any) -> str:
