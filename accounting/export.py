@@ -30,7 +30,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -39,10 +39,12 @@ import polars as pl
 
 from accounting.billing import gpu_hours
 from accounting.errors import AccountingError
-from accounting.figures import EntityFigures, display_name, entity_figures, is_simulated, statement_number
+from accounting.figures import EntityFigures, entity_figures, is_simulated, shown_hours
 from accounting.registry import NATIONAL, Registry, RoundingRule
+from accounting.statement_pdf import statement_pdf
+from accounting.statements import Statement, SubAccount, build_statement, sub_statement
 from accounting.templating import render
-from accounting.statements import ProgrammeLine, StatementHeader, programme_xlsx, statement_xlsx, vat
+from accounting.workbooks import ProgrammeLine, programme_xlsx, statement_xlsx
 from accounting.schemas import BILLING, COMPLIANCE
 from storage.dataset import Store
 from storage.errors import IntegrityError
@@ -136,18 +138,52 @@ def export_month(
         raise ExportError(f"{period} is not closed (no manifest {relative_path(store, manifest_path(store, period))})")
     target = Path(out_dir) if out_dir is not None else Path(store.root) / "exports"
     pack = Store(target / period)
-
     manifest_bytes = store.read_bytes(manifest_path(store, period))
-    manifest = _json(manifest_bytes)
-    sealed = {entry["path"]: entry for entry in manifest["files"]}
+    copied = _copy_sealed(store, pack, period, manifest_bytes, registry_file)
 
-    auditor: list[str] = []
-    sums: list[str] = []
-    ledger_files = period_files(store, BILLING_DIR, period) + period_files(store, COMPLIANCE_DIR, period)
+    # the ledgers are read only once every copied byte matched the seal
+    billing = read_ledger(store, BILLING_DIR, period, BILLING)
+    compliance = read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE)
+    entities = sorted(set(billing["entity"].to_list()) | set(registry.entities if registry else ()))
+    totals = entity_totals(billing, entities)
+    ctx = _Finance(period, hashlib.sha256(manifest_bytes).hexdigest(), registry, is_simulated(store))
+    finance = _write_finance(pack, ctx, billing, compliance, totals)
+
+    readme = render_readme(
+        period=period,
+        totals=totals,
+        rounding=ctx.rounding,
+        rounding_known=registry is not None,
+        has_usage=copied.has_usage,
+        usage_sealed=copied.usage_sealed,
+        has_compliance=compliance.height > 0,
+        signed=copied.signed,
+        manifest_totals=_json(manifest_bytes).get("totals", {}),
+    )
+    pack.write_bytes_atomic(pack.path("auditor", "README.md"), readme.encode())
+    auditor = sorted([*copied.files, "auditor/README.md"])
+    return ExportResult(period, target / period, tuple(finance), tuple(auditor), tuple(totals))
+
+
+@dataclass(frozen=True, slots=True)
+class _Copied:
+    files: tuple[str, ...]
+    has_usage: bool
+    usage_sealed: bool
+    signed: bool
+
+
+def _copy_sealed(store: Store, pack: Store, period: str, manifest_bytes: bytes, registry_file: Path | None) -> _Copied:
+    """Copy the period's ledgers, hourly usage, manifest (+ signature), registry and SHA256SUMS to
+    ``auditor/``, hashing each file while copied: a ledger file that is not sealed, or any sealed
+    file that does not match its manifest entry, stops the export (:class:`IntegrityError`)."""
+    sealed = {entry["path"]: entry for entry in _json(manifest_bytes)["files"]}
     usage_files = period_files(store, USAGE_DIR, period)
     sealed_usage = [p for p in usage_files if p in sealed]
-    usage_to_copy = sealed_usage or usage_files
-    for rel in ledger_files + usage_to_copy:
+    files: list[str] = []
+    sums: list[str] = []
+    ledger_files = period_files(store, BILLING_DIR, period) + period_files(store, COMPLIANCE_DIR, period)
+    for rel in ledger_files + (sealed_usage or usage_files):
         data = store.read_bytes(store.path(rel))
         digest = hashlib.sha256(data).hexdigest()
         entry = sealed.get(rel)
@@ -156,50 +192,22 @@ def export_month(
         if entry is None and rel.startswith("ledgers/"):
             raise IntegrityError(f"{rel} is not sealed by the {period} manifest; run gpuledger verify")
         pack.write_bytes_atomic(pack.path("auditor", rel), data)
-        auditor.append(f"auditor/{rel}")
+        files.append(f"auditor/{rel}")
         if entry is not None:
             sums.append(f"{digest}  {rel}")
     manifest_rel = relative_path(store, manifest_path(store, period))
-    pack.write_bytes_atomic(pack.path("auditor", manifest_rel), manifest_bytes)
-    auditor.append(f"auditor/{manifest_rel}")
+    extra = {manifest_rel: manifest_bytes}
     signature = manifest_path(store, period) + SIGNATURE_SUFFIX
     signed = store.exists(signature)
     if signed:
-        pack.write_bytes_atomic(pack.path("auditor", manifest_rel + SIGNATURE_SUFFIX), store.read_bytes(signature))
-        auditor.append(f"auditor/{manifest_rel}{SIGNATURE_SUFFIX}")
+        extra[manifest_rel + SIGNATURE_SUFFIX] = store.read_bytes(signature)
     if registry_file is not None:
-        pack.write_bytes_atomic(pack.path("auditor", "registry.toml"), Path(registry_file).read_bytes())
-        auditor.append("auditor/registry.toml")
-    pack.write_bytes_atomic(pack.path("auditor", "SHA256SUMS"), ("\n".join(sorted(sums)) + "\n").encode())
-    auditor.append("auditor/SHA256SUMS")
-
-    # the ledgers are read only once every copied byte matched the seal
-    billing = read_ledger(store, BILLING_DIR, period, BILLING)
-    compliance = read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE)
-    entities = sorted(set(billing["entity"].to_list()) | set(registry.entities if registry else ()))
-    totals = entity_totals(billing, entities)
-    finance = _write_finance(
-        pack,
-        _Finance(period, hashlib.sha256(manifest_bytes).hexdigest(), registry, is_simulated(store)),
-        billing,
-        compliance,
-        totals,
-    )
-
-    readme = render_readme(
-        period=period,
-        totals=totals,
-        rounding=registry.rounding if registry else RoundingRule.TRUNCATE,
-        rounding_known=registry is not None,
-        has_usage=bool(usage_to_copy),
-        usage_sealed=bool(sealed_usage),
-        has_compliance=compliance.height > 0,
-        signed=signed,
-        manifest_totals=manifest.get("totals", {}),
-    )
-    pack.write_bytes_atomic(pack.path("auditor", "README.md"), readme.encode())
-    auditor.append("auditor/README.md")
-    return ExportResult(period, target / period, tuple(finance), tuple(sorted(auditor)), tuple(totals))
+        extra["registry.toml"] = Path(registry_file).read_bytes()
+    extra["SHA256SUMS"] = ("\n".join(sorted(sums)) + "\n").encode()
+    for rel, data in extra.items():
+        pack.write_bytes_atomic(pack.path("auditor", rel), data)
+        files.append(f"auditor/{rel}")
+    return _Copied(tuple(files), bool(usage_files), bool(sealed_usage), signed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,45 +229,60 @@ class _Finance:
 def _write_finance(
     pack: Store, ctx: _Finance, billing: pl.DataFrame, compliance: pl.DataFrame, totals: Sequence[EntityTotal]
 ) -> list[str]:
+    """summary.csv, per entity its statement (CSV, XLSX, PDF) and its sub-accounts', the programme workbook."""
     period = ctx.period
     figures = {f.entity: f for f in entity_figures(compliance, billing, ctx.registry)}
-    lines: list[ProgrammeLine] = []
-    for t in totals:
-        lines.append(
-            ProgrammeLine(
-                entity=t.entity,
-                display_name=display_name(ctx.registry, t.entity),
-                number=statement_number(period, t.entity, ctx.manifest_sha256),
-                billed_gpu_hours=t.gpu_hours,
-                usage_krw=t.usage_krw,
-                correction_krw=t.correction_krw,
-                vat_krw=vat(t.total_krw, ctx.vat_percent, ctx.rounding),
-            )
-        )
-    pack.write_bytes_atomic(pack.path("finance", "summary.csv"), _summary_csv(period, lines, figures).encode())
-    written = ["finance/summary.csv"]
-    ordered = billing.select(_STATEMENT_COLUMNS).sort(
-        "charge_class", "corrects_period", "project", "gpu_model", "rate_from", nulls_last=False
-    )
-    for total, line in zip(totals, lines, strict=True):
-        mine = ordered.filter(pl.col("entity") == total.entity)
-        base = f"statement-{_safe(total.entity)}"
-        header = StatementHeader(
-            period, total.entity, line.display_name, line.number, ctx.manifest_sha256, ctx.rounding,
-            ctx.vat_percent, ctx.simulated,
-        )
-        pack.write_bytes_atomic(pack.path("finance", f"{base}.csv"), mine.write_csv().encode())
-        pack.write_bytes_atomic(pack.path("finance", f"{base}.xlsx"), statement_xlsx(header, mine, total.gpu_hours))
-        written += [f"finance/{base}.csv", f"finance/{base}.xlsx"]
+    ordered = billing.sort("charge_class", "corrects_period", "project", "gpu_model", "rate_from", nulls_last=False)
+    statements = [
+        build_statement(period, t.entity, ordered.filter(pl.col("entity") == t.entity), registry=ctx.registry,
+                        manifest_sha256=ctx.manifest_sha256, simulated=ctx.simulated)
+        for t in totals
+    ]
+    lines = [_programme_line(s) for s in statements]
+    written = [_write(pack, "summary.csv", csv_bytes(_summary_rows(period, lines, figures)))]
+    for statement in statements:
+        written += _write_statement(pack, statement, ordered.filter(pl.col("entity") == statement.entity))
+    subs = [(s, sub) for s in statements for sub in s.sub_accounts]
+    if subs:
+        written.append(_write(pack, "sub-accounts.csv", csv_bytes(_sub_account_rows(period, subs))))
     national = [f for e, f in figures.items() if e in {t.entity for t in totals} or e == NATIONAL]
     workbook = programme_xlsx(
         period, ctx.manifest_sha256, lines, national,
         billing.sort("entity", "charge_class", "corrects_period", "project", "gpu_model", "rate_from", nulls_last=False),
         rounding=ctx.rounding, vat_percent=ctx.vat_percent, simulated=ctx.simulated,
     )
-    pack.write_bytes_atomic(pack.path("finance", f"programme-{period}.xlsx"), workbook)
-    written.append(f"finance/programme-{period}.xlsx")
+    written.append(_write(pack, f"programme-{period}.xlsx", workbook))
     return written
+
+
+def _write(pack: Store, name: str, data: bytes) -> str:
+    pack.write_bytes_atomic(pack.path("finance", *name.split("/")), data)
+    return f"finance/{name}"
+
+
+def _write_statement(pack: Store, statement: Statement, rows: pl.DataFrame) -> list[str]:
+    """``statement-<entity>.{csv,xlsx,pdf}``; each sub-account's under ``sub-accounts/``."""
+    base = f"statement-{_safe(statement.entity)}"
+    written = [
+        _write(pack, f"{base}.csv", csv_bytes(_frame_rows(rows.select(_STATEMENT_COLUMNS)))),
+        _write(pack, f"{base}.xlsx", statement_xlsx(statement)),
+        _write(pack, f"{base}.pdf", statement_pdf(statement)),
+    ]
+    for sub in statement.sub_accounts:
+        mine = sub_statement(statement, sub)
+        name = f"sub-accounts/{base}-{_safe(sub.project)}"
+        project_rows = rows.filter(pl.col("project") == sub.project).select(_STATEMENT_COLUMNS)
+        written += [
+            _write(pack, f"{name}.csv", csv_bytes(_frame_rows(project_rows))),
+            _write(pack, f"{name}.xlsx", statement_xlsx(mine)),
+            _write(pack, f"{name}.pdf", statement_pdf(mine)),
+        ]
+    return written
+
+
+def _programme_line(s: Statement) -> ProgrammeLine:
+    return ProgrammeLine(s.entity, s.display_name, s.number, s.billed_gpu_microseconds, s.usage_krw, s.correction_krw,
+                         s.vat_krw)
 
 
 _SUMMARY_HOURS = (
@@ -273,21 +296,52 @@ _SUMMARY_HOURS = (
 )
 
 
-def _summary_csv(period: str, lines: Sequence[ProgrammeLine], figures: dict[str, EntityFigures]) -> str:
-    """summary.csv: one row per entity in the one vocabulary, decimal strings exactly as the ledgers."""
+def csv_bytes(rows: Iterable[Sequence[str]]) -> bytes:
+    """CSV for a finance office: UTF-8 with a byte-order mark, so Excel opens Korean intact; CRLF-free."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return ("\ufeff" + out.getvalue()).encode("utf-8")
+
+
+def _frame_rows(frame: pl.DataFrame) -> list[list[str]]:
+    """A ledger frame's rows as the ledger's own decimal strings (nulls empty), header first."""
+    text = frame.with_columns(pl.all().cast(pl.String))
+    return [frame.columns, *[["" if v is None else v for v in row] for row in text.iter_rows()]]
+
+
+def _summary_rows(period: str, lines: Sequence[ProgrammeLine], figures: dict[str, EntityFigures]) -> list[list[str]]:
+    """summary.csv: one row per entity in the one vocabulary, one format per column: GPU-hours with 2
+    places (``0.00``, ``384.00``), won as whole numbers."""
     columns = ["period", "entity", "display_name", "statement_no", *_SUMMARY_HOURS, "billed_gpu_hours",
                "usage_krw", "correction_krw", "total_krw", "vat_krw", "total_with_vat_krw"]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    rows = [columns]
     for line in lines:
         f = figures.get(line.entity)
-        hours = [str(getattr(f, name)) if f is not None else "0" for name in _SUMMARY_HOURS]
+        hours = [_hours_cell(getattr(f, name) if f is not None else Decimal(0)) for name in _SUMMARY_HOURS]
         total = line.usage_krw + line.correction_krw
-        writer.writerow([period, line.entity, line.display_name, line.number, *hours, str(line.billed_gpu_hours),
-                         str(line.usage_krw), str(line.correction_krw), str(total), str(line.vat_krw),
-                         str(total + line.vat_krw)])
-    return out.getvalue()
+        rows.append([period, line.entity, line.display_name, line.number, *hours, _hours_cell(line.billed_hours_shown),
+                     _won_cell(line.usage_krw), _won_cell(line.correction_krw), _won_cell(total),
+                     _won_cell(line.vat_krw), _won_cell(total + line.vat_krw)])
+    return rows
+
+
+def _sub_account_rows(period: str, subs: Sequence[tuple[Statement, SubAccount]]) -> list[list[str]]:
+    """sub-accounts.csv: one row per sub-account; per entity they sum to its statement to the won."""
+    rows = [["period", "entity", "entity_statement_no", "project", "recipient", "statement_no", "billed_gpu_hours",
+             "subtotal_krw", "vat_krw", "total_krw"]]
+    for parent, sub in subs:
+        rows.append([period, parent.entity, parent.number, sub.project, sub.recipient_name, sub.number,
+                     _hours_cell(sub.billed_hours_shown), _won_cell(sub.subtotal_krw), _won_cell(sub.vat_krw),
+                     _won_cell(sub.total_krw)])
+    return rows
+
+
+def _hours_cell(value: Decimal) -> str:
+    return f"{shown_hours(value):.2f}"
+
+
+def _won_cell(value: Decimal) -> str:
+    return f"{value:.0f}" if value == value.to_integral_value() else str(value)
 
 
 def _safe(name: str) -> str:
