@@ -74,8 +74,8 @@ def print_close_summary(store: Store, period: str, result: Any = None, *, regist
     out.print(billing)
     out.print(
         "reported = attributed + unattributed. ¹unattributed: no job found, counted but never billed.\n"
-        "billed h = attributed usage + corrections; amount = Σ of the billing ledger's lines (whole won).
-GPU-hours to 2 places, amounts in whole won: the same figures as the report and the statements.",
+        "billed h = attributed usage + corrections; amount = Σ of the billing ledger's lines (whole won).\n"
+        "GPU-hours to 2 places, amounts in whole won: the same figures as the report and the statements.",
         soft_wrap=True,
         highlight=False,
     )

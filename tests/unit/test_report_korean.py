@@ -37,18 +37,18 @@ def test_report_renders_korean_charts_and_a_self_contained_page(tmp_path: Path) 
     # when the report is drawn (any missing-glyph warning would fail: warnings are errors here)
     result = render_report(store, PERIOD, tmp_path / "reports")
     out = tmp_path / "reports" / PERIOD
-    # then three PNG charts of a readable size and one HTML page exist
+    # then four PNG charts of a readable size and one HTML page exist
     assert sorted(result.files) == sorted(
-        ["usage-by-entity.png", "utilisation-coverage.png", "top-projects.png", "report.html"]
+        ["usage-by-entity.png", "utilisation-coverage.png", "coverage-by-model.png", "top-projects.png", "report.html"]
     )
-    for name in result.files[:3]:
+    for name in result.files[:4]:
         width, height = _png_size((out / name).read_bytes())
         assert width > 500 and height > 200
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "<title>GPU 사용 보고서 — 2026-11</title>" in page
     # the page embeds every chart (no external file, no network)
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(embedded) == 3
+    assert len(embedded) == 4
     assert all(base64.b64decode(e)[:8] == PNG_MAGIC for e in embedded)
     assert not re.search(r'(src|href)="https?:|url\(https?:', page)
     # Hangul shows and prints without a Korean font installed: NanumGothic subset embedded
@@ -106,7 +106,7 @@ def test_figures_are_summed_exactly_from_the_ledgers(tmp_path: Path) -> None:
     assert figures["gov"].amount_krw == Decimal("9001")
     assert figures["ALL"].amount_krw == Decimal("9926")
     # top projects by billed GPU-hours: snu-llm 4.5 h (3.5 usage + 1 correction) first
-    assert top_projects(billing)[0] == ("gov", "snu-llm", Decimal("4.500000"), Decimal("9001"))
+    assert top_projects(billing)[0] == ("gov", "snu-llm", Decimal("4.50"), Decimal("9001"))
     # the one vocabulary: reported = attributed + unattributed; billed hours from exact µs
     assert (figures["gov"].attributed_gpu_hours, figures["gov"].unattributed_gpu_hours) == (Decimal("3.5"), Decimal("0.1"))
     assert figures["gov"].billed_gpu_hours == Decimal("4.500000")
@@ -144,5 +144,5 @@ def test_a_breach_sentence_names_only_a_threshold_that_decided_it() -> None:
     national = load_registry(REPO / "examples" / "registry.toml")  # 90 %: did not decide it
     _, with_demo = breach_sentence("low_coverage", row, "삼성전자", demo.thresholds)
     _, with_national = breach_sentence("low_coverage", row, "삼성전자", national.thresholds)
-    assert "coverage 97.8% is below 98%: 384 GPU-hours of its 24 allocated GPUs" in with_demo
+    assert "coverage 97.8% is below 98%: 384.00 GPU-hours of its 24 allocated GPUs" in with_demo
     assert "below the threshold of the registry it was closed with" in with_national and "90%" not in with_national
