@@ -221,11 +221,13 @@ def won_text(value: Decimal) -> str:
 
 
 def small_hours_text(value: Decimal, hours_word: str = "GPU-hours", seconds_word: str = "GPU-seconds") -> str:
-    """GPU-hours that may be a few seconds' worth: 2 places, or the GPU-seconds when that shows 0.00.
+    """GPU-hours that may be a few seconds' worth: under one GPU-hour, the ledger's 6 places and the
+    GPU-seconds too; otherwise 2 places.
 
-    60 refused GPU-seconds are 0.016667 GPU-hours: "0.0 GPU-hours" would say nothing was refused.
+    60 refused GPU-seconds are 0.016667 GPU-hours: "0.0 GPU-hours" would say nothing was refused,
+    and "0.02" would say 72 seconds.
     """
-    if value and shown_hours(value) == 0:
+    if value and abs(value) < 1:
         seconds = (value * 3600).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
         return f"{value.normalize():f} {hours_word} ({seconds:,} {seconds_word})"
     return f"{hours_text(value)} {hours_word}"

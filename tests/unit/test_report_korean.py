@@ -146,3 +146,68 @@ def test_a_breach_sentence_names_only_a_threshold_that_decided_it() -> None:
     _, with_national = breach_sentence("low_coverage", row, "삼성전자", national.thresholds)
     assert "coverage 97.8% is below 98%: 384.00 GPU-hours of its 24 allocated GPUs" in with_demo
     assert "below the threshold of the registry it was closed with" in with_national and "90%" not in with_national
+
+
+def test_a_models_breach_shows_where_its_entitys_total_hides_it(tmp_path: Path) -> None:
+    from accounting.report import model_rows
+
+    # given the hand-worked month with samsung's H100 below the coverage rule, and the demo's registry
+    store = build_month(tmp_path / "data")
+    registry = load_registry(REPO / "examples" / "registry.toml")
+    result = render_report(store, PERIOD, tmp_path / "reports", registry=registry)
+    page = (tmp_path / "reports" / PERIOD / "report.html").read_text(encoding="utf-8")
+    # then the page has a row per entity × model, breached rows marked and the breach in words
+    rows = model_rows(read_ledger(store, COMPLIANCE_DIR, PERIOD, COMPLIANCE), registry)
+    assert [(r.name, r.gpu_model, r.breaches) for r in rows][-1] == (
+        "삼성전자 Samsung Electronics", "NVIDIA H100 80GB HBM3", ("low_coverage",))
+    assert re.search(r'<tr class="breach"><td>삼성전자 Samsung Electronics</td><td class="text">NVIDIA H100 80GB HBM3</td>'
+                     r"<td>1</td><td>0.0%</td><td>10.0%</td><td class=\"text\">저보고 \(low coverage\)</td></tr>", page)
+    # and a chart of coverage per model is drawn (and embedded)
+    assert "coverage-by-model.png" in result.files and 'alt="coverage-by-model.png"' in page
+    # one word for breaches: the page says breaches (위반), never findings
+    assert "위반 사항 (breaches)" in page and "finding" not in page.lower()
+    # table headers never break inside a Korean word (미보/고)
+    assert re.search(r"th \{[^}]*word-break: keep-all", page)
+
+
+def test_charts_of_simulated_data_say_so_in_the_picture_and_the_file(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from accounting.report import SIMULATED_DESCRIPTION
+
+    store = build_month(tmp_path / "data")
+    real = render_report(store, PERIOD, tmp_path / "real")
+    (tmp_path / "data" / SIMULATED_MARKER).write_text("simulated data: made by gpuledger demo\n")
+    simulated = render_report(store, PERIOD, tmp_path / "sim")
+    for name in (n for n in simulated.files if n.endswith(".png")):
+        with Image.open(tmp_path / "sim" / PERIOD / name) as image:
+            assert image.info.get("Description") == SIMULATED_DESCRIPTION, name
+        with Image.open(tmp_path / "real" / PERIOD / name) as image:
+            assert "Description" not in image.info, name
+        # the watermark is drawn: the simulated picture differs from the real one
+        assert (tmp_path / "sim" / PERIOD / name).read_bytes() != (tmp_path / "real" / PERIOD / name).read_bytes()
+    assert real.files == simulated.files
+
+
+def test_a_minute_refused_is_said_in_seconds_not_as_zero_hours() -> None:
+    from accounting.breaches import breach_sentence
+
+    row = {"gpu_model": "NVIDIA B200", "allocated_gpus": 0, "reported_gpu_hours": None, "unreported_gpu_hours": None,
+           "busy_gpu_hours": None, "quarantined_gpu_hours": Decimal("0.016667"), "coverage": None, "utilisation": None}
+    korean, english = breach_sentence("unregistered_entity", row, "lg", None)
+    assert "(0.016667 GPU-hours (60 GPU-seconds) in quarantine)" in english
+    assert "0.016667 GPU·시간 (60 GPU·초)" in korean
+
+
+def test_the_pack_readme_and_the_auditors_guide_agree_on_verify_without_all(tmp_path: Path) -> None:
+    from accounting.export import export_month
+
+    store = build_month(tmp_path / "data")
+    export_month(store, PERIOD, tmp_path / "out")
+    readme = " ".join((tmp_path / "out" / PERIOD / "auditor" / "README.md").read_text().split())
+    guide = " ".join((REPO / "docs" / "auditors.md").read_text().split())
+    # without --all: the whole chain, every signature, the newest period's files; with --all: every file
+    for text in (readme, guide):
+        assert "re-hashes the newest period's" in text
+        assert "walks the whole chain" in text
+    assert "`gpuledger verify --public-key operator.pub.pem` re-hashes every sealed file" not in readme
