@@ -420,7 +420,10 @@ def _model_chart(pyplot: Any, period: str, models: Sequence[ModelRow], threshold
         axes.legend(fontsize=8, loc="lower right")
     axes.invert_yaxis()
     axes.tick_params(axis="y", labelsize=7)
-    axes.set_xlim(0, 115)
-    axes.set_xlabel("보고율 % (보고 ÷ 할당 용량, coverage)")
+    # the axis starts near the lowest bar or rule, so 97.8 % beside 100 % is visibly shorter
+    floor = min([*cover, float(thresholds.low_coverage_below) * 100 if thresholds else 100.0])
+    start = max(0.0, 5 * ((floor - 3) // 5))
+    axes.set_xlim(start, 100 + (100 - start) * 0.22)
+    axes.set_xlabel(f"보고율 % (보고 ÷ 할당 용량, coverage){'' if start == 0 else f' · 축은 {start:.0f}%부터 (axis from {start:.0f}%)'}")
     axes.set_title(f"{period} GPU 모델별 보고율 (coverage per GPU model)")
     return figure

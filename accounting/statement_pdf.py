@@ -144,9 +144,9 @@ def _parties(pdf, s: Statement) -> None:
 _LINE_COLUMNS = (  # heading, width mm, align
     ("구분 Charge", 24, "L"),
     ("정정 대상 Corrects", 22, "C"),
-    ("프로젝트 Project", 36, "L"),
-    ("GPU 모델 Model", 36, "L"),
-    ("적용 기간 Rate dates", 40, "C"),
+    ("프로젝트 Project", 34, "L"),
+    ("GPU 모델 Model", 40, "L"),
+    ("적용 기간 Rate dates", 36, "C"),
     ("GPU·시간 GPU-hours", 28, "R"),
     ("정가 List (원/h)", 24, "R"),
     ("할인 Disc.", 15, "R"),
@@ -199,7 +199,7 @@ def _totals(pdf, s: Statement) -> None:
         ("사용료 Usage (원)", won_text(s.usage_krw)),
         ("정정 Corrections (원)", won_text(s.correction_krw)),
         ("공급가액 Subtotal (원)", won_text(s.subtotal_krw)),
-        (f"부가세 VAT {s.vat_percent.normalize():f}% (원)", won_text(s.vat_krw)),
+        (f"부가세 VAT {s.vat_percent.normalize():f}%{' 몫 share' if s.project else ''} (원)", won_text(s.vat_krw)),
         ("합계 Total incl. VAT (원)", won_text(s.total_krw)),
     ]
     x = pdf.l_margin + pdf.epw - 120

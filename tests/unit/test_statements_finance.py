@@ -145,7 +145,7 @@ def test_sub_accounts_sum_to_the_entity_to_the_won_where_naive_rounding_would_no
     # the sub-account's own PDF: its lines, its VAT share, its parent's number
     text = pdf_text(finance / "sub-accounts" / "statement-gov-snu-llm.pdf")
     assert "세부 계정 sub-account" in text and re.search(r"상위 명세서 Parent statement\s+GL-202611-GOV-", text)
-    assert re.search(r"공급가액 Subtotal \(원\)\s+2,050", text) and re.search(r"부가세 VAT 5.5% \(원\)\s+113", text)
+    assert re.search(r"공급가액 Subtotal \(원\)\s+2,050", text) and re.search(r"부가세 VAT 5.5% 몫 share \(원\)\s+113", text)
     assert re.search(r"합계 Total incl\. VAT \(원\)\s+2,163", text) and "upstage-pretrain" not in text
     # its own workbook states the share as a value that Excel's total adds
     sub_sheet = openpyxl.load_workbook(finance / "sub-accounts" / "statement-gov-snu-llm.xlsx").active
