@@ -188,3 +188,31 @@ def test_a_minute_in_quarantine_is_not_zero_hours() -> None:
 def test_billed_hours_are_rounded_once_from_the_microseconds() -> None:
     # 0.0050004 h: via 6 places (0.005000) half-even to 2 places gives 0.00; once, from µs, 0.01
     assert shown_billed_hours(18_001_440) == Decimal("0.01")
+
+
+def test_one_total_reads_the_same_in_the_cli_the_report_the_workbook_the_csv_and_the_pdf(tmp_path: Path) -> None:
+    from accounting.report import render_report
+    from gpuledger.cli_common import out
+    from gpuledger.summary import print_close_summary
+
+    # given samsung's 1,000,000,000 µs (0.277778 h) billed 925 KRW in the hand-worked month
+    store = build_month(tmp_path / "data")
+    registry = load_registry(REPO / "examples" / "registry.toml")
+    export_month(store, PERIOD, tmp_path / "out", registry=registry)
+    render_report(store, PERIOD, tmp_path / "rep", registry=registry)
+    finance = tmp_path / "out" / PERIOD / "finance"
+    # when each reader reads samsung's billed GPU-hours and amount
+    with out.capture() as captured:
+        print_close_summary(store, PERIOD, registry=registry)
+    cli = next(line.split() for line in captured.get().splitlines() if line.startswith("samsung") and "925" in line)
+    page = (tmp_path / "rep" / PERIOD / "report.html").read_text(encoding="utf-8")
+    summary = {r["entity"]: r for r in csv.DictReader((finance / "summary.csv").read_text("utf-8-sig").splitlines())}
+    sheet = openpyxl.load_workbook(finance / "statement-samsung.xlsx").active
+    hours_cell = sheet.cell(find_row(sheet, "청구 GPU·시간 합계"), 8)
+    text = pdf_text(finance / "statement-samsung.pdf")
+    # then every one says 0.28 GPU-hours and 925 won (not 0 in one, 0.3 in another, 0.277778 in a third)
+    assert cli[-2:] == ["0.28", "925"]
+    assert re.search(r"<td>삼성전자 Samsung Electronics</td>(<td>[^<]*</td>){9}<td>0\.28</td><td>925</td>", page)
+    assert (summary["samsung"]["billed_gpu_hours"], summary["samsung"]["total_krw"]) == ("0.28", "925")
+    assert (hours_cell.value, hours_cell.number_format) == (0.28, "#,##0.00")
+    assert re.search(r"청구 GPU·시간 Billed GPU-hours\s+0\.28", text) and re.search(r"공급가액 Subtotal \(원\)\s+925", text)
