@@ -40,7 +40,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from accounting.errors import AccountingError
 from accounting.export import BILLING_DIR, COMPLIANCE_DIR, read_ledger
 from accounting.figures import EntityFigures, display_name, entity_figures, hours_text, is_simulated, shown_billed_hours, won_text
 from accounting.figures import pct
-from accounting.breaches import Breach, breach_sentence, breaches
+from accounting.breaches import Breach, breaches
 from accounting.report_page import ModelRow, NodeGap, Page, SealStatus, render_html
 from accounting.registry import NATIONAL, Registry, Thresholds
 from accounting.schemas import BILLING, COMPLIANCE

@@ -134,7 +134,7 @@ def test_no_ledgers_no_report(tmp_path: Path) -> None:
 
 
 def test_a_breach_sentence_names_only_a_threshold_that_decided_it() -> None:
-    from accounting.report import breach_sentence
+    from accounting.breaches import breach_sentence
 
     # given a low-coverage breach judged at close under a 98 % rule (coverage 97.8 %)
     row = {"gpu_model": "NVIDIA GB200", "allocated_gpus": 24, "reported_gpu_hours": Decimal("17472"),
