@@ -202,6 +202,8 @@ def _totals(pdf, s: Statement) -> None:
         (f"부가세 VAT {s.vat_percent.normalize():f}%{' 몫 share' if s.project else ''} (원)", won_text(s.vat_krw)),
         ("합계 Total incl. VAT (원)", won_text(s.total_krw)),
     ]
+    if pdf.will_page_break(6 * len(rows) + 12):  # the totals stay together on one page
+        pdf.add_page()
     x = pdf.l_margin + pdf.epw - 120
     for i, (label, value) in enumerate(rows):
         pdf.set_x(x)
