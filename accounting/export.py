@@ -6,7 +6,9 @@ Layout under ``<out>/<YYYY-MM>/`` (default ``<out>`` = ``<data-dir>/exports``)::
                                            attributed, unattributed, busy, idle, unreported GPU-hours),
                                            billed GPU-hours, usage / corrections / total KRW, VAT, statement no.
     finance/statement-<entity>.csv         the entity's billing lines (the ledger's columns)
-    finance/statement-<entity>.xlsx        the entity's monthly statement (see accounting/statements.py)
+    finance/statement-<entity>.xlsx|.pdf   the entity's monthly statement, 거래명세서 (accounting/statements.py)
+    finance/sub-accounts/statement-<entity>-<project>.csv|.xlsx|.pdf   a state-pool project's own statement
+    finance/sub-accounts.csv               one line per sub-account (they sum to their entity's statement)
     finance/programme-<YYYY-MM>.xlsx       one consolidated workbook: billing, usage, every line, terms
     auditor/README.md                      how to check the hashes and re-derive every total
     auditor/SHA256SUMS                     ``sha256sum -c`` input for every copied sealed file
@@ -15,13 +17,14 @@ Layout under ``<out>/<YYYY-MM>/`` (default ``<out>`` = ``<data-dir>/exports``)::
     auditor/registry.toml                  the registry the close priced with (when given)
 
 Invariants: only a sealed month is exported; every copied file is hashed while copied and
-must match its manifest entry (else :class:`IntegrityError`); money is exact — CSV carries the
-ledger's decimal strings, XLSX carries whole won as integers — and each entity's total equals
-the sum of its ledger lines. The billing truth is the ledger: amounts are its lines' whole-won
-``amount_krw`` summed; billed GPU-hours are its lines' exact ``gpu_microseconds`` summed and
-rounded once (half-even, 6 places) — the figure the manifest seals — so summary.csv, the
-statements, the programme workbook, the pack README and the manifest agree to the last digit.
-Every byte goes through :class:`Store`, never a bare ``open``.
+must match its manifest entry (else :class:`IntegrityError`); money is exact — whole won, as
+integers in XLSX — and each entity's total equals the sum of its ledger lines. The billing
+truth is the ledger: amounts are its lines' whole-won ``amount_krw`` summed; billed GPU-hours
+are its lines' exact ``gpu_microseconds`` summed and rounded once: to 6 places in the manifest
+and the pack README, to 2 places in what a person reads (summary.csv, the statements, the
+programme workbook: :mod:`accounting.figures`). Statement CSVs carry the ledger's own decimal
+strings. Every CSV is UTF-8 with a byte-order mark (Excel then shows Korean). Every byte goes
+through :class:`Store`, never a bare ``open``.
 """
 
 from __future__ import annotations
