@@ -7,7 +7,7 @@ lines, 공급가액 (the sum of the lines' whole-won amounts), 부가세 (the re
 the subtotal) and 합계. The XLSX (:mod:`accounting.workbooks`) and the PDF
 (:mod:`accounting.statement_pdf`) are drawn from it, so the two cannot disagree.
 
-Sub-accounts (item: the state pool lends its GPUs on to institutes): a state-pool entity's
+Sub-accounts (the state pool lends its GPUs on to institutes): a state-pool entity's
 statement lists each project as a :class:`SubAccount` with its own statement under the entity's
 number. Where rounding happens, so the sub-accounts sum to the entity to the won:
 
