@@ -14,7 +14,9 @@ Layout under ``<out>/<YYYY-MM>/`` (default ``<out>`` = ``<data-dir>/exports``)::
     auditor/SHA256SUMS                     ``sha256sum -c`` input for every copied sealed file
     auditor/manifests/YYYY-MM.json(.sig)   the period's manifest (and signature)
     auditor/ledgers/…, auditor/usage_hourly/…   copies, at the same relative paths as the manifest
-    auditor/registry.toml                  the registry the close priced with (when given)
+    auditor/registry.toml                  the registry the close priced with (the sealed copy)
+    auditor/raw/…, auditor/raw-events.sha256   with ``--raw-events``: the month's raw events (Parquet) the
+                                           close read, their SHA-256 as recorded at commit (accounting/rawpack.py)
 
 Invariants: only a sealed month is exported; every copied file is hashed while copied and
 must match its manifest entry (else :class:`IntegrityError`); money is exact — whole won, as
@@ -43,7 +45,9 @@ import polars as pl
 from accounting.billing import gpu_hours
 from accounting.errors import AccountingError
 from accounting.figures import EntityFigures, entity_figures, is_simulated, shown_hours
+from accounting.rawpack import export_raw_events, raw_events_readme
 from accounting.registry import NATIONAL, Registry, RoundingRule
+from accounting.sealed import registry_copy_path, registry_for
 from accounting.statement_pdf import statement_pdf
 from accounting.statements import Statement, SubAccount, build_statement, sub_statement
 from accounting.templating import render
@@ -135,21 +139,34 @@ def export_month(
     *,
     registry: Registry | None = None,
     registry_file: Path | None = None,
+    registry_explicit: bool = False,
+    raw_events: bool = False,
 ) -> ExportResult:
-    """Write the finance and auditor packs of a sealed ``period``; see the module docstring."""
+    """Write the finance and auditor packs of a sealed ``period``; see the module docstring.
+
+    The month speaks with the registry it was sealed with (:func:`accounting.sealed.registry_for`):
+    an explicitly given ``registry`` that differs is refused. ``raw_events`` adds the month's
+    raw events to the auditor pack (:mod:`accounting.rawpack`).
+    """
     if period not in sealed_periods(store):
         raise ExportError(f"{period} is not closed (no manifest {relative_path(store, manifest_path(store, period))})")
+    registry = registry_for(store, period, registry, explicit=registry_explicit)
     target = Path(out_dir) if out_dir is not None else Path(store.root) / "exports"
     pack = Store(target / period)
     manifest_bytes = store.read_bytes(manifest_path(store, period))
+    manifest = _json(manifest_bytes)
     copied = _copy_sealed(store, pack, period, manifest_bytes, registry_file)
+    raw = export_raw_events(store, period, manifest, pack) if raw_events else []
+    pack.write_bytes_atomic(pack.path("auditor", "SHA256SUMS"), ("\n".join(sorted(copied.sums)) + "\n").encode())
 
     # the ledgers are read only once every copied byte matched the seal
     billing = read_ledger(store, BILLING_DIR, period, BILLING)
     compliance = read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE)
     entities = sorted(set(billing["entity"].to_list()) | set(registry.entities if registry else ()))
     totals = entity_totals(billing, entities)
-    ctx = _Finance(period, hashlib.sha256(manifest_bytes).hexdigest(), registry, is_simulated(store))
+    manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+    # a month sealed before content_sha256 existed keeps the number it was issued with
+    ctx = _Finance(period, manifest_sha256, registry, is_simulated(store), manifest.get("content_sha256") or manifest_sha256)
     finance = _write_finance(pack, ctx, billing, compliance, totals)
 
     readme = render_readme(
@@ -161,32 +178,37 @@ def export_month(
         usage_sealed=copied.usage_sealed,
         has_compliance=compliance.height > 0,
         signed=copied.signed,
-        manifest_totals=_json(manifest_bytes).get("totals", {}),
+        manifest_totals=manifest.get("totals", {}),
     )
+    if raw_events:
+        readme += raw_events_readme(period, manifest)
     pack.write_bytes_atomic(pack.path("auditor", "README.md"), readme.encode())
-    auditor = sorted([*copied.files, "auditor/README.md"])
+    auditor = sorted([*copied.files, *raw, "auditor/SHA256SUMS", "auditor/README.md"])
     return ExportResult(period, target / period, tuple(finance), tuple(auditor), tuple(totals))
 
 
 @dataclass(frozen=True, slots=True)
 class _Copied:
     files: tuple[str, ...]
+    sums: tuple[str, ...]  # SHA256SUMS lines of the copied files the manifest seals
     has_usage: bool
     usage_sealed: bool
     signed: bool
 
 
 def _copy_sealed(store: Store, pack: Store, period: str, manifest_bytes: bytes, registry_file: Path | None) -> _Copied:
-    """Copy the period's ledgers, hourly usage, manifest (+ signature), registry and SHA256SUMS to
-    ``auditor/``, hashing each file while copied: a ledger file that is not sealed, or any sealed
-    file that does not match its manifest entry, stops the export (:class:`IntegrityError`)."""
+    """Copy the period's ledgers, hourly usage, sealed registry, manifest (+ signature) to ``auditor/``,
+    hashing each file while copied: a ledger file that is not sealed, or any sealed file that does
+    not match its manifest entry, stops the export (:class:`IntegrityError`)."""
     sealed = {entry["path"]: entry for entry in _json(manifest_bytes)["files"]}
     usage_files = period_files(store, USAGE_DIR, period)
     sealed_usage = [p for p in usage_files if p in sealed]
+    sealed_registry_rel = relative_path(store, registry_copy_path(store, period))
+    registry_copy = [sealed_registry_rel] if sealed_registry_rel in sealed else []
     files: list[str] = []
     sums: list[str] = []
     ledger_files = period_files(store, BILLING_DIR, period) + period_files(store, COMPLIANCE_DIR, period)
-    for rel in ledger_files + (sealed_usage or usage_files):
+    for rel in ledger_files + (sealed_usage or usage_files) + registry_copy:
         data = store.read_bytes(store.path(rel))
         digest = hashlib.sha256(data).hexdigest()
         entry = sealed.get(rel)
@@ -204,13 +226,14 @@ def _copy_sealed(store: Store, pack: Store, period: str, manifest_bytes: bytes, 
     signed = store.exists(signature)
     if signed:
         extra[manifest_rel + SIGNATURE_SUFFIX] = store.read_bytes(signature)
-    if registry_file is not None:
+    if registry_copy:  # the registry the close priced with, sealed (also at its sealed path)
+        extra["registry.toml"] = store.read_bytes(store.path(sealed_registry_rel))
+    elif registry_file is not None and Path(registry_file).exists():  # sealed before registries were
         extra["registry.toml"] = Path(registry_file).read_bytes()
-    extra["SHA256SUMS"] = ("\n".join(sorted(sums)) + "\n").encode()
     for rel, data in extra.items():
         pack.write_bytes_atomic(pack.path("auditor", rel), data)
         files.append(f"auditor/{rel}")
-    return _Copied(tuple(files), bool(usage_files), bool(sealed_usage), signed)
+    return _Copied(tuple(files), tuple(sums), bool(usage_files), bool(sealed_usage), signed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +242,7 @@ class _Finance:
     manifest_sha256: str
     registry: Registry | None
     simulated: bool
+    content_sha256: str  # what was sealed, whatever bus or batches carried it: statement numbers
 
     @property
     def rounding(self) -> RoundingRule:
@@ -238,7 +262,8 @@ def _write_finance(
     ordered = billing.sort("charge_class", "corrects_period", "project", "gpu_model", "rate_from", nulls_last=False)
     statements = [
         build_statement(period, t.entity, ordered.filter(pl.col("entity") == t.entity), registry=ctx.registry,
-                        manifest_sha256=ctx.manifest_sha256, simulated=ctx.simulated)
+                        manifest_sha256=ctx.manifest_sha256, content_sha256=ctx.content_sha256,
+                        simulated=ctx.simulated)
         for t in totals
     ]
     lines = [_programme_line(s) for s in statements]

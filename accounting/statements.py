@@ -180,15 +180,20 @@ def build_statement(
     registry: Registry | None,
     manifest_sha256: str,
     simulated: bool,
+    content_sha256: str | None = None,
 ) -> Statement:
-    """The entity's statement from its ledger lines; a state pool's projects become sub-accounts."""
+    """The entity's statement from its ledger lines; a state pool's projects become sub-accounts.
+
+    The number derives from the sealed content's hash (``content_sha256``, the manifest's own
+    hash for months sealed before it existed); the statement shows the manifest's SHA-256.
+    """
     rounding = registry.rounding if registry else RoundingRule.TRUNCATE
     vat_percent = registry.vat_percent if registry else Decimal(10)
     supplier = registry.supplier if registry else None
     known = registry.entities.get(entity) if registry else None
     lines = tuple(Line.from_ledger(r) for r in rows.iter_rows(named=True))
     subtotal = sum((ln.amount_krw for ln in lines), Decimal(0))
-    number = statement_number(period, entity, manifest_sha256)
+    number = statement_number(period, entity, content_sha256 or manifest_sha256)
     issue, due = issue_and_due(period, supplier)
     statement = Statement(
         period, entity, display_name(registry, entity), number, manifest_sha256, rounding, vat_percent, simulated,

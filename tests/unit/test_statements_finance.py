@@ -216,3 +216,22 @@ def test_one_total_reads_the_same_in_the_cli_the_report_the_workbook_the_csv_and
     assert (summary["samsung"]["billed_gpu_hours"], summary["samsung"]["total_krw"]) == ("0.28", "925")
     assert (hours_cell.value, hours_cell.number_format) == (0.28, "#,##0.00")
     assert re.search(r"청구 GPU·시간 Billed GPU-hours\s+0\.28", text) and re.search(r"공급가액 Subtotal \(원\)\s+925", text)
+
+
+def test_a_sealed_month_speaks_with_the_parties_of_its_sealed_registry(tmp_path: Path) -> None:
+    from acct_given import usage, write_usage
+
+    from accounting.close import close_month
+
+    # given a month closed with the sample registry (the close seals its canonical copy)
+    store = Store(tmp_path / "data")
+    write_usage(store, [usage("2026-11-10T03:00", "gov", "kaist-vision", B200, "GPU-1")], "b1")
+    close_month(store, load_registry(REPO / "examples" / "registry.toml"), "2026-11")
+    # when it is exported with no registry at all
+    export_month(store, "2026-11", tmp_path / "out")
+    finance = tmp_path / "out" / "2026-11" / "finance"
+    # then the statement still names the supplier, the recipient and the sub-account from the seal
+    text = pdf_text(finance / "statement-gov.pdf")
+    assert "101-82-00013" in text and "305-82-00070" in text and "한국은행 국고" in text
+    sub = pdf_text(finance / "sub-accounts" / "statement-gov-kaist-vision.pdf")
+    assert "한국과학기술원 (KAIST)" in sub and "314-82-00093" in sub and "대전광역시 유성구 대학로 291 (sample)" in sub
