@@ -179,7 +179,8 @@ class UpkeepRun:
 
 def run_compaction(store: Store, now: datetime, *, retention_hours: int = 24) -> UpkeepRun:
     """The hourly upkeep, under the store's lease: roll ``usage_hourly`` up from ``raw``,
-    compact ``raw`` and ``quarantine`` (today's partition too), delete replaced files older
+    compact ``raw`` and ``quarantine`` (closed days by target size; today's raw is left as
+    appended: :func:`storage.compaction.compact_dataset`), delete replaced files older
     than ``retention_hours`` (never a sealed one). Skips the hour if the lease is held."""
     try:
         with hold(store, "scheduler upkeep") as lease:
@@ -192,9 +193,10 @@ def run_compaction(store: Store, now: datetime, *, retention_hours: int = 24) ->
 def _upkeep(store: Store, now: datetime, lease: Lease, retention_hours: int) -> UpkeepRun:
     roll_up(store, lease=lease)
     results: list[CompactionResult] = []
+    today = now.astimezone(KST).date().isoformat()  # today's raw stays as appended until it closes
     for dataset in COMPACTABLE:
         lease.check()
-        results.extend(compact_dataset(store, dataset, lease=lease))
+        results.extend(compact_dataset(store, dataset, before_date=today, lease=lease))
     vacuumed = vacuum(store, retention_hours=retention_hours, lease=lease)
     return UpkeepRun(now, tuple(results), vacuumed)
 

@@ -11,7 +11,23 @@ or the merged one listed, never both, never neither; appends by consumers runnin
 time do not conflict with it, and a concurrent compaction of the same files makes one of the
 two commits fail harmlessly (:class:`~storage.delta.CommitConflict`).
 
-Today's partition is compacted too (the consumer keeps appending beside the merged file).
+What the hourly upkeep compacts (:func:`compact_dataset` with ``before_date``, today's KST
+date), so that a day of ``raw`` is written about once (issue 16):
+
+- a closed partition (a ``raw`` date before today, a ``quarantine`` month before this one):
+  its small files (under half of ``target_bytes``) are packed, in name order, into merged files
+  of at most ``target_bytes`` (128 MiB). A file at least half the target is never copied
+  again, so a closed day's rows are copied once, when the day closes (a late file may re-merge
+  the day's last, smaller file);
+- today's ``raw`` partition is left alone: the consumer keeps appending small files, readers
+  prune them by their ``interval_start`` statistics, and nothing is copied hour after hour
+  (merging it each hour copied 300, 600, … 1,800 rows for 300 new rows an hour);
+- this month's ``quarantine`` partition: only files no compaction wrote are merged, so a
+  refused line is copied at most twice (once within the hour, once when the month closes).
+
+delta-rs ``optimize.compact`` does the same packing but keeps neither the SHA-256 of each
+file in the commit (:mod:`storage.deltalog`) nor the lease's fencing token, so it is measured
+against (``bench/bench_upkeep.py``), not used.
 
 Invariants:
 
@@ -46,7 +62,7 @@ import pyarrow.parquet as pq
 from storage.dataset import PARQUET_COMPRESSION, Store
 from storage.delta import CommitConflict
 from storage.errors import StorageError
-from storage.seal import relative_path, sealed_files
+from storage.seal import periods_of, relative_path, sealed_files
 from storage.schemas import TABLES
 
 if TYPE_CHECKING:
@@ -54,6 +70,8 @@ if TYPE_CHECKING:
 _TIME_STATS = ("interval_start", "hour_start")  # event-time columns whose min/max the log keeps
 
 COMPACTABLE = ("raw", "quarantine")  # what the hourly job compacts (usage_hourly is rolled up)
+TARGET_FILE_BYTES = 128 * 1024 * 1024  # a merged file holds at most this (files ≥ half of it stay)
+_MERGED_PREFIX = "part-compact-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +101,7 @@ def compact(
         raise StorageError(
             f"{dataset} partitions are {'/'.join(c + '=…' for c in partition_columns)}, got {partition!r}"
         )
-    sealed = set(sealed_files(store)) if sealed is None else sealed
+    sealed = set(sealed_files(store, periods_of([partition]))) if sealed is None else sealed
     prefix = partition.strip("/") + "/"
     inputs = [
         p for p in (store.table(dataset).files() if listing is None else listing)
@@ -92,8 +110,13 @@ def compact(
     ]
     if len(inputs) < min_files:
         return CompactionResult(dataset, partition, len(inputs), 0, None)
+    return _merge(store, dataset, partition, inputs, lease)
 
-    name = "compact-" + hashlib.sha256("\n".join(inputs).encode()).hexdigest()[:24]
+
+def _merge(store: Store, dataset: str, partition: str, inputs: list[str], lease: Lease | None) -> CompactionResult:
+    """Copy ``inputs`` (files of one partition) into one new file, committed in their place."""
+    schema, _ = TABLES[dataset]
+    name = _MERGED_PREFIX[len("part-"):] + hashlib.sha256("\n".join(inputs).encode()).hexdigest()[:24]
     rel = posixpath.join(partition.strip("/"), f"part-{name}.parquet")
     rows_in = rows_out = 0
     bounds: dict[str, list[object]] = {c: [] for c in _TIME_STATS if c in schema.names}
@@ -124,37 +147,68 @@ def compact(
 
 
 def compact_dataset(
-    store: Store, dataset: str, *, before_date: str | None = None, min_files: int = 2, lease: Lease | None = None
+    store: Store, dataset: str, *, before_date: str | None = None, min_files: int = 2, lease: Lease | None = None,
+    target_bytes: int = TARGET_FILE_BYTES,
 ) -> list[CompactionResult]:
-    """Compact every leaf partition of ``dataset`` (only dates before ``before_date`` if given)."""
-    sealed = set(sealed_files(store))
-    listing = store.table(dataset).files()  # one listing of the log for every partition
-    by_partition: dict[str, int] = {}
-    for path in listing:
-        by_partition[posixpath.dirname(path)] = by_partition.get(posixpath.dirname(path), 0) + 1
+    """Pack the small files of ``dataset``'s closed partitions into files of about
+    ``target_bytes`` (see the module docstring). ``before_date`` (``YYYY-MM-DD``, today's KST
+    date for the hourly job) marks what is still open: ``raw`` dates from it on are left alone,
+    the ``quarantine`` month holding it merges only files no compaction wrote. ``None``: every
+    partition counts as closed. Reads only the seals of the periods it is about to touch."""
+    sizes = store.table(dataset).file_sizes()  # one listing of the log, with sizes, for every partition
+    by_partition: dict[str, list[str]] = {}
+    for path in sorted(sizes):
+        by_partition.setdefault(posixpath.dirname(path), []).append(path)
+    plans: list[tuple[str, list[str]]] = []
+    for partition, paths in sorted(by_partition.items()):
+        day = _date_of(partition)
+        if not partition or (before_date is not None and day and day >= before_date):
+            continue  # today's raw: appended to all day, read by statistics, merged once it closes
+        if before_date is not None and not day and _period_of(partition) >= before_date[:7]:
+            paths = [p for p in paths if not posixpath.basename(p).startswith(_MERGED_PREFIX)]
+        small = [p for p in paths if sizes[p] * 2 < target_bytes]
+        if len(small) >= min_files:
+            plans.append((partition, small))
+    if not plans:
+        return []
+    sealed = set(sealed_files(store, periods_of(p for p, _ in plans)))  # fails closed on a seal it needs
     results = []
-    for partition in sorted(p for p, n in by_partition.items() if p and n >= min_files):
-        if before_date is not None and _date_of(partition) and _date_of(partition) >= before_date:
-            continue
-        result = compact(store, dataset, partition, min_files=min_files, sealed=sealed, listing=listing, lease=lease)
-        if result.merged is not None:
-            results.append(result)
+    for partition, small in plans:
+        free = [p for p in small if relative_path(store, store.path(dataset, p)) not in sealed]
+        for group in _bins(free, sizes, target_bytes):
+            if len(group) >= min_files:
+                result = _merge(store, dataset, partition, group, lease)
+                if result.merged is not None:
+                    results.append(result)
     return results
+
+
+def _bins(paths: list[str], sizes: dict[str, int], target_bytes: int) -> list[list[str]]:
+    """``paths`` in order, cut into runs whose sizes sum to at most ``target_bytes`` (every run
+    but the last then holds more than half of it, so it is not small next time)."""
+    bins: list[list[str]] = [[]]
+    total = 0
+    for path in paths:
+        if bins[-1] and total + sizes[path] > target_bytes:
+            bins.append([])
+            total = 0
+        bins[-1].append(path)
+        total += sizes[path]
+    return bins
 
 
 def vacuum(store: Store, retention_hours: int = 24, *, lease: Lease | None = None) -> dict[str, int]:
     """Delete files that tables no longer list (replaced by compaction or roll-up), older than
     ``retention_hours``; never one that a manifest seals or lists as read (those are kept, and
     ``verify`` names how they came to be unlisted). Returns the number deleted per table."""
-    sealed = set(sealed_files(store))  # fails closed on an unreadable seal
+    candidates = {name: store.table(name).vacuum_candidates(retention_hours) for name in TABLES}
+    # only the seals of the periods holding candidates (all of them if a candidate has no period)
+    sealed = set(sealed_files(store, periods_of(p for paths in candidates.values() for p in paths)))
     deleted: dict[str, int] = {}
     for name in TABLES:
         if lease is not None:
             lease.check()
-        doomed = [
-            p for p in store.table(name).vacuum_candidates(retention_hours)
-            if relative_path(store, store.path(name, p)) not in sealed
-        ]
+        doomed = [p for p in candidates[name] if relative_path(store, store.path(name, p)) not in sealed]
         for rel in doomed:
             store.delete(store.path(name, rel))
         deleted[name] = len(doomed)
@@ -167,6 +221,13 @@ def _partition_stats(partition: str) -> dict[str, tuple[object, object]]:
         key, _, value = fragment.partition("=")
         out[key] = (value, value)
     return out
+
+
+def _period_of(partition: str) -> str:
+    for fragment in partition.split("/"):
+        if fragment.startswith("period="):
+            return fragment[len("period=") :]
+    return ""
 
 
 def _date_of(partition: str) -> str:

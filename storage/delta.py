@@ -70,6 +70,9 @@ class DeltaDataset:
         self.schema = schema
         self._options = dict(storage_options or {})
         self._table: DeltaTable | None = None
+        # the add actions (and sorted paths) of one version: a version never changes, so the
+        # table is built once per version, not on every listing (hourly jobs list many times)
+        self._actions: tuple[int, pa.Table, list[str]] | None = None
 
     # -- reading the log ------------------------------------------------------------------
     def table(self, *, refresh: bool = True) -> DeltaTable | None:
@@ -97,8 +100,24 @@ class DeltaDataset:
         table = self.table()
         if table is None:
             return []
-        actions = table.get_add_actions(flatten=True)
-        return sorted(str(p) for p in actions.column("path").to_pylist())
+        return list(self._add_actions(table)[1])
+
+    def file_sizes(self) -> dict[str, int]:
+        """Live files of the newest version → their size in bytes, from the log (nothing opened)."""
+        table = self.table()
+        if table is None:
+            return {}
+        actions = self._add_actions(table)[0]
+        return dict(zip((str(p) for p in actions.column("path").to_pylist()),
+                        actions.column("size_bytes").to_pylist(), strict=True))
+
+    def _add_actions(self, table: DeltaTable) -> tuple[pa.Table, list[str]]:
+        """The add actions of ``table``'s version and their sorted paths, built once per version."""
+        version = table.version()
+        if self._actions is None or self._actions[0] != version:
+            actions = pa.table(table.get_add_actions(flatten=True))
+            self._actions = (version, actions, sorted(str(p) for p in actions.column("path").to_pylist()))
+        return self._actions[1], self._actions[2]
 
     def files_overlapping(self, column: str, lo: object, hi: object) -> list[str]:
         """Live files whose ``column`` statistics may hold a value in ``[lo, hi)`` (a file
@@ -106,7 +125,7 @@ class DeltaDataset:
         table = self.table()
         if table is None:
             return []
-        actions = pa.table(table.get_add_actions(flatten=True))
+        actions = self._add_actions(table)[0]
         paths = actions.column("path").to_pylist()
         if f"min.{column}" not in actions.column_names:
             return sorted(paths)
@@ -197,8 +216,7 @@ class DeltaDataset:
         table = self.table()
         if table is None:
             return [], -1
-        actions = table.get_add_actions(flatten=True)
-        return sorted(str(p) for p in actions.column("path").to_pylist()), table.version()
+        return list(self._add_actions(table)[1]), table.version()
 
     def files_at(self, version: int) -> list[str]:
         """Paths (relative to the table root) of the files of an earlier ``version``."""
