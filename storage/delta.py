@@ -111,6 +111,21 @@ class DeltaDataset:
         return dict(zip((str(p) for p in actions.column("path").to_pylist()),
                         actions.column("size_bytes").to_pylist(), strict=True))
 
+    def file_ranges(self, column: str) -> dict[str, tuple[int | None, object, object]]:
+        """Live files → (rows, min, max of ``column``) from the log's statistics (``None`` where
+        a file has none); nothing is opened."""
+        table = self.table()
+        if table is None:
+            return {}
+        actions = self._add_actions(table)[0]
+        paths = [str(p) for p in actions.column("path").to_pylist()]
+        rows = actions.column("num_records").to_pylist()
+        if f"min.{column}" not in actions.column_names:
+            return {p: (r, None, None) for p, r in zip(paths, rows, strict=True)}
+        mins = actions.column(f"min.{column}").to_pylist()
+        maxs = actions.column(f"max.{column}").to_pylist()
+        return {p: (r, a, b) for p, r, a, b in zip(paths, rows, mins, maxs, strict=True)}
+
     def _add_actions(self, table: DeltaTable) -> tuple[pa.Table, list[str]]:
         """The add actions of ``table``'s version and their sorted paths, built once per version."""
         version = table.version()
