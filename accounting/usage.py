@@ -229,7 +229,13 @@ def quarantined(store: Store, period: str) -> pl.DataFrame:
     files = period_files(store, "quarantine", period)
     if not files:
         return _empty_quarantine()
-    rows = store.scan(f"quarantine/period={period}", QUARANTINE).collect()
+    # only the columns counted: the refused lines' text (most of the bytes) is read only for
+    # lines without a quarantine_id (files written before it existed: the text is their identity)
+    scan = store.scan(f"quarantine/period={period}", QUARANTINE)
+    counted = ["event_id", "quarantine_id", "entity", "gpu_model", "gpu_microseconds", "reason_code"]
+    rows = scan.filter(pl.col("quarantine_id").is_not_null()).select(*counted, raw=pl.lit(None, pl.String)).collect()
+    if rows.height < scan.select(pl.len()).collect().item():
+        rows = pl.concat([rows, scan.filter(pl.col("quarantine_id").is_null()).select(*counted, "raw").collect()])
     if rows.height == 0:
         return _empty_quarantine()
     ids = rows.get_column("event_id").drop_nulls().unique().to_list()
