@@ -14,11 +14,12 @@ two commits fail harmlessly (:class:`~storage.delta.CommitConflict`).
 What the hourly upkeep compacts (:func:`compact_dataset` with ``before_date``, today's KST
 date), so that a day of ``raw`` is written about once (issue 16):
 
-- a closed partition (a ``raw`` date before today, a ``quarantine`` month before this one):
-  its small files (under half of ``target_bytes``) are packed, in name order, into merged files
-  of at most ``target_bytes`` (128 MiB). A file at least half the target is never copied
-  again, so a closed day's rows are copied once, when the day closes (a late file may re-merge
-  the day's last, smaller file);
+- a closed ``raw`` day: the small files (under half of ``target_bytes``) the consumer wrote are
+  packed, in name order, into merged files of at most ``target_bytes`` (128 MiB), once, when
+  the day closes. A merged file is never an input again: events landing late are packed among
+  themselves (so a late row is copied at most twice, every other row once);
+- a closed ``quarantine`` month: every small file, merged ones included, is packed by target
+  size (a file at least half the target is never copied again);
 - today's ``raw`` partition is left alone: the consumer keeps appending small files, readers
   prune them by their ``interval_start`` statistics, and nothing is copied hour after hour
   (merging it each hour copied 300, 600, … 1,800 rows for 300 new rows an hour);
@@ -164,7 +165,10 @@ def compact_dataset(
         day = _date_of(partition)
         if not partition or (before_date is not None and day and day >= before_date):
             continue  # today's raw: appended to all day, read by statistics, merged once it closes
-        if before_date is not None and not day and _period_of(partition) >= before_date[:7]:
+        if day or (before_date is not None and _period_of(partition) >= before_date[:7]):
+            # a closed day is packed once, from the files the consumer wrote; files landing late
+            # are packed among themselves, never with a merged file again (the month still
+            # open in quarantine likewise); a closed quarantine month repacks everything small
             paths = [p for p in paths if not posixpath.basename(p).startswith(_MERGED_PREFIX)]
         small = [p for p in paths if sizes[p] * 2 < target_bytes]
         if len(small) >= min_files:
