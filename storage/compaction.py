@@ -55,6 +55,8 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from dataclasses import dataclass
+from datetime import date as Date
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import pyarrow.compute as pc
@@ -62,6 +64,7 @@ import pyarrow.parquet as pq
 
 from storage.dataset import PARQUET_COMPRESSION, Store
 from storage.delta import CommitConflict
+from storage.deltalog import commit_actions
 from storage.errors import StorageError
 from storage.seal import periods_of, relative_path, sealed_files
 from storage.schemas import TABLES
@@ -73,6 +76,7 @@ _TIME_STATS = ("interval_start", "hour_start")  # event-time columns whose min/m
 COMPACTABLE = ("raw", "quarantine")  # what the hourly job compacts (usage_hourly is rolled up)
 TARGET_FILE_BYTES = 128 * 1024 * 1024  # a merged file holds at most this (files ≥ half of it stay)
 _MERGED_PREFIX = "part-compact-"
+COMPACTION_APP = "gpuledger/compaction"  # txn: the table version the hourly compaction looked up to
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,21 +155,31 @@ def compact_dataset(
     store: Store, dataset: str, *, before_date: str | None = None, min_files: int = 2, lease: Lease | None = None,
     target_bytes: int = TARGET_FILE_BYTES,
 ) -> list[CompactionResult]:
-    """Pack the small files of ``dataset``'s closed partitions into files of about
-    ``target_bytes`` (see the module docstring). ``before_date`` (``YYYY-MM-DD``, today's KST
-    date for the hourly job) marks what is still open: ``raw`` dates from it on are left alone,
-    the ``quarantine`` month holding it merges only files no compaction wrote. ``None``: every
-    partition counts as closed. Reads only the seals of the periods it is about to touch."""
-    sizes = store.table(dataset).file_sizes()  # one listing of the log, with sizes, for every partition
+    """Pack the small files of ``dataset``'s closed partitions into files of at most
+    ``target_bytes`` (see the module docstring).
+
+    ``before_date`` (``YYYY-MM-DD``, today's KST date: the hourly job) marks what is still open:
+    ``raw`` dates from it on are left alone, the ``quarantine`` month holding it merges only
+    files no compaction wrote, a closed ``raw`` day packs only files no compaction wrote, and
+    only partitions changed since the last hourly run or closed in the last two days are looked
+    at (the version looked up to is recorded as the txn :data:`COMPACTION_APP`). ``None`` (by
+    hand): every partition is closed and every small file, merged ones included, is packed.
+    Reads only the seals of the periods it is about to touch, and the newest."""
+    table = store.table(dataset)
+    sizes = table.file_sizes()  # one listing of the log, with sizes, for every partition
+    version = table.version()
+    looked = _looked_at(store, dataset, before_date, version)
     by_partition: dict[str, list[str]] = {}
     for path in sorted(sizes):
         by_partition.setdefault(posixpath.dirname(path), []).append(path)
     plans: list[tuple[str, list[str]]] = []
     for partition, paths in sorted(by_partition.items()):
+        if looked is not None and partition not in looked:
+            continue  # unchanged since the last run and not just closed: nothing new to pack
         day = _date_of(partition)
         if not partition or (before_date is not None and day and day >= before_date):
             continue  # today's raw: appended to all day, read by statistics, merged once it closes
-        if day or (before_date is not None and _period_of(partition) >= before_date[:7]):
+        if before_date is not None and (day or _period_of(partition) >= before_date[:7]):
             # a closed day is packed once, from the files the consumer wrote; files landing late
             # are packed among themselves, never with a merged file again (the month still
             # open in quarantine likewise); a closed quarantine month repacks everything small
@@ -173,9 +187,8 @@ def compact_dataset(
         small = [p for p in paths if sizes[p] * 2 < target_bytes]
         if len(small) >= min_files:
             plans.append((partition, small))
-    if not plans:
-        return []
-    sealed = set(sealed_files(store, periods_of(p for p, _ in plans)))  # fails closed on a seal it needs
+    # fails closed on a seal it needs (and on the newest, even with nothing to pack)
+    sealed = set(sealed_files(store, periods_of(p for p, _ in plans)))
     results = []
     for partition, small in plans:
         free = [p for p in small if relative_path(store, store.path(dataset, p)) not in sealed]
@@ -184,7 +197,44 @@ def compact_dataset(
                 result = _merge(store, dataset, partition, group, lease)
                 if result.merged is not None:
                     results.append(result)
+    if before_date is not None and version >= 0 and table.transaction_version(COMPACTION_APP) != version:
+        # remember how far the log was looked at, so the next hour reads only what came after
+        txns = {COMPACTION_APP: version, **(lease.fence(dataset) if lease is not None else {})}
+        try:
+            table.commit([], txns=txns, data_change=False)
+        except CommitConflict:
+            pass  # another upkeep recorded it meanwhile: the next run looks a little further back
     return results
+
+
+def _looked_at(store: Store, dataset: str, before_date: str | None, version: int) -> set[str] | None:
+    """Partitions the hourly run must look at: those with files committed since the version
+    recorded by the last run (:data:`COMPACTION_APP`), and the recently closed ones (the two
+    days before ``before_date``; this and last month in ``quarantine``). ``None``: all of them
+    (no ``before_date``, a first run, or a log cleaned up since). Partitions of older, untouched
+    history (sealed files that may never be packed among them) are not looked at again, so
+    neither is their seal: the cost follows what changed, not the history."""
+    if before_date is None:
+        return None
+    done = store.table(dataset).transaction_version(COMPACTION_APP)
+    if done is None:
+        return None
+    out: set[str] = set()
+    for v in range(done + 1, version + 1):
+        actions = commit_actions(store, dataset, v)
+        if actions is None:
+            return None
+        out.update(
+            posixpath.dirname(a["add"]["path"]) for a in actions if a.get("add") and a["add"].get("dataChange", True)
+        )
+    today = Date.fromisoformat(before_date)
+    recent = {(today - timedelta(days=d)).isoformat() for d in (1, 2)}
+    months = {before_date[:7], (today.replace(day=1) - timedelta(days=1)).isoformat()[:7]}
+    for partition in {posixpath.dirname(p) for p in store.table(dataset).files()}:
+        day = _date_of(partition)
+        if (day and day in recent) or (not day and _period_of(partition) in months):
+            out.add(partition)
+    return out
 
 
 def _bins(paths: list[str], sizes: dict[str, int], target_bytes: int) -> list[list[str]]:
