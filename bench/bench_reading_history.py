@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import duckdb
 
+    sys.path.insert(0, str(REPO / "tests" / "unit"))
+    from spine_events import event, jsonl
+
     import storage.seal as seal
     from accounting.close import close_month
     from accounting.registry import load_registry
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                 if len(batch) >= 20:
                     processor.process(batch, positions)
                     batch, positions = [], []
-            batch.append((f"bad@{offset}", b"{not json\n"))  # a refused line for the quarantine
+            refused = event((start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:00Z"), project="no-such-project")
+            batch.append((f"bad@{offset}", jsonl(refused)))  # refused (unknown project): quarantined in its month
             positions.append(Position("bench/gpu.usage.v1/0", offset))
             offset += 1
             processor.process(batch, positions)
