@@ -208,3 +208,31 @@ def test_a_tables_file_listing_is_built_once_per_version(tmp_path: Path, monkeyp
     assert len(built) == 1
     _hour_batch(processor, "2026-11-03T02", "b")  # a new version is listed anew
     assert len(table.files()) == 2 and len(built) == 2
+
+
+def test_old_sealed_partitions_are_not_looked_at_again_every_hour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small files sealed in an old month can never be packed; the hourly compaction must not
+    re-read that month's seal every hour for them (it did: one more manifest per month, forever)."""
+    store = Store(tmp_path)
+    processor = BatchProcessor(store, ACCOUNTS)
+    for i in range(2):  # two refused events of January: two small quarantine files
+        processor.process([(f"q{i}", jsonl(event(f"2025-01-1{i}T03:00:00Z", project="no-such-project")))])
+    january = store.files("quarantine/period=2025-01")
+    assert len(january) == 2
+    seal_period(store, "2025-01", january, {"a": "1"})
+    _seal_months_from(store, ["2025-02", "2025-03"])
+    reads = _counting_reads(monkeypatch)
+    run_compaction(store, datetime(2025, 4, 10, tzinfo=UTC), retention_hours=0)
+    assert "2025-01" in reads  # the first run looks at every partition once
+    reads.clear()
+    processor.process([("new", jsonl(event("2025-04-10T01:00:00Z")))])
+    run_compaction(store, datetime(2025, 4, 10, 2, tzinfo=UTC), retention_hours=0)
+    assert "2025-01" not in reads and set(reads) <= {"2025-03"}
+    assert set(january) <= set(store.files("quarantine"))  # sealed files untouched
+
+
+def _seal_months_from(store: Store, periods: list[str]) -> None:
+    for period in periods:
+        ledger = store.path("ledgers", "billing", f"period={period}", "billing.parquet")
+        store.write_bytes_atomic(ledger, period.encode())
+        seal_period(store, period, [ledger], {"amount_krw.gov": "1"})
