@@ -57,6 +57,7 @@ from storage.seal import ledger_periods, sealed_periods
 log = logging.getLogger(__name__)
 
 KST = ZoneInfo("Asia/Seoul")
+FULL_VACUUM_HOUR_KST = 3  # the hourly upkeep of this hour vacuums every period, the others the last two months
 JOB_STORE = "scheduler/jobs.sqlite"
 CLOSE_WAIT_S = 30 * 60  # the close job waits this long for an upkeep run to give the lease back
 MONTHLY_CLOSE_ID = "monthly-close"
@@ -197,7 +198,11 @@ def _upkeep(store: Store, now: datetime, lease: Lease, retention_hours: int) -> 
     for dataset in COMPACTABLE:
         lease.check()
         results.extend(compact_dataset(store, dataset, before_date=today, lease=lease))
-    vacuumed = vacuum(store, retention_hours=retention_hours, lease=lease)
+    kst = now.astimezone(KST)
+    last_month = (kst.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+    # every period once a day (the 03:00 KST run), this month and the last one every hour
+    periods = None if kst.hour == FULL_VACUUM_HOUR_KST else {kst.strftime("%Y-%m"), last_month}
+    vacuumed = vacuum(store, retention_hours=retention_hours, lease=lease, periods=periods)
     return UpkeepRun(now, tuple(results), vacuumed)
 
 

@@ -251,11 +251,21 @@ def _bins(paths: list[str], sizes: dict[str, int], target_bytes: int) -> list[li
     return bins
 
 
-def vacuum(store: Store, retention_hours: int = 24, *, lease: Lease | None = None) -> dict[str, int]:
+def vacuum(
+    store: Store, retention_hours: int = 24, *, lease: Lease | None = None, periods: set[str] | None = None
+) -> dict[str, int]:
     """Delete files that tables no longer list (replaced by compaction or roll-up), older than
     ``retention_hours``; never one that a manifest seals or lists as read (those are kept, and
-    ``verify`` names how they came to be unlisted). Returns the number deleted per table."""
+    ``verify`` names how they came to be unlisted). ``periods`` limits it to files of those
+    periods (and files outside any period), reading only their seals: a file a seal keeps stays a
+    candidate forever, so looking at every period every hour would read every seal every hour.
+    Returns the number deleted per table."""
     candidates = {name: store.table(name).vacuum_candidates(retention_hours) for name in TABLES}
+    if periods is not None:  # the hourly job: recent periods only (sealed files kept in old ones stay candidates forever)
+        candidates = {
+            name: [p for p in paths if (found := periods_of([p])) is None or found <= periods]
+            for name, paths in candidates.items()
+        }
     # only the seals of the periods holding candidates (all of them if a candidate has no period)
     sealed = set(sealed_files(store, periods_of(p for paths in candidates.values() for p in paths)))
     deleted: dict[str, int] = {}
