@@ -46,8 +46,9 @@ version that lists them (``retention_hours``) — and never a file any manifest 
 read, whatever the log says.
 
 All three run under the store's lease (:mod:`storage.lease`) when the scheduler or the CLI
-runs them: each commit then carries the holder's fencing token. They read the seals first and
-stop, naming the manifest, if one is unreadable (:class:`~storage.seal.SealUnreadable`).
+runs them: each commit then carries the holder's fencing token. They read the seals of the
+periods they touch (and the newest) first and stop, naming the manifest, if one is unreadable
+(:class:`~storage.seal.SealUnreadable`).
 """
 
 from __future__ import annotations

@@ -3,19 +3,24 @@
 The stream consumer writes only ``raw`` (and ``quarantine``). :func:`roll_up` brings
 ``usage_hourly`` level with ``raw``:
 
-1. which KST dates changed since the last roll-up: the ``add`` actions of the ``raw`` commits
+1. which UTC hours changed since the last roll-up: the ``add`` actions of the ``raw`` commits
    after the version recorded in ``usage_hourly``'s ``txn`` (app id :data:`ROLLUP_APP`), read
-   from the Delta log (compaction commits change no data and are skipped);
-2. for each changed date, its ``raw`` files are aggregated one UTC hour at a time (a scan with
-   the hour pushed down as a predicate; Polars' streaming engine), each hour appended as a row
-   group to one new file, so memory is one hour's device-hours, never a day's events;
-3. one commit replaces the date's old ``usage_hourly`` files with the new ones and records the
-   ``raw`` version it reflects — atomically, so a reader sees the old roll-up or the new one.
+   from the Delta log, each with the ``interval_start`` min/max of its rows in its statistics
+   (compaction commits change no data and are skipped; an ``add`` without them marks its whole
+   KST date);
+2. each changed hour is aggregated from the ``raw`` files whose statistics overlap it (only
+   those are re-hashed against their commit; Polars' streaming engine) into one new file per
+   hour, so memory is one hour's device-hours and an hour that did not change is neither read
+   nor rewritten (a file written before this rule holds its whole date: when one of its hours
+   changes, every hour it holds is rolled again, once);
+3. one commit replaces the changed hours' old ``usage_hourly`` files with the new ones and
+   records the ``raw`` version it reflects — atomically, so a reader sees the old roll-up or
+   the new one.
 
-A date whose ``usage_hourly`` files are sealed by a manifest (its month was closed, then late
-events arrived) keeps them byte for byte (``verify`` checks them); the new file then holds the
-difference between the roll-up of ``raw`` and the sealed rows, so the date's files still sum
-to exactly what ``raw`` holds. Such a date has two rows for the device-hours that changed.
+An hour whose ``usage_hourly`` file is sealed by a manifest (its month was closed, then late
+events arrived) keeps it byte for byte (``verify`` checks it); the new file then holds the
+difference between the roll-up of ``raw`` and the sealed rows, so the hour's files still sum
+to exactly what ``raw`` holds. Such an hour has two rows for the device-hours that changed.
 
 Sums are exact and order-independent, so the same events give byte-identical files whatever
 the bus, the batch sizes or the number of consumers: GPU time is integer microseconds, energy is
@@ -23,10 +28,12 @@ summed as integer millijoules (each event's ``energy_joules`` rounded to the mil
 counts in) and written back as joules. A file is named after the SHA-256 of its bytes.
 
 Under the store's lease (:mod:`storage.lease`) the commit carries the holder's fencing token.
-The seals are read first and an unreadable one stops the roll-up, naming it.
+The seals of the periods it touches (and the newest) are read first and an unreadable one
+stops the roll-up, naming it.
 
-Cost at national scale: a finished day is ~7.2M device-hours (300k devices × 24), ~400M raw
-rows read once per roll-up of that date; hourly runs touch only the dates written since.
+Cost at national scale: an hour is ~300k device-hours from ~18M raw rows; an hourly run reads
+the hours written since (the last hour, and the few hours late events landed in), never the
+whole date again.
 """
 
 from __future__ import annotations
