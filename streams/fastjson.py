@@ -27,6 +27,7 @@ Intent: most lines cost one C-level decode; strictness costs a count and a few c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -157,3 +158,130 @@ def _move_to_slow(
     slow = sorted(slow + [kept[row] for row in rows])
     kept = [index for index, k in zip(kept, keep, strict=True) if k]
     return columns, kept, slow
+
+
+# -- whole messages ------------------------------------------------------------------------
+_OPEN, _CLOSE, _NEWLINE = 0x7B, 0x7D, 0x0A
+_MAX_VIEW_OFFSET = 2**31 - 1
+
+
+@dataclass(slots=True)
+class FastMessage:
+    """A message whose every line the fast path vouched for: its index in the run, and the
+    byte range and 1-based line number of each row it gave (blank lines give none)."""
+
+    index: int
+    payload: bytes
+    starts: np.ndarray
+    stops: np.ndarray
+    numbers: np.ndarray
+
+
+def _line_ranges(payload: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(starts, stops, line numbers) of the non-empty lines when each is exactly ``{…}``
+    (first byte ``{``, last byte ``}``: no surrounding whitespace) and the message holds no
+    backslash and fits 32-bit offsets; ``None`` otherwise (the message goes line by line).
+
+    With every line starting with ``{`` no JSON value can run on from one line into the next
+    (a value inside a container is followed by ``,``, ``}`` or ``]``, never ``{``; a string
+    cannot hold a raw newline), so a whitespace-separated decode of the message that yields
+    exactly one value per line read each line alone."""
+    if _BACKSLASH in payload or len(payload) > _MAX_VIEW_OFFSET:
+        return None
+    data = np.frombuffer(payload, dtype=np.uint8)
+    ends = np.flatnonzero(data == _NEWLINE)
+    starts = np.concatenate(([0], ends + 1))
+    stops = np.concatenate((ends, [data.size]))
+    filled = stops > starts
+    starts, stops = starts[filled], stops[filled]
+    if starts.size == 0 or not ((data[starts] == _OPEN).all() and (data[stops - 1] == _CLOSE).all()):
+        return None
+    return starts, stops, np.flatnonzero(filled) + 1
+
+
+def decode_messages_fast(
+    payloads: Sequence[bytes], fields: Mapping[str, tuple[tuple[type, ...], bool]]
+) -> tuple[dict[str, list[Any]], list[FastMessage], list[int]]:
+    """``(columns, fast, slow)``: the rows of every message the fast path vouches for whole
+    (in message order), those messages, and the indices of the others (for the line-by-line
+    route, :func:`decode_fast` then the reference decoder). A message is vouched for when every
+    line of it would be (see the module's docstring); one doubtful line sends its whole
+    message line by line, where every other line of it still gets its own verdict."""
+    decoder, astuple = _decoder(fields)
+    decode_lines = decoder.decode_lines
+    rows: list[Any] = []
+    fast: list[FastMessage] = []
+    slow: list[int] = []
+    quotes: list[int] = []
+    for index, payload in enumerate(payloads):
+        ranges = _line_ranges(payload)
+        if ranges is None:
+            slow.append(index)
+            continue
+        try:
+            items = decode_lines(payload)
+        except Exception:  # noqa: BLE001 - the line-by-line route judges it
+            slow.append(index)
+            continue
+        if len(items) != ranges[0].size:
+            slow.append(index)
+            continue
+        rows.extend(items)
+        fast.append(FastMessage(index, payload, *ranges))
+        quotes.append(payload.count(_QUOTE))
+    names = list(fields)
+    if not rows:
+        return {name: [] for name in names}, [], slow
+    columns = dict(zip(names, (list(c) for c in zip(*map(astuple, rows), strict=True)), strict=True))
+    del rows
+    doubtful: set[int] = set()  # positions in ``fast``
+    if sum(quotes) != _quotes_decoded(columns, fields):
+        first = 0
+        for position, message in enumerate(fast):
+            last = first + message.starts.size
+            part = {name: values[first:last] for name, values in columns.items()}
+            if quotes[position] != _quotes_decoded(part, fields):
+                doubtful.add(position)
+            first = last
+    for name, values in columns.items():
+        if UNSET in values:
+            columns[name] = [None if v is UNSET else v for v in values]
+    bad_rows: set[int] = set()
+    for name, (types, _) in fields.items():
+        if types[0] is int:
+            bad_rows.update(_ints_past_64_bits(columns[name]))
+        elif types[0] is float:
+            bad_rows.update(_floats_not_exact(columns[name]))
+    if bad_rows:
+        owner = np.repeat(np.arange(len(fast)), [m.starts.size for m in fast])
+        doubtful.update(int(owner[row]) for row in bad_rows)
+    if doubtful:
+        keep = np.repeat([position not in doubtful for position in range(len(fast))], [m.starts.size for m in fast]).tolist()
+        columns = {name: [v for v, k in zip(values, keep, strict=True) if k] for name, values in columns.items()}
+        slow = sorted(slow + [fast[position].index for position in doubtful])
+        fast = [message for position, message in enumerate(fast) if position not in doubtful]
+    return columns, fast, slow
+
+
+def line_views(messages: Sequence[FastMessage]) -> pa.Array:
+    """The lines of ``messages`` as one Arrow ``string_view`` array over the payloads' own
+    bytes (no copy of any line: each view is 16 bytes naming its message and byte range)."""
+    views = []
+    for buffer_index, message in enumerate(messages):
+        data = np.frombuffer(message.payload, dtype=np.uint8)
+        lengths = (message.stops - message.starts).astype(np.int32)
+        view = np.zeros((lengths.size, 4), dtype=np.int32)
+        view[:, 0] = lengths
+        long = lengths > 12
+        starts = message.starts[long]
+        view[long, 1] = data[starts[:, None] + np.arange(4)].copy().view(np.int32)[:, 0]
+        view[long, 2] = buffer_index
+        view[long, 3] = starts
+        raw = view.view(np.uint8).reshape(lengths.size, 16)
+        for row in np.flatnonzero(~long):  # a line of 12 bytes or fewer is held in its view
+            start, length = int(message.starts[row]), int(lengths[row])
+            raw[row, 4 : 4 + length] = data[start : start + length]
+        views.append(raw)
+    every = np.concatenate(views) if views else np.zeros((0, 16), dtype=np.uint8)
+    buffers = [None, pa.py_buffer(every.tobytes()), *(pa.py_buffer(m.payload) for m in messages)]
+    return pa.Array.from_buffers(pa.string_view(), every.shape[0], buffers)

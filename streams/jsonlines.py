@@ -31,9 +31,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from streams.fastjson import decode_fast
+from streams.fastjson import decode_fast, decode_messages_fast, line_views
 from streams.schema import FIELDS, RefusalReason
 from streams.wire import ARROW_WIRE_SCHEMA
 
@@ -128,6 +129,69 @@ def decode_json_lines(
     arrays = [_column(name, values, field.type, _never) for (name, values), field in zip(columns.items(), ARROW_WIRE_SCHEMA, strict=True)]
     arrays.append(_texts(lines, kept))
     return pa.Table.from_arrays(arrays, names=[*FIELDS, "_raw"]), kept, []
+
+
+def decode_json_messages(
+    payloads: Sequence[bytes],
+) -> tuple[pa.Table, np.ndarray, np.ndarray, list[tuple[int, int, bytes, RefusalReason, str]]]:
+    """Messages of JSON Lines as one table of :data:`~streams.wire.ARROW_WIRE_SCHEMA` plus
+    ``_raw`` (each row's line), in message and line order, with each row's message index and
+    1-based line number, and the refusals ``(message, line, bytes, code, sentence)``.
+
+    Messages the fast path vouches for whole are decoded in one call each, their ``_raw`` a
+    view of the payload's own bytes; the others go line by line through
+    :func:`decode_json_lines` (same verdicts: each line is judged alone either way).
+    """
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        columns, fast, slow = decode_messages_fast(payloads, FIELDS)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    arrays = [_column(name, values, field.type, _never) for (name, values), field in zip(columns.items(), ARROW_WIRE_SCHEMA, strict=True)]
+    table = pa.Table.from_arrays([*arrays, line_views(fast)], names=[*FIELDS, "_raw"])
+    message = np.repeat([m.index for m in fast], [m.starts.size for m in fast]).astype(np.int64)
+    number = np.concatenate([m.numbers for m in fast]).astype(np.int64) if fast else np.zeros(0, dtype=np.int64)
+    refused: list[tuple[int, int, bytes, RefusalReason, str]] = []
+    if not slow:
+        return table, message, number, refused
+    lines: list[bytes] = []
+    where: list[tuple[int, int]] = []
+    for index in slow:
+        for line_number, line in enumerate(payloads[index].split(b"\n"), start=1):
+            if line.strip(JSON_WHITESPACE):
+                lines.append(line)
+                where.append((index, line_number))
+    slow_table, kept, bad = decode_json_lines(lines)
+    refused = [(*where[i], lines[i], code, why) for i, code, why in bad]
+    slow_table = slow_table.set_column(len(FIELDS), "_raw", slow_table.column("_raw").cast(pa.string_view()))
+    slow_message = np.array([where[i][0] for i in kept], dtype=np.int64)
+    slow_number = np.array([where[i][1] for i in kept], dtype=np.int64)
+    # message order: both tables hold their rows grouped by message, in order; interleave the
+    # groups (slices, no copy)
+    pieces, messages_out, numbers_out = [], [], []
+    fast_at = slow_at = 0
+    fast_sizes = {m.index: m.starts.size for m in fast}
+    slow_sizes = dict(zip(*np.unique(slow_message, return_counts=True), strict=True)) if slow_message.size else {}
+    for index in range(len(payloads)):
+        if index in fast_sizes:
+            size = fast_sizes[index]
+            pieces.append(table.slice(fast_at, size))
+            messages_out.append(message[fast_at : fast_at + size])
+            numbers_out.append(number[fast_at : fast_at + size])
+            fast_at += size
+        elif index in slow_sizes:
+            size = int(slow_sizes[index])
+            pieces.append(slow_table.slice(slow_at, size))
+            messages_out.append(slow_message[slow_at : slow_at + size])
+            numbers_out.append(slow_number[slow_at : slow_at + size])
+            slow_at += size
+    if not pieces:
+        return table, message, number, refused
+    table = pa.concat_tables(pieces)
+    message, number = np.concatenate(messages_out), np.concatenate(numbers_out)
+    return table, message, number, refused
 
 
 def _never(row: int, code: RefusalReason, what: str) -> None:

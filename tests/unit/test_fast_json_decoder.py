@@ -134,3 +134,74 @@ def test_a_table_of_no_lines() -> None:
     table, kept, refused = decode_json_lines([])
     assert (table.num_rows, kept, refused) == (0, [], [])
     assert isinstance(table, pa.Table)
+
+
+# --- whole messages: one decode per message, each line still judged alone ------------------
+
+
+def messages_as_reference(payloads: list[bytes]) -> None:
+    """decode_json_messages equals splitting every message into lines and judging each line
+    with the reference decoder."""
+    from streams.jsonlines import decode_json_messages
+
+    table, message, number, refused = decode_json_messages(payloads)
+    lines, where = [], []
+    for index, payload in enumerate(payloads):
+        for line_number, line in enumerate(payload.split(b"\n"), start=1):
+            if line.strip(b" \t\r"):
+                lines.append(line)
+                where.append((index, line_number))
+    ref_table, ref_kept, ref_refused = decode_json_lines_reference(lines)
+    assert list(zip(message.tolist(), number.tolist(), strict=True)) == [where[i] for i in ref_kept]
+    assert [(m, n, line, code, why) for m, n, line, code, why in refused] == [
+        (*where[i], lines[i], code, why) for i, code, why in ref_refused
+    ]
+    table = table.set_column(table.num_columns - 1, "_raw", table.column("_raw").cast(pa.string()))
+    for name in ref_table.column_names:
+        ours, theirs = table.column(name).to_pylist(), ref_table.column(name).to_pylist()
+        assert [_key(v) for v in ours] == [_key(v) for v in theirs], name
+
+
+def test_a_clean_message_is_decoded_whole_and_its_lines_are_views() -> None:
+    from streams.fastjson import decode_messages_fast
+
+    payload = b"\n".join(good_lines(30)) + b"\n\n"
+    _, fast, slow = decode_messages_fast([payload, payload], FIELDS)
+    assert (len(fast), slow) == (2, [])
+    messages_as_reference([payload, payload])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"site": "a"} {"site": "b"}\n{"site": "c"}',  # two values on one line
+        b'{"site": {}\n{"x": 1}}',  # a value would run on into the next line
+        b'{"site": "a"}\r\n{"site": "b"}\r\n',
+        b'{"site": "a"}\n   \n\t\n{"site": "b"}',
+        b' {"site": "a"}\n{"site": "b"} ',
+        b'{"site": "a",\n"node": "b"}',
+        b'{"site":\n"a"}\n{"site": "b"} {"site": "c"}',  # as many values as lines, not one per line
+        b'{"site": "a"}\n[1]\n{"site": "b"}',
+        b'{"samples": 1, "samples": 2}\n{"site": "b"}',
+        b'{"samples": 99999999999999999999}\n{"site": "b"}',
+        b"\n\n",
+        b"",
+    ],
+)
+def test_a_message_that_is_not_plainly_one_object_per_line_gets_each_lines_own_verdict(payload: bytes) -> None:
+    messages_as_reference([payload])
+    messages_as_reference([b"\n".join(good_lines(3)), payload, b"\n".join(good_lines(2, node="good-2"))])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=st.lists(
+        st.lists(wire_lines() | hostile_lines() | st.sampled_from([b"", b" ", b"{", b"}", b'{"a": {}', b'"x"}']), max_size=6),
+        min_size=1,
+        max_size=4,
+    ),
+    good=st.integers(0, 3),
+)
+def test_any_messages_decode_as_their_lines_do_alone(messages: list[list[bytes]], good: int) -> None:
+    payloads = [b"\n".join([*good_lines(good), *lines]) for lines in messages]
+    messages_as_reference(payloads)
