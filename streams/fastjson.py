@@ -21,6 +21,12 @@ decoder makes of it (the reference decoder judges every other line):
   lines first (each line has at least as many quotes as it decoded, so equal totals mean every
   line is exact), line by line only when the totals differ.
 
+A field the line does not name is told from a field it names as ``null`` by a default no
+vouched-for line can produce: a text holding a raw NUL (msgspec refuses it unescaped, and
+escapes are screened out), NaN for a float (msgspec refuses NaN), an integer past 64 bits
+(which sends the row to the reference anyway) and an empty tuple for ``flags``. Counting
+them is then a comparison in Arrow, not a Python call per value.
+
 Intent: most lines cost one C-level decode; strictness costs a count and a few comparisons.
 """
 
@@ -30,44 +36,106 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import msgspec
 import numpy as np
 import pyarrow as pa
-from msgspec import UNSET, UnsetType
+import pyarrow.compute as pc
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _FLOAT_EXACT_BELOW = 2.0**53
 _QUOTE = b'"'
 _BACKSLASH = b"\\"
+_ABSENT_TEXT = "\x00absent"
+_ABSENT_FLOAT = math.nan
+_ABSENT_INT = 2**64 + 1
+_ABSENT_FLAGS: tuple[()] = ()
+_PYTHON_TYPES = {pa.int64(): int, pa.string(): str, pa.float64(): float, pa.list_(pa.string()): list[str]}
+_ABSENT = {int: _ABSENT_INT, str: _ABSENT_TEXT, float: _ABSENT_FLOAT}
 
-_DECODERS: dict[tuple[str, ...], tuple[msgspec.json.Decoder, Any]] = {}
-
-
-def _decoder(fields: Mapping[str, tuple[tuple[type, ...], bool]]) -> tuple[msgspec.json.Decoder, Any]:
-    names = tuple(fields)
-    if names not in _DECODERS:
-        kinds = {int: int, str: str, float: float, list: list[str]}
-        struct = msgspec.defstruct(
-            "WireEvent",
-            [(name, kinds[types[0]] | None | UnsetType, UNSET) for name, (types, _) in fields.items()],
-            gc=False,
-        )
-        _DECODERS[names] = (msgspec.json.Decoder(struct), msgspec.structs.astuple)
-    return _DECODERS[names]
+_DECODERS: dict[pa.Schema, msgspec.json.Decoder] = {}
 
 
-def decode_fast(
-    lines: Sequence[bytes], fields: Mapping[str, tuple[tuple[type, ...], bool]]
-) -> tuple[dict[str, list[Any]], list[int], list[int]]:
-    """``(columns, kept, slow)``: the values of the vouched-for lines by field (``None`` where
-    a field is absent or null; floats as floats), ``kept[i]`` the index in ``lines`` of row
-    ``i``, and ``slow`` the indices of every other line, for the reference decoder."""
-    decode, astuple = _decoder(fields)
-    decode = decode.decode
+def _decoder(schema: pa.Schema) -> msgspec.json.Decoder:
+    if schema not in _DECODERS:
+        fields = []
+        for field in schema:
+            kind = _PYTHON_TYPES[field.type]
+            fields.append((field.name, kind | None, _ABSENT.get(kind, _ABSENT_FLAGS)))  # type: ignore[operator]
+        _DECODERS[schema] = msgspec.json.Decoder(msgspec.defstruct("WireEvent", fields, gc=False))
+    return _DECODERS[schema]
+
+
+@dataclass(slots=True)
+class Columns:
+    """Decoded rows as Arrow arrays of the wire schema (absent fields null), with, per row,
+    the quotes its keys and strings account for and whether a value needs the reference
+    decoder (an integer past 64 bits, a float that is not finite or not below 2^53)."""
+
+    arrays: list[pa.Array]
+    quotes: np.ndarray
+    doubtful: np.ndarray
+
+    def without(self, drop: np.ndarray) -> Columns:
+        keep = pa.array(~drop)
+        return Columns([a.filter(keep) for a in self.arrays], self.quotes[~drop], self.doubtful[~drop])
+
+
+def _columns(rows: list[Any], schema: pa.Schema) -> Columns:
+    n = len(rows)
+    quotes = np.zeros(n, dtype=np.int64)
+    doubtful = np.zeros(n, dtype=bool)
+    values_by_field = zip(*map(msgspec.structs.astuple, rows), strict=True) if n else ([] for _ in schema)
+    arrays = []
+    for field, values in zip(schema, values_by_field, strict=True):
+        kind = _PYTHON_TYPES[field.type]
+        if kind is str:
+            array = pa.array(values, type=pa.string())
+            absent = pc.fill_null(pc.equal(array, _ABSENT_TEXT), False)
+            present = ~absent.to_numpy(zero_copy_only=False)
+            quotes += 2 * present + 2 * (present & array.is_valid().to_numpy(zero_copy_only=False))
+            if not present.all():
+                array = pc.if_else(absent, pa.scalar(None, pa.string()), array)
+        elif kind is float:
+            array = pa.array(values, type=pa.float64())
+            absent_values = pc.fill_null(pc.is_nan(array), False)
+            absent = absent_values.to_numpy(zero_copy_only=False)
+            quotes += 2 * ~absent
+            if absent.any():
+                array = pc.if_else(absent_values, pa.scalar(None, pa.float64()), array)
+            numbers = array.to_numpy(zero_copy_only=False)  # null: NaN
+            with np.errstate(invalid="ignore"):
+                doubtful |= array.is_valid().to_numpy(zero_copy_only=False) & ~(np.abs(numbers) < _FLOAT_EXACT_BELOW)
+        elif kind is int:
+            absent = np.fromiter((v is _ABSENT_INT for v in values), dtype=bool, count=n)
+            quotes += 2 * ~absent
+            held = [None if a else v for v, a in zip(values, absent, strict=True)] if absent.any() else list(values)
+            try:
+                array = pa.array(held, type=pa.int64())
+            except (OverflowError, pa.ArrowException):
+                wide = np.fromiter((v is not None and not _INT64_MIN <= v <= _INT64_MAX for v in held), dtype=bool, count=n)
+                doubtful |= wide
+                array = pa.array([None if w else v for v, w in zip(held, wide, strict=True)], type=pa.int64())
+        else:  # flags: a list of strings
+            absent = np.fromiter((v is _ABSENT_FLAGS for v in values), dtype=bool, count=n)
+            lengths = np.fromiter((0 if v is None else len(v) for v in values), dtype=np.int64, count=n)
+            quotes += 2 * ~absent + 2 * lengths
+            array = pa.array([None if a else v for v, a in zip(values, absent, strict=True)] if absent.any() else values,
+                             type=field.type)
+        arrays.append(array)
+    return Columns(arrays, quotes, doubtful)
+
+
+def decode_fast(lines: Sequence[bytes], schema: pa.Schema) -> tuple[Columns, list[int], list[int]]:
+    """``(columns, kept, slow)``: the vouched-for lines as :class:`Columns`, ``kept[i]`` the
+    index in ``lines`` of row ``i``, and ``slow`` the indices of every other line, for the
+    reference decoder."""
+    decode = _decoder(schema).decode
     rows: list[Any] = []
     kept: list[int] = []
     slow: list[int] = []
-    quotes = 0
+    line_quotes: list[int] = []
     for index, line in enumerate(lines):
         if _BACKSLASH in line:
             slow.append(index)
@@ -78,85 +146,14 @@ def decode_fast(
             slow.append(index)
             continue
         kept.append(index)
-        quotes += line.count(_QUOTE)
-    names = list(fields)
-    if not rows:
-        return {name: [] for name in names}, [], slow
-    columns = dict(zip(names, (list(c) for c in zip(*map(astuple, rows), strict=True)), strict=True))
+        line_quotes.append(line.count(_QUOTE))
+    columns = _columns(rows, schema)
     del rows
-    if quotes != _quotes_decoded(columns, fields):
-        doubtful = _rows_with_other_quotes(lines, kept, columns, fields)
-        columns, kept, slow = _move_to_slow(columns, kept, slow, doubtful)
-    for name, values in columns.items():
-        if UNSET in values:  # identity first: cheap when absent
-            columns[name] = [None if v is UNSET else v for v in values]
-    doubtful = set()
-    for name, (types, _) in fields.items():
-        if types[0] is int:
-            doubtful.update(_ints_past_64_bits(columns[name]))
-        elif types[0] is float:
-            doubtful.update(_floats_not_exact(columns[name]))
-    if doubtful:
-        columns, kept, slow = _move_to_slow(columns, kept, slow, doubtful)
-    return columns, kept, slow
-
-
-def _quotes_decoded(columns: dict[str, list[Any]], fields: Mapping[str, tuple[tuple[type, ...], bool]]) -> int:
-    """Two quotes per key read and per string value read, over all rows."""
-    total = 0
-    for name, values in columns.items():
-        absent = values.count(UNSET)
-        total += len(values) - absent  # keys
-        kind = fields[name][0][0]
-        if kind is str:
-            total += len(values) - absent - values.count(None)
-        elif kind is list:
-            total += sum(len(v) for v in values if v is not UNSET and v is not None)
-    return 2 * total
-
-
-def _rows_with_other_quotes(
-    lines: Sequence[bytes], kept: list[int], columns: dict[str, list[Any]], fields: Mapping[str, tuple[tuple[type, ...], bool]]
-) -> set[int]:
-    """Rows (positions in ``kept``) whose line holds more quotes than its keys and strings."""
-    expected = np.zeros(len(kept), dtype=np.int64)
-    for name, values in columns.items():
-        kind = fields[name][0][0]
-        for row, value in enumerate(values):
-            if value is UNSET:
-                continue
-            expected[row] += 2
-            if kind is str and value is not None:
-                expected[row] += 2
-            elif kind is list and value is not None:
-                expected[row] += 2 * len(value)
-    return {row for row, index in enumerate(kept) if lines[index].count(_QUOTE) != expected[row]}
-
-
-def _ints_past_64_bits(values: list[Any]) -> list[int]:
-    try:
-        pa.array(values, type=pa.int64())
-        return []
-    except (OverflowError, pa.ArrowException):
-        return [row for row, v in enumerate(values) if v is not None and not _INT64_MIN <= v <= _INT64_MAX]
-
-
-def _floats_not_exact(values: list[Any]) -> list[int]:
-    array = pa.array(values, type=pa.float64()).to_numpy(zero_copy_only=False)  # null: NaN
-    with np.errstate(invalid="ignore"):
-        wrong = ~(np.abs(array) < _FLOAT_EXACT_BELOW)
-    if not wrong.any():
-        return []
-    return [int(row) for row in np.flatnonzero(wrong) if values[row] is not None]
-
-
-def _move_to_slow(
-    columns: dict[str, list[Any]], kept: list[int], slow: list[int], rows: set[int]
-) -> tuple[dict[str, list[Any]], list[int], list[int]]:
-    keep = [row not in rows for row in range(len(kept))]
-    columns = {name: [v for v, k in zip(values, keep, strict=True) if k] for name, values in columns.items()}
-    slow = sorted(slow + [kept[row] for row in rows])
-    kept = [index for index, k in zip(kept, keep, strict=True) if k]
+    drop = columns.doubtful | (np.array(line_quotes, dtype=np.int64) != columns.quotes)
+    if drop.any():
+        slow = sorted(slow + [kept[row] for row in np.flatnonzero(drop)])
+        kept = [index for index, d in zip(kept, drop.tolist(), strict=True) if not d]
+        columns = columns.without(drop)
     return columns, kept, slow
 
 
@@ -199,16 +196,13 @@ def _line_ranges(payload: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
     return starts, stops, np.flatnonzero(filled) + 1
 
 
-def decode_messages_fast(
-    payloads: Sequence[bytes], fields: Mapping[str, tuple[tuple[type, ...], bool]]
-) -> tuple[dict[str, list[Any]], list[FastMessage], list[int]]:
+def decode_messages_fast(payloads: Sequence[bytes], schema: pa.Schema) -> tuple[Columns, list[FastMessage], list[int]]:
     """``(columns, fast, slow)``: the rows of every message the fast path vouches for whole
     (in message order), those messages, and the indices of the others (for the line-by-line
     route, :func:`decode_fast` then the reference decoder). A message is vouched for when every
     line of it would be (see the module's docstring); one doubtful line sends its whole
     message line by line, where every other line of it still gets its own verdict."""
-    decoder, astuple = _decoder(fields)
-    decode_lines = decoder.decode_lines
+    decode_lines = _decoder(schema).decode_lines
     rows: list[Any] = []
     fast: list[FastMessage] = []
     slow: list[int] = []
@@ -229,37 +223,18 @@ def decode_messages_fast(
         rows.extend(items)
         fast.append(FastMessage(index, payload, *ranges))
         quotes.append(payload.count(_QUOTE))
-    names = list(fields)
-    if not rows:
-        return {name: [] for name in names}, [], slow
-    columns = dict(zip(names, (list(c) for c in zip(*map(astuple, rows), strict=True)), strict=True))
+    columns = _columns(rows, schema)
     del rows
-    doubtful: set[int] = set()  # positions in ``fast``
-    if sum(quotes) != _quotes_decoded(columns, fields):
-        first = 0
-        for position, message in enumerate(fast):
-            last = first + message.starts.size
-            part = {name: values[first:last] for name, values in columns.items()}
-            if quotes[position] != _quotes_decoded(part, fields):
-                doubtful.add(position)
-            first = last
-    for name, values in columns.items():
-        if UNSET in values:
-            columns[name] = [None if v is UNSET else v for v in values]
-    bad_rows: set[int] = set()
-    for name, (types, _) in fields.items():
-        if types[0] is int:
-            bad_rows.update(_ints_past_64_bits(columns[name]))
-        elif types[0] is float:
-            bad_rows.update(_floats_not_exact(columns[name]))
-    if bad_rows:
-        owner = np.repeat(np.arange(len(fast)), [m.starts.size for m in fast])
-        doubtful.update(int(owner[row]) for row in bad_rows)
-    if doubtful:
-        keep = np.repeat([position not in doubtful for position in range(len(fast))], [m.starts.size for m in fast]).tolist()
-        columns = {name: [v for v, k in zip(values, keep, strict=True) if k] for name, values in columns.items()}
-        slow = sorted(slow + [fast[position].index for position in doubtful])
-        fast = [message for position, message in enumerate(fast) if position not in doubtful]
+    if not fast:
+        return columns, fast, slow
+    sizes = np.array([m.starts.size for m in fast])
+    firsts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    expected = np.add.reduceat(columns.quotes, firsts)
+    doubtful = (np.array(quotes, dtype=np.int64) != expected) | np.logical_or.reduceat(columns.doubtful, firsts)
+    if doubtful.any():
+        slow = sorted(slow + [fast[position].index for position in np.flatnonzero(doubtful)])
+        fast = [message for message, d in zip(fast, doubtful.tolist(), strict=True) if not d]
+        columns = columns.without(np.repeat(doubtful, sizes))
     return columns, fast, slow
 
 

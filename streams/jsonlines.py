@@ -120,15 +120,14 @@ def decode_json_lines(
     gc_was_on = gc.isenabled()
     gc.disable()  # the decode allocates many small objects and frees none: a collection finds nothing
     try:
-        columns, kept, slow = decode_fast(lines, FIELDS)
+        columns, kept, slow = decode_fast(lines, ARROW_WIRE_SCHEMA)
         if slow:
-            return _decode_slow_and_merge(lines, columns, kept, slow)
+            values = {name: array.to_pylist() for name, array in zip(FIELDS, columns.arrays, strict=True)}
+            return _decode_slow_and_merge(lines, values, kept, slow)
     finally:
         if gc_was_on:
             gc.enable()
-    arrays = [_column(name, values, field.type, _never) for (name, values), field in zip(columns.items(), ARROW_WIRE_SCHEMA, strict=True)]
-    arrays.append(_texts(lines, kept))
-    return pa.Table.from_arrays(arrays, names=[*FIELDS, "_raw"]), kept, []
+    return pa.Table.from_arrays([*columns.arrays, _texts(lines, kept)], names=[*FIELDS, "_raw"]), kept, []
 
 
 def decode_json_messages(
@@ -145,12 +144,11 @@ def decode_json_messages(
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        columns, fast, slow = decode_messages_fast(payloads, FIELDS)
+        columns, fast, slow = decode_messages_fast(payloads, ARROW_WIRE_SCHEMA)
     finally:
         if gc_was_on:
             gc.enable()
-    arrays = [_column(name, values, field.type, _never) for (name, values), field in zip(columns.items(), ARROW_WIRE_SCHEMA, strict=True)]
-    table = pa.Table.from_arrays([*arrays, line_views(fast)], names=[*FIELDS, "_raw"])
+    table = pa.Table.from_arrays([*columns.arrays, line_views(fast)], names=[*FIELDS, "_raw"])
     message = np.repeat([m.index for m in fast], [m.starts.size for m in fast]).astype(np.int64)
     number = np.concatenate([m.numbers for m in fast]).astype(np.int64) if fast else np.zeros(0, dtype=np.int64)
     refused: list[tuple[int, int, bytes, RefusalReason, str]] = []
@@ -192,10 +190,6 @@ def decode_json_messages(
     table = pa.concat_tables(pieces)
     message, number = np.concatenate(messages_out), np.concatenate(numbers_out)
     return table, message, number, refused
-
-
-def _never(row: int, code: RefusalReason, what: str) -> None:
-    raise AssertionError(f"the fast path vouched for row {row}, which the strict checks refuse ({code}: {what})")
 
 
 def _texts(lines: Sequence[bytes], kept: list[int]) -> pa.Array:

@@ -17,6 +17,7 @@ from test_hostile_corpus import CORPUS, EVENT_LINES, good_lines, hostile_lines
 from streams.fastjson import decode_fast
 from streams.jsonlines import decode_json_lines, decode_json_lines_reference
 from streams.schema import FIELDS
+from streams.wire import ARROW_WIRE_SCHEMA
 
 pytestmark = pytest.mark.unit
 
@@ -53,7 +54,7 @@ def test_ordinary_lines_take_the_fast_path() -> None:
     lines = good_lines(200)
     lines.append(json.dumps(event("2026-11-10T05:00:00Z", job_id=None, energy_joules=None, site="대전"), ensure_ascii=False).encode())
     lines.append(json.dumps(event("2026-11-10T05:01:00Z", flags=["partial_interval", "gpu_lost"])).encode())
-    _, kept, slow = decode_fast(lines, FIELDS)
+    _, kept, slow = decode_fast(lines, ARROW_WIRE_SCHEMA)
     assert (len(kept), slow) == (len(lines), [])
     same_as_reference(lines)
 
@@ -166,7 +167,7 @@ def test_a_clean_message_is_decoded_whole_and_its_lines_are_views() -> None:
     from streams.fastjson import decode_messages_fast
 
     payload = b"\n".join(good_lines(30)) + b"\n\n"
-    _, fast, slow = decode_messages_fast([payload, payload], FIELDS)
+    _, fast, slow = decode_messages_fast([payload, payload], ARROW_WIRE_SCHEMA)
     assert (len(fast), slow) == (2, [])
     messages_as_reference([payload, payload])
 
