@@ -8,6 +8,12 @@ before each add, looks the batch up (every id new, as in steady state), then loo
 ids already held (re-sends). ``--old`` is a copy of an older ``streams/dedupe.py`` (e.g.
 ``git show REV:streams/dedupe.py > old.py``), measured in the same run. Checks that both answer
 identically. Prints CPU-s (user+sys) per million ids for add and lookup, minimum of ``--runs``.
+
+``--national`` instead measures the window's memory at national density: the devices of the
+whole programme (``bench/gen_fleet.py``'s fleet for 325,000 GPUs, MIG instances included)
+× 60 intervals an hour, two hours held (the default ``dedupe_window_hours``), added in
+batches of ``--batch`` as a consumer owning every partition would; prints resident memory
+before and after and the peak.
 """
 
 from __future__ import annotations
@@ -52,13 +58,48 @@ def measure(hour_ids_type: type, ids: int, batch: int, seed: int) -> tuple[float
     return add_s * 1e6 / ids, lookup_s * 1e6 / (ids * 1.1), answers
 
 
+def rss_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def national(batch: int) -> None:
+    from datetime import date
+
+    from accounting.registry import load_registry
+    from bench.gen_fleet import DEFAULT_REGISTRY, FleetOptions, fleet
+    from streams.dedupe import HourIds
+
+    devices = fleet(load_registry(DEFAULT_REGISTRY), date(2026, 11, 2), FleetOptions()).height
+    per_hour = devices * 60
+    rng = np.random.default_rng(7)
+    before = rss_mib("VmRSS")
+    hours = [HourIds(), HourIds()]
+    for held in hours:
+        for start in range(0, per_hour, batch):
+            n = min(batch, per_hour - start)
+            held.add(rng.integers(0, 2**64 - 1, n, dtype=np.uint64), rng.integers(0, 2**64 - 1, n, dtype=np.uint64),
+                     rng.integers(1, 2**64 - 1, n, dtype=np.uint64))
+    after = rss_mib("VmRSS")
+    ids = sum(h.size for h in hours)
+    print(f"national density: {devices:,} devices, {per_hour:,} ids an hour, 2 hours held = {ids:,} ids")
+    print(f"  resident {after - before:,.0f} MiB for the window ({(after - before) * 2**20 / ids:.1f} bytes per id), "
+          f"peak of the process {rss_mib('VmHWM'):,.0f} MiB (interpreter and libraries {before:,.0f} MiB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ids", type=int, default=2_000_000)
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--old", type=Path)
+    parser.add_argument("--national", action="store_true", help="memory of two national hours instead")
     args = parser.parse_args()
+    if args.national:
+        national(args.batch)
+        return
     from streams.dedupe import HourIds
 
     kinds = {"now": HourIds}
