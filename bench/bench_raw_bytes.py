@@ -72,7 +72,7 @@ def main() -> None:
     today = {"compression": "zstd", "use_dictionary": _dictionary_columns(RAW_EVENTS)}
     all_dict = {"compression": "zstd", "use_dictionary": [n for n in RAW_EVENTS.names if n != "event_id"]}
     settings = {
-        "today's writer (arrival order, zstd level default)": (None, today),
+        "the order read back (as stored), writer settings unchanged": (None, today),
         "sorted by device, interval (storage now)": (SORT_BY_DEVICE, today),
         "sorted + zstd 9": (SORT_BY_DEVICE, {**today, "compression_level": 9}),
         "sorted + zstd 19": (SORT_BY_DEVICE, {**today, "compression_level": 19}),
