@@ -125,10 +125,12 @@ def demo(
 
             LocalBus(Path(settings.data_dir) / "bus").trim(settings.kafka.usage_topic)
         from accounting.close import close_month
+        from storage.lease import hold
         from storage.rollup import roll_up
 
-        roll_up(store)  # usage_hourly: one row per hour × device × owner, from raw
-        result = close_month(store, reg, period)
+        with hold(store, "gpuledger demo close", wait_s=120) as lease:  # the one lease of close and upkeep
+            roll_up(store, lease=lease)  # usage_hourly: one row per hour × device × owner, from raw
+            result = close_month(store, reg, period, lease=lease)
         print_close_summary(store, period, result, registry=reg)
         for label, path in demo_mod.report_and_export(store, reg, period, Path(settings.registry)):
             out.print(f"{label} {path}", soft_wrap=True, highlight=False)
