@@ -122,7 +122,7 @@ def disk_full(exc: BaseException) -> bool:
 # What the `server` extra of pyproject.toml adds to the slim install a GPU node gets.
 SERVER_MODULES = frozenset(
     {"polars", "polars_hash", "pyarrow", "apscheduler", "sqlalchemy", "cryptography", "xlsxwriter",
-     "matplotlib", "koreanize_matplotlib", "deltalake", "numpy"}
+     "matplotlib", "koreanize_matplotlib", "deltalake", "numpy", "msgspec"}
 )
 
 
