@@ -32,7 +32,7 @@ Intent: most lines cost one C-level decode; strictness costs a count and a few c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
