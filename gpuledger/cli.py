@@ -218,7 +218,7 @@ def consume(
         settings = settings_from(data_dir, registry, bus)
         logging.getLogger("gpuledger.consumer").info("consumer starting", extra={
             "bus": settings.bus, "topic": settings.kafka.usage_topic, "group": settings.kafka.consumer_group,
-            "data_dir": str(settings.data_dir), "registry": str(settings.registry),
+            "data_dir": str(settings.data_dir), "registry": str(settings.registry_file()),
             **({"bootstrap": settings.kafka.bootstrap} if settings.bus == "kafka" else {}),
         })
         reg = registry_from(settings)

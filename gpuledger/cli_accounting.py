@@ -49,7 +49,7 @@ def close(
 
         _refuse_unfinished(month, early)
         settings = settings_from(data_dir, registry)
-        reg = load_registry(settings.registry)
+        reg = load_registry(settings.registry_file())
         store = store_of(settings)
         with console.status(f"closing {month}") as status:
             status.update(f"{month}: rolling usage_hourly up from raw")

@@ -97,9 +97,9 @@ def export(
 
     def body() -> None:
         settings = settings_from(data_dir, registry)
-        reg = load_registry(settings.registry)
+        reg = load_registry(settings.registry_file())
         result = export_month(
-            store_of(settings), month, out_dir, registry=reg, registry_file=settings.registry
+            store_of(settings), month, out_dir, registry=reg, registry_file=settings.registry_file()
         )
         for total in result.totals:
             out.print(f"{total.entity:<12} {total.total_krw:>20,} KRW", markup=False, highlight=False)
@@ -121,7 +121,7 @@ def report(
 
     def body() -> None:
         settings = settings_from(data_dir, registry)
-        reg = load_registry(settings.registry) if Path(settings.registry).exists() else None
+        reg = load_registry(settings.registry_file())
         result = render_report(store_of(settings), month, out_dir, registry=reg)
         for name in result.files:
             out.print(str(result.out_dir / name), markup=False, highlight=False)
@@ -151,7 +151,7 @@ def schedule(
     def body() -> None:
         settings = settings_from(data_dir, registry)
         config = ScheduleConfig(
-            data_dir=settings.data_dir, registry=settings.registry, signing_key=signing_key, close_hour=close_hour
+            data_dir=settings.data_dir, registry=settings.registry_file(), signing_key=signing_key, close_hour=close_hour
         )
 
         def started(run) -> None:

@@ -105,11 +105,20 @@ def log_bus(settings: Settings, simulate: bool) -> None:
     )
 
 
+def _registry_file(settings: Settings, simulate: bool) -> Path:
+    """The registry given; a simulated node alone may fall back to the packaged sample."""
+    if settings.registry is None and simulate:
+        from gpuledger.settings import packaged_example
+
+        return packaged_example("registry.toml")
+    return settings.registry_file()
+
+
 def run_collect(settings: Settings, options: CollectOptions) -> RunStats:
     """Wire the collector from ``settings`` and run it; returns the run's statistics."""
     c = settings.collector
     log_bus(settings, options.simulate)
-    registry = load_registry(settings.registry)
+    registry = load_registry(_registry_file(settings, options.simulate))
     project_entity = {name: p.entity for name, p in registry.projects.items()}
     attributor = ProcAttributor(
         c.proc_root,
