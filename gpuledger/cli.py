@@ -333,8 +333,8 @@ def quarantine_list(
 ) -> None:
     """Count refused lines per period and reason (the lines themselves are in quarantine/).
 
-    Lines that ``quarantine replay`` re-admitted (their event is in raw/ now) are not counted as
-    refused: they show in their own column, as compliance counts them.
+    Lines that ``quarantine replay`` re-admitted (a registry refusal whose event is in raw/ now,
+    as the line carried it) are not counted as refused: they show in their own column.
     """
 
     def body() -> None:
@@ -343,6 +343,7 @@ def quarantine_list(
 
         from gpuledger.wiring import make_store
         from storage.schemas import QUARANTINE, RAW_EVENTS
+        from streams.replay import with_readmitted
 
         settings = settings_from(data_dir, registry)
         store = make_store(settings)
@@ -350,14 +351,10 @@ def quarantine_list(
         files = store.files(f"quarantine{where_dir}")
         counts = None
         if files:
-            frame = store.scan_files(files, QUARANTINE)
             raw_files = store.files(f"raw{where_dir}")
-            stored = (
-                store.scan_files(raw_files, RAW_EVENTS).select("event_id").unique().with_columns(pl.lit(True).alias("readmitted"))
-                if raw_files
-                else pl.LazyFrame(schema={"event_id": pl.String, "readmitted": pl.Boolean})
+            frame = with_readmitted(
+                store.scan_files(files, QUARANTINE), store.scan_files(raw_files, RAW_EVENTS) if raw_files else None
             )
-            frame = frame.join(stored, on="event_id", how="left").with_columns(pl.col("readmitted").fill_null(False))
             counts = (
                 frame.group_by("period", "reason_code")
                 .agg(
