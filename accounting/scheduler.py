@@ -341,14 +341,24 @@ def catch_up(config: ScheduleConfig) -> CloseRun:
     )
 
 
-def serve(config: ScheduleConfig, *, on_start: Callable[[CloseRun], None] | None = None) -> None:
-    """Catch up, then run the :class:`BlockingScheduler` until interrupted (``gpuledger schedule``)."""
+def serve(
+    config: ScheduleConfig,
+    *,
+    on_start: Callable[[CloseRun], None] | None = None,
+    on_configured: Callable[[BaseScheduler], None] | None = None,
+) -> None:
+    """Catch up, then run the :class:`BlockingScheduler` until interrupted (``gpuledger schedule``).
+
+    ``on_configured`` sees the scheduler before it starts (metrics listen to its job events).
+    """
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     run = catch_up(config)
     if on_start is not None:
         on_start(run)
     scheduler = configure(BlockingScheduler(), config)
+    if on_configured is not None:
+        on_configured(scheduler)
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):

@@ -36,6 +36,7 @@ FOREIGN_METRICS = {"up", "node_timex_sync_status", "node_timex_offset_seconds"}
 PROMQL_WORDS = {
     "rate", "increase", "delta", "sum", "max", "min", "count", "by", "abs", "time", "vector", "or", "and",
     "histogram_quantile", "le", "instance", "job", "kind", "changes", "deriv", "outcome", "partition",
+    "without", "on", "year", "month", "day_of_month", "job_id",
 }
 
 
@@ -48,16 +49,20 @@ def clean_env(monkeypatch):
 
 
 def exported_metrics() -> set[str]:
+    from accounting.scheduler_metrics import SchedulerMetrics
+    from storage.dataset import Store
     from streams.metrics import ConsumerMetrics
 
     registry = CollectorRegistry()
     CollectorMetrics(registry)
     ConsumerMetrics(registry)
+    SchedulerMetrics(registry, Store(Path("/nonexistent-data-dir")))
     families = list(registry.collect())
-    # a labelled gauge (lag per partition) has no sample until a partition reports: its family counts
+    # a labelled gauge (lag per partition) or counter (runs per job) has no sample until a label
+    # value reports: its family counts
     return {sample.name for family in families for sample in family.samples} | {
         family.name for family in families if family.type == "gauge"
-    }
+    } | {f"{family.name}_total" for family in families if family.type == "counter"}
 
 
 def metric_names(expr: str) -> set[str]:
