@@ -27,7 +27,7 @@ import errno
 import fcntl
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -300,7 +300,7 @@ def configure(
         "accounting.scheduler:compaction_job",
         chosen[COMPACTION_ID],
         id=COMPACTION_ID,
-        name="hourly compaction of raw/ and usage_hourly/",
+        name="hourly upkeep: roll usage_hourly up from raw/, compact raw/ and quarantine/, vacuum",
         kwargs={"data_dir": data_dir, "clock_ref": config.clock_ref},
         **common,
     )
@@ -345,20 +345,23 @@ def serve(
     config: ScheduleConfig,
     *,
     on_start: Callable[[CloseRun], None] | None = None,
-    on_configured: Callable[[BaseScheduler], None] | None = None,
+    on_job_end: Callable[[str, bool, object], None] | None = None,
 ) -> None:
     """Catch up, then run the :class:`BlockingScheduler` until interrupted (``gpuledger schedule``).
 
-    ``on_configured`` sees the scheduler before it starts (metrics listen to its job events).
+    ``on_job_end(job_id, ok, result)`` hears every job run end (the scheduler's metrics).
     """
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     run = catch_up(config)
     if on_start is not None:
         on_start(run)
     scheduler = configure(BlockingScheduler(), config)
-    if on_configured is not None:
-        on_configured(scheduler)
+    if on_job_end is not None:
+        scheduler.add_listener(
+            lambda e: on_job_end(e.job_id, e.exception is None, e.retval), EVENT_JOB_EXECUTED | EVENT_JOB_ERROR
+        )
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
@@ -366,17 +369,6 @@ def serve(
     finally:
         if scheduler.running:
             scheduler.shutdown(wait=True)
-
-
-def next_runs(scheduler: BaseScheduler) -> Sequence[tuple[str, datetime | None]]:
-    """(job id, next fire time) of each job, for the CLI to print."""
-    return [(job.id, job.next_run_time) for job in scheduler.get_jobs()]
-
-
-def month_start_kst(period: str) -> datetime:
-    """First instant of a KST month (handy for clocks in tests and docs)."""
-    year, month = (int(x) for x in period.split("-"))
-    return datetime(year, month, 1, tzinfo=KST)
 
 
 __all__ = [
@@ -388,7 +380,6 @@ __all__ = [
     "compliance_snapshot",
     "close_lock",
     "configure",
-    "month_start_kst",
     "run_compaction",
     "run_due_closes",
     "serve",

@@ -58,7 +58,7 @@ class _ClosedThrough:
 
 
 class SchedulerMetrics:
-    """The scheduler's metrics; ``observe_close_run`` and ``attach`` feed them."""
+    """The scheduler's metrics; ``observe_close_run`` (the catch-up) and ``job_ended`` feed them."""
 
     def __init__(self, registry: CollectorRegistry, store: Store, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -89,16 +89,10 @@ class SchedulerMetrics:
         for period in periods or ():
             self.last_close.labels(period).set(now_s)
 
-    def on_job_event(self, event: Any) -> None:
-        """APScheduler's ``EVENT_JOB_EXECUTED`` / ``EVENT_JOB_ERROR`` listener."""
-        self.job_runs.labels(event.job_id).inc()
-        if event.exception is not None:
-            self.job_failures.labels(event.job_id).inc()
-        elif event.job_id == MONTHLY_CLOSE_JOB:
-            self._closed(event.retval)
-
-    def attach(self, scheduler: Any) -> None:
-        """Listen to a configured APScheduler scheduler's job outcomes."""
-        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
-
-        scheduler.add_listener(self.on_job_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+    def job_ended(self, job_id: str, ok: bool, result: object) -> None:
+        """A stored job's run ended (``accounting.scheduler.serve``'s ``on_job_end``)."""
+        self.job_runs.labels(job_id).inc()
+        if not ok:
+            self.job_failures.labels(job_id).inc()
+        elif job_id == MONTHLY_CLOSE_JOB:
+            self._closed(result)

@@ -182,7 +182,7 @@ def _schedule(settings, signing_key: Path | None, close_hour: int, metrics_port:
         )
 
     try:
-        serve(config, on_start=started, on_configured=metrics.attach)
+        serve(config, on_start=started, on_job_end=metrics.job_ended)
     finally:
         if server is not None:
             server.shutdown()
