@@ -60,11 +60,13 @@ def _nvml(simulate: bool, node: str) -> Iterator[None]:
 
 
 def _static_owner(settings: Settings, project_entity: dict[str, str], simulate: bool) -> StaticOwner | None:
+    """The configured owner of job-less GPUs; a simulated node without one puts them in the
+    first registry entity as ``unattributed`` (counted, never billed): no job, no invoice."""
     owner = settings.collector.static_owner
     if owner is None and simulate and project_entity:
-        project = sorted(project_entity)[0]
-        owner = StaticOwner(entity=project_entity[project], project=project)
-        log.info("simulate: usage without a job goes to the first registry project",
+        entity = sorted(set(project_entity.values()))[0]
+        owner = StaticOwner(entity=entity, project="unattributed")
+        log.info("simulate: usage without a job is unattributed (never billed)",
                  extra={"entity": owner.entity, "project": owner.project})
     return owner
 
