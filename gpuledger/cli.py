@@ -77,7 +77,10 @@ def demo(
     month: Annotated[
         str | None, typer.Option("--month", help="KST month to simulate (default: the last complete month).")
     ] = None,
-    nodes_per_entity: Annotated[int, typer.Option(help="8-GPU nodes per entity in the simulated fleet.")] = 8,
+    nodes_per_entity: Annotated[
+        int | None,
+        typer.Option(help="At most this many 8-GPU nodes per entity (default: the whole scaled fleet, 33 nodes).", show_default=False),
+    ] = None,
 ) -> None:
     """Simulate a month of a GPU fleet through the whole pipeline, close it, print the summary.
 
@@ -94,7 +97,7 @@ def demo(
     run_command(body)
 
 
-def _demo(settings: Settings, period: str, nodes_per_entity: int) -> None:
+def _demo(settings: Settings, period: str, nodes_per_entity: int | None) -> None:
     from accounting.close import close_month
     from gpuledger import demo as demo_mod
     from gpuledger.summary import print_close_summary
