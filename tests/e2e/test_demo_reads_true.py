@@ -93,9 +93,9 @@ def test_the_summary_reads_like_a_real_month_of_its_registry(demo) -> None:
     ).fetchall())
     assert projects == {"gov": 4, "hyundai": 2, "naver": 2, "samsung": 2, "skt": 2}
     # the failure modes are in the month: gpu_lost events, three refused lines kept in quarantine
-    lost = duckdb.sql(
+    (lost,) = duckdb.sql(
         f"select count(*) from read_parquet('{demo['data']}/raw/**/*.parquet') where list_contains(flags, 'gpu_lost')"
-    ).fetchone()[0]
+    ).fetchall()[0]
     assert lost == 12 * 24
     assert "refused 3," in demo["stdout"] + demo.get("stderr", "")
     # utilisation as printed = busy ÷ reported GPU-time of the raw events, derived here from raw/
