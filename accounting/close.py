@@ -7,8 +7,10 @@
       usage_hourly/period<2026-11 ──► re-priced − billed so far ──► billing (correction lines)
       quarantine/period=2026-11 (not replayed into raw/) ──► compliance (quarantined, breaches)
       ──► ledgers/compliance/period=2026-11/compliance.parquet
+      ──► ledgers/registry/period=2026-11/registry.toml       (the canonical registry priced with)
       ──► ledgers/billing/period=2026-11/billing.parquet      (its existence = "closed")
-      ──► storage.manifest.seal_period(...)                    (manifests/2026-11.json)
+      ──► storage.seal.seal_period(...)                        (manifests/2026-11.json: files,
+          totals, registry_sha256, and the Delta versions of raw/usage_hourly/quarantine read)
 
 Invariants:
 
@@ -18,7 +20,12 @@ Invariants:
 * billing ledgers are the record of what was billed: the next close reads them to turn late
   usage into ``correction`` lines, so nothing is billed twice and nothing is lost;
 * a month older than the newest closed month cannot be closed (the manifest chain is in
-  month order); its usage is billed as corrections by the next close instead.
+  month order); its usage is billed as corrections by the next close instead;
+* it fails closed: an unreadable or altered manifest stops it before anything is read
+  (:class:`storage.seal.SealUnreadable`, one line naming the file);
+* under the store's lease (:mod:`storage.lease`, taken by the CLI and the scheduler) it checks
+  and renews the lease at every step and before writing anything, so no upkeep moves a file
+  while it seals, and a close whose lease was taken over writes nothing more.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from accounting.compliance import ComplianceRow, compliance_rows
 from accounting.errors import CloseError
 from accounting.registry import NATIONAL, Registry
 from accounting.schemas import BILLING, COMPLIANCE
+from accounting.sealed import registry_sha256, write_registry_copy
 from accounting.usage import (
     Month,
     kst_period_of,
@@ -53,6 +61,9 @@ from accounting.usage import (
 )
 from storage import manifest
 from storage.dataset import Store
+from storage.deltalog import recorded_sha256
+from storage.lease import Lease
+from storage.rollup import ROLLUP_APP
 
 Progress = Callable[[str], None]
 BILLING_DIR = "ledgers/billing"
@@ -118,13 +129,26 @@ def closed_periods(store: Store) -> list[str]:
 def due_months(store: Store, now: datetime) -> list[str]:
     """Months that ended before ``now`` (KST), have usage, and are not closed; oldest first.
 
+    Usage means events consumed into ``raw`` (what the consumer writes), or rows already in
+    ``usage_hourly``: a month consumed but never rolled up is due too (the close rolls it up).
     Months older than the newest closed month are not due: they can no longer be closed and
     their usage is billed as corrections by the next close.
     """
     current = kst_period_of(now)
     closed = closed_periods(store)
     newest = closed[-1] if closed else ""
-    return [p for p in usage_periods(store) if p < current and p not in closed and p > newest]
+    have = set(usage_periods(store)) | set(consumed_periods(store))
+    return [p for p in sorted(have) if p < current and p not in closed and p > newest]
+
+
+def consumed_periods(store: Store) -> list[str]:
+    """Periods that hold any committed ``raw`` file (from the log's paths), sorted."""
+    found = set()
+    for path in store.files("raw"):
+        match = _PERIOD_DIR.search(posixpath.dirname(posixpath.dirname(path)))
+        if match:
+            found.add(match[1])
+    return sorted(found)
 
 
 def close_month(
@@ -134,6 +158,7 @@ def close_month(
     *,
     signing_key: Path | None = None,
     progress: Progress | None = None,
+    lease: Lease | None = None,
 ) -> CloseResult:
     """Close ``period`` (``YYYY-MM``, KST): write both ledgers and seal them.
 
@@ -142,8 +167,14 @@ def close_month(
     input tables from start to end, so it bills exactly the files it seals while a consumer
     or a roll-up keeps committing.
     """
+    manifest.sealed_files(store)  # fail closed: every existing seal must read and verify
+    say = progress or (lambda _msg: None)
+    if lease is not None:
+        def say(msg: str, _inner: Progress = say) -> None:  # noqa: ANN202 - renew at every step
+            lease.check()
+            _inner(msg)
     with store.snapshot("usage_hourly", "quarantine", "raw"):
-        return _close_month(store, registry, period, signing_key=signing_key, progress=progress)
+        return _close_month(store, registry, period, signing_key=signing_key, progress=say)
 
 
 def _close_month(
@@ -173,11 +204,11 @@ def _close_month(
     store.write_parquet_atomic(comp_file, _table([r.as_row() for r in rows], COMPLIANCE))
     store.write_parquet_atomic(bill_file, _table([ln.as_row() for ln in lines], BILLING))
 
-    _write_priced_record(store, registry, period, inputs)
+    _write_priced_record(store, period, inputs)
 
     totals = _totals(lines, rows)
     files = (bill_file, comp_file)
-    digest, sealed = _seal(store, period, files, totals, signing_key, say)
+    digest, sealed = _seal(store, registry, period, files, totals, signing_key, say)
     corrections = sum(1 for ln in lines if ln.corrects_period is not None)
     return CloseResult(period, files, totals, False, len(lines), corrections, digest, sealed, tuple(earlier))
 
@@ -206,7 +237,7 @@ def _compute(
     inputs = {p: _inputs_fingerprint(store, usage_files, p) for p in usage_periods(store, usage_files) if p <= period}
     say(f"reading usage of {period}")
     hourly, oversubscribed = scan_month(store, period)
-    unchanged = _unchanged_since_last_close(store, registry, closed, inputs)
+    unchanged, keys = _unchanged_since_last_close(store, registry, closed, inputs)
     earlier = [p for p in inputs if p < period and p not in unchanged]
     say(f"re-reading {len(earlier)} earlier period(s) whose usage changed since the last close")
     earlier_hourly = scan_earlier(store, earlier)
@@ -220,6 +251,13 @@ def _compute(
         pl.col("gpu_microseconds").sum()
     ).sort(["period", "date", "entity", "project", "gpu_model"])
     priced = price_usage(daily, registry)
+    for (p,), frame in daily.select("period", "entity", "project", "gpu_model").unique().group_by("period"):
+        keys[p] = sorted([e, proj, m] for e, proj, m in frame.select("entity", "project", "gpu_model").iter_rows())
+    record = {
+        "inputs": inputs,
+        "keys": {p: keys.get(p, []) for p in inputs},
+        "prices": {p: _prices_fingerprint(registry, p, keys.get(p, [])) for p in inputs},
+    }
     # what was billed for the changed periods: only ledgers closed since the oldest of them
     # can hold lines about them (a period is billed by its own close and later corrections)
     since = [p for p in closed if earlier and p >= min(earlier)]
@@ -231,7 +269,7 @@ def _compute(
     lines = billing_lines(period, priced, billed, registry.rounding)
     rows = compliance_rows(month, registry, month_hourly, oversubscribed, quarantine)
 
-    return lines, rows, inputs, earlier
+    return lines, rows, record, earlier
 
 
 def _already_closed(
@@ -244,7 +282,7 @@ def _already_closed(
         # A close that stopped between its ledgers and its seal: finish the seal, but only of
         # ledgers this close computes too (a deleted manifest must not let an edit be sealed).
         _check_unsealed_ledgers(store, registry, period, say)
-        digest, sealed = _seal(store, period, result.files, result.totals, signing_key, say)
+        digest, sealed = _seal(store, registry, period, result.files, result.totals, signing_key, say)
     return CloseResult(
         period, result.files, result.totals, True, result.billing_lines, result.correction_lines, digest, sealed
     )
@@ -285,46 +323,68 @@ def _inputs_fingerprint(store: Store, usage_files: list[str], period: str) -> st
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
-def _registry_fingerprint(registry: Registry) -> str:
-    """What pricing depends on: rate cards, project classes, rounding."""
-    classes = sorted((p.name, p.project_class) for p in registry.projects.values())
-    text = repr((registry.rates, classes, registry.rounding.value))
-    return hashlib.sha256(text.encode()).hexdigest()
+def _prices_fingerprint(registry: Registry, period: str, keys: list[list[str]]) -> str:
+    """What the price of ``period``'s usage depends on, and nothing else: for each entity ×
+    project × GPU model it used, the project's class and the rate cards (rate, days, that
+    class's discount) of the entity × model within the month, and the rounding rule.
+
+    Adding a project, or a rate card for a pool or model the period never used, leaves it
+    unchanged, so the next close does not re-read the period (issue 15: restatement only where
+    a price can change)."""
+    month = parse_month(period)
+    first, last = month.first_day, month.last_day
+    parts: list[object] = [registry.rounding.value]
+    for entity, project, model in keys:
+        klass = registry.project_class(project)
+        cards = [
+            (str(card.krw_per_gpu_hour), lo.isoformat(), hi.isoformat(), str(card.discounts.get(klass, 0)))
+            for card, lo, hi in registry.rate_segments(entity, model, first, last)
+        ]
+        parts.append((entity, project, model, klass, cards))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def _priced_record_path(store: Store, period: str) -> str:
     return store.path(PRICED_DIR, f"{period}.json")
 
 
-def _write_priced_record(store: Store, registry: Registry, period: str, inputs: dict[str, str]) -> None:
+def _write_priced_record(store: Store, period: str, record: dict[str, dict]) -> None:
     """Record what this close priced, so the next one re-reads only periods that changed.
 
     A cache, not a record of truth: without it (deleted, or a close that stopped before
     writing it) the next close re-reads every earlier period, which gives the same lines.
     """
-    doc = {"period": period, "registry": _registry_fingerprint(registry), "inputs": inputs}
+    doc = {"period": period, "format": 2, **record}
     store.write_bytes_atomic(_priced_record_path(store, period), json.dumps(doc, sort_keys=True, indent=1).encode())
 
 
-def _unchanged_since_last_close(store: Store, registry: Registry, closed: list[str], inputs: dict[str, str]) -> set[str]:
-    """Earlier periods whose usage files and prices are as the last close priced them.
+def _unchanged_since_last_close(
+    store: Store, registry: Registry, closed: list[str], inputs: dict[str, str]
+) -> tuple[set[str], dict[str, list[list[str]]]]:
+    """Earlier periods whose usage files and prices are as the last close priced them, and the
+    entity × project × model keys each period priced (carried over for those not re-read).
 
     After any close, every period's billed total equals its priced total at that time; if
-    neither its files nor the registry's prices changed since, it needs no correction.
+    neither its files nor the prices of what it used changed since, it needs no correction.
     """
     if not closed:
-        return set()
+        return set(), {}
     path = _priced_record_path(store, closed[-1])
     if not store.exists(path):
-        return set()
+        return set(), {}
     try:
         doc = json.loads(store.read_bytes(path))
     except ValueError:
-        return set()
-    if doc.get("registry") != _registry_fingerprint(registry):
-        return set()
-    seen = doc.get("inputs", {})
-    return {p for p, fingerprint in inputs.items() if p <= closed[-1] and seen.get(p) == fingerprint}
+        return set(), {}
+    if doc.get("format") != 2:
+        return set(), {}  # an older record (one fingerprint for the whole registry): re-read all
+    seen, keys, prices = doc.get("inputs", {}), doc.get("keys", {}), doc.get("prices", {})
+    unchanged = {
+        p for p, fingerprint in inputs.items()
+        if p <= closed[-1] and seen.get(p) == fingerprint and p in keys
+        and prices.get(p) == _prices_fingerprint(registry, p, keys[p])
+    }
+    return unchanged, {p: keys[p] for p in unchanged}
 
 
 def _earlier_billing_rows(store: Store, closed: list[str]) -> list[dict]:
@@ -390,16 +450,41 @@ def seal_totals(totals: dict[str, EntityTotals]) -> dict[str, str]:
 
 def _seal(
     store: Store,
+    registry: Registry,
     period: str,
     files: tuple[str, ...],
     totals: dict[str, EntityTotals],
     signing_key: Path | None,
     say: Progress,
 ) -> tuple[str | None, bool]:
-    """Seal the period with ``storage.manifest.seal_period`` (the audit room's manifest)."""
+    """Seal the period: its ledgers, its ``usage_hourly`` and ``quarantine`` files, the copy of
+    the registry it was priced with; and the Delta versions it read, with the month's ``raw``
+    files at that version (their SHA-256 as recorded at commit: the log, not a re-read)."""
     say("sealing")
+    registry_file, registry_hash = write_registry_copy(store, period, registry)
+    if registry_hash != registry_sha256(registry):
+        raise CloseError(f"the registry copy {registry_file} did not read back as written")
     inputs = [f for ds in ("usage_hourly", "quarantine") for f in _period_inputs(store, ds, period)]
-    digest = manifest.seal_period(store, period, [*files, *inputs], seal_totals(totals), signing_key)
+    # the raw version usage_hourly was rolled up from (under the lease nothing rolls up meanwhile),
+    # so the raw files listed re-derive the sealed usage_hourly exactly (docs/auditors.md)
+    raw_version = store.table("usage_hourly").transaction_version(ROLLUP_APP)
+    recorded = recorded_sha256(store, "raw")
+    prefix = f"period={period}/"
+    raw_files = [
+        {"path": f"raw/{rel}", "sha256": recorded.get(rel)}
+        for rel in (store.table("raw").files_at(raw_version) if raw_version is not None else [])
+        if rel.startswith(prefix)
+    ]
+    reads = {
+        "raw": {"version": -1 if raw_version is None else raw_version, "files": raw_files},
+        "usage_hourly": {"version": store.pinned_version("usage_hourly")},
+        "quarantine": {"version": store.pinned_version("quarantine")},
+    }
+    say("writing the seal")
+    digest = manifest.seal_period(
+        store, period, [*files, registry_file, *inputs], seal_totals(totals), signing_key,
+        reads=reads, registry_sha256=registry_hash,
+    )
     return digest, True
 
 

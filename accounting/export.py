@@ -12,7 +12,9 @@ Layout under ``<out>/<YYYY-MM>/`` (default ``<out>`` = ``<data-dir>/exports``)::
     auditor/SHA256SUMS                     ``sha256sum -c`` input for every copied sealed file
     auditor/manifests/YYYY-MM.json(.sig)   the period's manifest (and signature)
     auditor/ledgers/…, auditor/usage_hourly/…   copies, at the same relative paths as the manifest
-    auditor/registry.toml                  the registry the close priced with (when given)
+    auditor/registry.toml                  the registry the close priced with (the sealed copy)
+    auditor/raw/…, auditor/raw-events.sha256   with ``--raw-events``: the month's raw events (Parquet) the
+                                           close read, their SHA-256 as recorded at commit (accounting/rawpack.py)
 
 Invariants: only a sealed month is exported; every copied file is hashed while copied and
 must match its manifest entry (else :class:`IntegrityError`); money is exact — CSV carries the
@@ -40,7 +42,9 @@ import polars as pl
 from accounting.billing import gpu_hours
 from accounting.errors import AccountingError
 from accounting.figures import EntityFigures, display_name, entity_figures, is_simulated, statement_number
+from accounting.rawpack import export_raw_events, raw_events_readme
 from accounting.registry import NATIONAL, Registry, RoundingRule
+from accounting.sealed import registry_copy_path, registry_for
 from accounting.statements import ProgrammeLine, StatementHeader, programme_xlsx, statement_xlsx, vat
 from accounting.schemas import BILLING, COMPLIANCE
 from storage.dataset import Store
@@ -129,10 +133,19 @@ def export_month(
     *,
     registry: Registry | None = None,
     registry_file: Path | None = None,
+    registry_explicit: bool = False,
+    raw_events: bool = False,
 ) -> ExportResult:
-    """Write the finance and auditor packs of a sealed ``period``; see the module docstring."""
+    """Write the finance and auditor packs of a sealed ``period``; see the module docstring.
+
+    The month speaks with the registry it was sealed with (:func:`accounting.sealed.registry_for`):
+    an explicitly given ``registry`` that differs is refused. ``raw_events`` adds the month's
+    raw events to the auditor pack (:mod:`accounting.rawpack`).
+    """
     if period not in sealed_periods(store):
         raise ExportError(f"{period} is not closed (no manifest {relative_path(store, manifest_path(store, period))})")
+    registry = registry_for(store, period, registry, explicit=registry_explicit)
+    sealed_registry_rel = relative_path(store, registry_copy_path(store, period))
     target = Path(out_dir) if out_dir is not None else Path(store.root) / "exports"
     pack = Store(target / period)
 
@@ -146,7 +159,8 @@ def export_month(
     usage_files = period_files(store, USAGE_DIR, period)
     sealed_usage = [p for p in usage_files if p in sealed]
     usage_to_copy = sealed_usage or usage_files
-    for rel in ledger_files + usage_to_copy:
+    registry_copy = [sealed_registry_rel] if sealed_registry_rel in sealed else []
+    for rel in ledger_files + usage_to_copy + registry_copy:
         data = store.read_bytes(store.path(rel))
         digest = hashlib.sha256(data).hexdigest()
         entry = sealed.get(rel)
@@ -166,9 +180,14 @@ def export_month(
     if signed:
         pack.write_bytes_atomic(pack.path("auditor", manifest_rel + SIGNATURE_SUFFIX), store.read_bytes(signature))
         auditor.append(f"auditor/{manifest_rel}{SIGNATURE_SUFFIX}")
-    if registry_file is not None:
+    if registry_copy:  # the registry the close priced with, sealed (also at its sealed path)
+        pack.write_bytes_atomic(pack.path("auditor", "registry.toml"), store.read_bytes(store.path(sealed_registry_rel)))
+        auditor.append("auditor/registry.toml")
+    elif registry_file is not None and Path(registry_file).exists():  # sealed before registries were
         pack.write_bytes_atomic(pack.path("auditor", "registry.toml"), Path(registry_file).read_bytes())
         auditor.append("auditor/registry.toml")
+    if raw_events:
+        auditor.extend(export_raw_events(store, period, manifest, pack))
     pack.write_bytes_atomic(pack.path("auditor", "SHA256SUMS"), ("\n".join(sorted(sums)) + "\n").encode())
     auditor.append("auditor/SHA256SUMS")
 
@@ -179,7 +198,9 @@ def export_month(
     totals = entity_totals(billing, entities)
     finance = _write_finance(
         pack,
-        _Finance(period, hashlib.sha256(manifest_bytes).hexdigest(), registry, is_simulated(store)),
+        _Finance(period, hashlib.sha256(manifest_bytes).hexdigest(), registry, is_simulated(store),
+                 # a month sealed before content_sha256 existed keeps the number it was issued with
+                 manifest.get("content_sha256") or hashlib.sha256(manifest_bytes).hexdigest()),
         billing,
         compliance,
         totals,
@@ -196,6 +217,8 @@ def export_month(
         signed=signed,
         manifest_totals=manifest.get("totals", {}),
     )
+    if raw_events:
+        readme += raw_events_readme(period, manifest)
     pack.write_bytes_atomic(pack.path("auditor", "README.md"), readme.encode())
     auditor.append("auditor/README.md")
     return ExportResult(period, target / period, tuple(finance), tuple(sorted(auditor)), tuple(totals))
@@ -207,6 +230,7 @@ class _Finance:
     manifest_sha256: str
     registry: Registry | None
     simulated: bool
+    content_sha256: str  # what was sealed, whatever bus or batches carried it: statement numbers
 
     @property
     def rounding(self) -> RoundingRule:
@@ -228,7 +252,7 @@ def _write_finance(
             ProgrammeLine(
                 entity=t.entity,
                 display_name=display_name(ctx.registry, t.entity),
-                number=statement_number(period, t.entity, ctx.manifest_sha256),
+                number=statement_number(period, t.entity, ctx.content_sha256),
                 billed_gpu_hours=t.gpu_hours,
                 usage_krw=t.usage_krw,
                 correction_krw=t.correction_krw,

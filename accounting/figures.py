@@ -168,10 +168,11 @@ def kst_span(period: str) -> tuple[datetime, datetime]:
 
 
 def statement_number(period: str, entity: str, manifest_sha256: str) -> str:
-    """``GL-YYYYMM-<ENTITY>-<first 8 hex of the manifest SHA-256>``: one per sealed month and entity.
+    """``GL-YYYYMM-<ENTITY>-<first 8 hex of the seal's hash>``: one per sealed month and entity.
 
-    Re-exporting the same sealed month gives the same number; a different seal (another
-    month, or a re-sealed store) gives another, so a statement names the seal it was drawn from.
+    The hash given is the manifest's ``content_sha256`` (what is sealed, whatever bus or batches
+    carried the events; the manifest file's SHA-256 for a month sealed before it existed).
+    Re-exporting the same sealed month gives the same number; other sealed figures give another.
     """
     code = "".join(c if c.isalnum() else "-" for c in entity).upper()
     return f"GL-{period.replace('-', '')}-{code}-{manifest_sha256[:8].upper()}"

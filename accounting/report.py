@@ -273,8 +273,16 @@ def render_report(
     out_dir: Path | None = None,
     *,
     registry: Registry | None = None,
+    registry_explicit: bool = False,
 ) -> ReportResult:
-    """Draw the charts and the HTML page of ``period``; see the module docstring."""
+    """Draw the charts and the HTML page of ``period``; see the module docstring.
+
+    A sealed month is drawn with the registry it was sealed with (thresholds, names): an
+    explicitly given ``registry`` that differs is refused (:func:`accounting.sealed.registry_for`).
+    """
+    from accounting.sealed import registry_for
+
+    registry = registry_for(store, period, registry, explicit=registry_explicit)
     compliance = read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE)
     billing = read_ledger(store, BILLING_DIR, period, BILLING)
     if compliance.height == 0 and billing.height == 0:

@@ -12,9 +12,16 @@ The daily snapshot writes the month-to-date compliance view to
 The monthly close does **not** trust APScheduler's misfire handling (its default grace of one
 second silently skips a run missed during downtime). Every run of the close job — and one run
 at start, before the scheduler starts — asks :func:`accounting.close.due_months` which months
-are due, skips those already sealed, and closes the rest oldest first, under a lock file so
-two schedulers can never close at once. A month therefore closes exactly once however many
+are due (from ``raw``: what was consumed, rolled up or not), skips those already sealed, and
+rolls up and closes the rest oldest first. A month therefore closes exactly once however many
 times the job fires, and a month missed during downtime closes at the next start.
+
+**One lease** (:mod:`storage.lease`, a commit in the store's own ``_lease`` Delta table, so it
+holds on a local disk and on S3 alike) covers the close and all upkeep (roll-up, compaction,
+vacuum): the CLI ``close`` and every job here take it, and each upkeep commit carries its
+fencing token. The hourly job skips an hour when the lease is held (a close is sealing); the
+close job waits for an upkeep run to end (``CLOSE_WAIT_S``). Two schedulers, or a scheduler
+and a ``gpuledger close``, on any number of machines, never touch the tables at once.
 
 Jobs are stored by reference (``accounting.scheduler:monthly_close_job``) with plain
 arguments (paths and the reference of the clock), never pickled closures. The clock is
@@ -23,12 +30,8 @@ passed in: every job function takes ``now`` (or a clock reference that gives it)
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +39,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -47,13 +51,14 @@ from accounting.schemas import COMPLIANCE
 from storage.compaction import COMPACTABLE, CompactionResult, compact_dataset, vacuum
 from storage.rollup import roll_up
 from storage.dataset import Store
-from storage.manifest import ledger_periods, sealed_periods
+from storage.lease import Lease, LeaseHeld, hold
+from storage.seal import ledger_periods, sealed_periods
 
 log = logging.getLogger(__name__)
 
 KST = ZoneInfo("Asia/Seoul")
 JOB_STORE = "scheduler/jobs.sqlite"
-CLOSE_LOCK = "scheduler/close.lock"
+CLOSE_WAIT_S = 30 * 60  # the close job waits this long for an upkeep run to give the lease back
 MONTHLY_CLOSE_ID = "monthly-close"
 COMPACTION_ID = "hourly-compaction"
 SNAPSHOT_ID = "daily-compliance-snapshot"
@@ -87,7 +92,7 @@ class Closer(Protocol):
 
     def due_months(self, store: Store, now: datetime) -> list[str]: ...
 
-    def close_month(self, store: Store, period: str, *, signing_key: Path | None) -> object: ...
+    def close_month(self, store: Store, period: str, *, signing_key: Path | None, lease: Lease | None = None) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +106,12 @@ class RegistryCloser:
 
         return list(due_months(store, now))
 
-    def close_month(self, store: Store, period: str, *, signing_key: Path | None) -> object:
+    def close_month(self, store: Store, period: str, *, signing_key: Path | None, lease: Lease | None = None) -> object:
         from accounting.close import close_month
         from accounting.registry import load_registry
 
-        roll_up(store)  # usage_hourly level with raw as of now: the close bills what it seals
-        return close_month(store, load_registry(self.registry_path), period, signing_key=signing_key)
+        roll_up(store, lease=lease)  # usage_hourly level with raw as of now: the close bills what it seals
+        return close_month(store, load_registry(self.registry_path), period, signing_key=signing_key, lease=lease)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,78 +125,78 @@ class CloseRun:
     locked_out: bool = False
 
 
-@contextmanager
-def close_lock(data_dir: Path) -> Iterator[bool]:
-    """Hold ``<data-dir>/scheduler/close.lock`` (``flock``, non-blocking); yields False if held.
-
-    A kernel lock, not a marker file: it is released when the holder dies, so a crashed
-    scheduler never blocks the next close. (The scheduler is local by nature: its job store
-    is SQLite on the same disk.)
-    """
-    path = Path(data_dir) / CLOSE_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                yield False
-                return
-            raise
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
 def run_due_closes(
     store: Store,
     closer: Closer,
     now: datetime,
     *,
-    data_dir: Path,
     signing_key: Path | None = None,
+    wait_s: float = 0.0,
 ) -> CloseRun:
     """Close every month due at ``now`` and not sealed yet, oldest first, exactly once.
 
     Idempotent: a month with a manifest is closed (the close seals last), so running this
     again, or from a second scheduler, closes nothing twice. A month with ledgers but no
-    manifest (a close that stopped before sealing) is closed again, which only seals it. If another process holds the
-    close lock this run does nothing and says so (``locked_out``); that process closes.
+    manifest (a close that stopped before sealing) is closed again, which only seals it. Runs
+    under the store's lease (waiting up to ``wait_s`` for it); if another process keeps it,
+    this run does nothing and says so (``locked_out``): that process closes, or the next run.
     """
     if now.tzinfo is None:
         raise ValueError("now must carry a timezone")
-    with close_lock(data_dir) as held:
-        if not held:
-            log.warning("another process is closing; this run leaves it to them")
-            return CloseRun(now, (), (), locked_out=True)
-        sealed = set(sealed_periods(store))
-        # a close that stopped after its ledgers but before its seal: closing again seals it
-        half_closed = [p for p in ledger_periods(store) if p not in sealed]
-        due = sorted(set(closer.due_months(store, now)) | set(half_closed))
-        closed, skipped = [], []
-        for period in due:
-            if period in sealed:
-                skipped.append(period)
-                continue
-            log.info("closing %s (due at %s)", period, now.isoformat())
-            closer.close_month(store, period, signing_key=signing_key)
-            closed.append(period)
-        return CloseRun(now, tuple(due), tuple(closed), tuple(skipped))
+    try:
+        with hold(store, "scheduler close", wait_s=wait_s) as lease:
+            return _close_due(store, closer, now, signing_key, lease)
+    except LeaseHeld as exc:
+        log.warning("%s; this run leaves it to them", exc)
+        return CloseRun(now, (), (), locked_out=True)
 
 
-def run_compaction(store: Store, now: datetime) -> list[CompactionResult]:
-    """The hourly upkeep: roll ``usage_hourly`` up from ``raw``, compact ``raw`` and
-    ``quarantine`` (today's partition too), delete replaced files older than a day."""
-    roll_up(store)
+def _close_due(store: Store, closer: Closer, now: datetime, signing_key: Path | None, lease: Lease) -> CloseRun:
+    sealed = set(sealed_periods(store))
+    # a close that stopped after its ledgers but before its seal: closing again seals it
+    half_closed = [p for p in ledger_periods(store) if p not in sealed]
+    due = sorted(set(closer.due_months(store, now)) | set(half_closed))
+    closed, skipped = [], []
+    for period in due:
+        if period in sealed:
+            skipped.append(period)
+            continue
+        log.info("closing %s (due at %s)", period, now.isoformat())
+        closer.close_month(store, period, signing_key=signing_key, lease=lease)
+        closed.append(period)
+    return CloseRun(now, tuple(due), tuple(closed), tuple(skipped))
+
+
+@dataclass(frozen=True, slots=True)
+class UpkeepRun:
+    """What one run of the hourly upkeep did (``locked_out``: a close held the lease)."""
+
+    now: datetime
+    compacted: tuple[CompactionResult, ...] = ()
+    vacuumed: dict[str, int] = field(default_factory=dict)
+    locked_out: bool = False
+
+
+def run_compaction(store: Store, now: datetime, *, retention_hours: int = 24) -> UpkeepRun:
+    """The hourly upkeep, under the store's lease: roll ``usage_hourly`` up from ``raw``,
+    compact ``raw`` and ``quarantine`` (today's partition too), delete replaced files older
+    than ``retention_hours`` (never a sealed one). Skips the hour if the lease is held."""
+    try:
+        with hold(store, "scheduler upkeep") as lease:
+            return _upkeep(store, now, lease, retention_hours)
+    except LeaseHeld as exc:
+        log.info("hourly upkeep skipped: %s", exc)
+        return UpkeepRun(now, locked_out=True)
+
+
+def _upkeep(store: Store, now: datetime, lease: Lease, retention_hours: int) -> UpkeepRun:
+    roll_up(store, lease=lease)
     results: list[CompactionResult] = []
     for dataset in COMPACTABLE:
-        results.extend(compact_dataset(store, dataset))
-    vacuum(store, retention_hours=24)
-    return results
+        lease.check()
+        results.extend(compact_dataset(store, dataset, lease=lease))
+    vacuumed = vacuum(store, retention_hours=retention_hours, lease=lease)
+    return UpkeepRun(now, tuple(results), vacuumed)
 
 
 # -- the stored jobs (module-level, referenced by name, plain arguments) --------------------
@@ -207,15 +212,15 @@ def monthly_close_job(
         Store(data_dir),
         ref_to_obj(closer_ref)(Path(registry)),
         clock(),
-        data_dir=Path(data_dir),
         signing_key=Path(signing_key) if signing_key else None,
+        wait_s=CLOSE_WAIT_S,
     )
     return list(run.closed)
 
 
 def compaction_job(data_dir: str, clock_ref: str = DEFAULT_CLOCK) -> int:
     clock = resolve_clock(clock_ref)
-    return len(run_compaction(Store(data_dir), clock()))
+    return len(run_compaction(Store(data_dir), clock()).compacted)
 
 
 def compliance_snapshot_job(data_dir: str, registry: str, clock_ref: str = DEFAULT_CLOCK) -> str:
@@ -264,6 +269,14 @@ class ScheduleConfig:
     timezone: ZoneInfo = KST
 
 
+def data_dir_text(data_dir: Path | str) -> str:
+    """The data dir as jobs store it: an ``s3://`` URL kept as a URL, a local path made absolute."""
+    text = str(data_dir)
+    if text.startswith("s3:/"):
+        return "s3://" + text[len("s3:/"):].lstrip("/")
+    return str(Path(text).absolute())
+
+
 def job_store_url(data_dir: Path) -> str:
     path = (Path(data_dir) / JOB_STORE).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,12 +302,16 @@ def configure(
         MONTHLY_CLOSE_ID: CronTrigger(day=1, hour=config.close_hour, minute=config.close_minute, timezone=tz),
     }
     chosen.update(triggers or {})
+    data_dir = data_dir_text(config.data_dir)
+    # jobs have fixed ids and are added again at every start, and the close finds what is due by
+    # itself: the SQLite store only spares a restart the re-adding. On S3 there is no local data
+    # dir to put it in (and nothing to share), so the jobs live in memory.
+    store = MemoryJobStore() if data_dir.startswith("s3://") else SQLAlchemyJobStore(url=job_store_url(config.data_dir))
     scheduler.configure(
-        jobstores={"default": SQLAlchemyJobStore(url=job_store_url(config.data_dir))},
+        jobstores={"default": store},
         job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
         timezone=tz,
     )
-    data_dir = str(Path(config.data_dir).absolute())
     common: dict[str, Any] = {"replace_existing": True}
     scheduler.add_job(
         "accounting.scheduler:compaction_job",
@@ -336,8 +353,8 @@ def catch_up(config: ScheduleConfig) -> CloseRun:
         Store(config.data_dir),
         ref_to_obj(config.closer_ref)(Path(config.registry)),
         clock(),
-        data_dir=Path(config.data_dir),
         signing_key=config.signing_key,
+        wait_s=CLOSE_WAIT_S,
     )
 
 
@@ -378,7 +395,7 @@ __all__ = [
     "ScheduleConfig",
     "catch_up",
     "compliance_snapshot",
-    "close_lock",
+    "UpkeepRun",
     "configure",
     "run_compaction",
     "run_due_closes",

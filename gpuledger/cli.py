@@ -102,6 +102,7 @@ def _demo(settings: Settings, period: str, nodes_per_entity: int | None) -> None
     from gpuledger import demo as demo_mod
     from gpuledger.summary import print_close_summary
     from gpuledger.wiring import make_store, registry_from
+    from storage.lease import hold
     from storage.rollup import roll_up
 
     reg = registry_from(settings)
@@ -114,8 +115,9 @@ def _demo(settings: Settings, period: str, nodes_per_entity: int | None) -> None
         from streams.localbus import LocalBus
 
         LocalBus(Path(settings.data_dir) / "bus").trim(settings.kafka.usage_topic)
-    roll_up(store)  # usage_hourly: one row per hour × device × owner, from raw
-    result = close_month(store, reg, period)
+    with hold(store, "gpuledger demo close", wait_s=120) as lease:  # the one lease of close and upkeep
+        roll_up(store, lease=lease)  # usage_hourly: one row per hour × device × owner, from raw
+        result = close_month(store, reg, period, lease=lease)
     print_close_summary(store, period, result, registry=reg)
     for label, path in demo_mod.report_and_export(store, reg, period, Path(settings.registry_file())):
         out.print(f"{label} {path}", soft_wrap=True, highlight=False)

@@ -14,6 +14,7 @@ import typer
 
 from gpuledger.cli_common import DataDirOpt, RegistryOpt, console, out, run_command, settings_from, store_of
 
+CLOSE_WAIT_S = 120  # how long `close` waits for a running upkeep to give the lease back
 registry_app = typer.Typer(help="Check the registry (entities, allocations, projects, rate cards).", no_args_is_help=True)
 
 
@@ -45,6 +46,7 @@ def close(
         from accounting.close import close_month
         from accounting.registry import load_registry
         from gpuledger.summary import print_close_summary
+        from storage.lease import hold
         from storage.rollup import roll_up
 
         _refuse_unfinished(month, early)
@@ -52,12 +54,16 @@ def close(
         reg = load_registry(settings.registry_file())
         store = store_of(settings)
         with console.status(f"closing {month}") as status:
-            status.update(f"{month}: rolling usage_hourly up from raw")
-            roll_up(store)  # the close then bills exactly the usage it seals
-            _refuse_empty(store, month, allow_empty)
-            result = close_month(
-                store, reg, month, signing_key=signing_key, progress=lambda msg: status.update(f"{month}: {msg}")
-            )
+            status.update(f"{month}: taking the store's upkeep lease (an hourly upkeep may be running)")
+            # the one lease of close and upkeep: nothing rolls up, compacts or vacuums meanwhile
+            with hold(store, "gpuledger close", wait_s=CLOSE_WAIT_S) as lease:
+                status.update(f"{month}: rolling usage_hourly up from raw")
+                roll_up(store, lease=lease)  # the close then bills exactly the usage it seals
+                _refuse_empty(store, month, allow_empty)
+                result = close_month(
+                    store, reg, month, signing_key=signing_key, lease=lease,
+                    progress=lambda msg: status.update(f"{month}: {msg}"),
+                )
         console.print(result.message)
         print_close_summary(store, month, result, registry=reg)
         if signing_key is not None and result.already_closed and not result.sealed:

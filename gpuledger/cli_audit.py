@@ -90,16 +90,26 @@ def export(
     out_dir: OutOpt = None,
     data_dir: DataDirOpt = None,
     registry: RegistryOpt = None,
+    raw_events: Annotated[
+        bool,
+        typer.Option("--raw-events", help="Add the month's raw events (Parquet, with SHA-256) to the auditor pack."),
+    ] = False,
 ) -> None:
-    """Write the finance pack (CSV/XLSX statements in KRW) and the auditor pack of a closed month."""
+    """Write the finance pack (CSV/XLSX statements in KRW) and the auditor pack of a closed month.
+
+    A sealed month is exported with the registry it was sealed with; a --registry that differs is refused.
+    """
     from accounting.export import export_month
     from accounting.registry import load_registry
 
     def body() -> None:
         settings = settings_from(data_dir, registry)
-        reg = load_registry(settings.registry_file())
+        # a sealed month speaks with the registry sealed with it; the one named here (option,
+        # gpuledger.toml, GPULEDGER_REGISTRY) only where none was sealed; never a packaged sample
+        reg = load_registry(settings.registry) if settings.registry is not None else None
         result = export_month(
-            store_of(settings), month, out_dir, registry=reg, registry_file=settings.registry_file()
+            store_of(settings), month, out_dir, registry=reg, registry_file=settings.registry,
+            registry_explicit=registry is not None, raw_events=raw_events,
         )
         for total in result.totals:
             out.print(f"{total.entity:<12} {total.total_krw:>20,} KRW", markup=False, highlight=False)
@@ -121,8 +131,8 @@ def report(
 
     def body() -> None:
         settings = settings_from(data_dir, registry)
-        reg = load_registry(settings.registry_file())
-        result = render_report(store_of(settings), month, out_dir, registry=reg)
+        reg = load_registry(settings.registry) if settings.registry is not None else None
+        result = render_report(store_of(settings), month, out_dir, registry=reg, registry_explicit=registry is not None)
         for name in result.files:
             out.print(str(result.out_dir / name), markup=False, highlight=False)
 

@@ -21,8 +21,16 @@ Invariants:
   among themselves);
 - the merged file's name derives from the names of its inputs, so a retry writes the same name.
 
+- the merged file's ``add`` keeps the ``interval_start`` min/max of its rows in the log, so
+  readers that prune by event time (dedupe, the roll-up) still skip it.
+
 Removed files stay on disk until :func:`vacuum` deletes them, once no reader can still hold a
-version that lists them (``retention_hours``).
+version that lists them (``retention_hours``) — and never a file any manifest seals or lists as
+read, whatever the log says.
+
+All three run under the store's lease (:mod:`storage.lease`) when the scheduler or the CLI
+runs them: each commit then carries the holder's fencing token. They read the seals first and
+stop, naming the manifest, if one is unreadable (:class:`~storage.seal.SealUnreadable`).
 """
 
 from __future__ import annotations
@@ -30,14 +38,20 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.dataset import PARQUET_COMPRESSION, Store
 from storage.delta import CommitConflict
 from storage.errors import StorageError
-from storage.manifest import relative_path, sealed_files
+from storage.seal import relative_path, sealed_files
 from storage.schemas import TABLES
+
+if TYPE_CHECKING:
+    from storage.lease import Lease
+_TIME_STATS = ("interval_start", "hour_start")  # event-time columns whose min/max the log keeps
 
 COMPACTABLE = ("raw", "quarantine")  # what the hourly job compacts (usage_hourly is rolled up)
 
@@ -58,7 +72,7 @@ def leaf_partitions(store: Store, dataset: str) -> list[str]:
 
 def compact(
     store: Store, dataset: str, partition: str, *, min_files: int = 2, sealed: set[str] | None = None,
-    listing: list[str] | None = None,
+    listing: list[str] | None = None, lease: Lease | None = None,
 ) -> CompactionResult:
     """Merge the unsealed files of ``<dataset>/<partition>`` into one file (one commit)."""
     if dataset not in TABLES:
@@ -82,7 +96,7 @@ def compact(
     name = "compact-" + hashlib.sha256("\n".join(inputs).encode()).hexdigest()[:24]
     rel = posixpath.join(partition.strip("/"), f"part-{name}.parquet")
     rows_in = rows_out = 0
-    lo = hi = None
+    bounds: dict[str, list[object]] = {c: [] for c in _TIME_STATS if c in schema.names}
     with store.open_new_file(dataset, rel) as out, pq.ParquetWriter(out, schema, compression=PARQUET_COMPRESSION) as writer:
         for path in inputs:
             with store._fs.open_input_file(store.path(dataset, path)) as handle:  # noqa: SLF001
@@ -92,19 +106,25 @@ def compact(
                     table = parquet.read_row_group(group).select(schema.names).cast(schema)
                     writer.write_table(table)
                     rows_out += table.num_rows
+                    for column, seen in bounds.items():
+                        if table.num_rows:
+                            mm = pc.min_max(table.column(column))
+                            seen.extend(v for v in (mm["min"].as_py(), mm["max"].as_py()) if v is not None)
     if rows_out != rows_in:
         raise StorageError(f"compaction of {dataset}/{partition} copied {rows_out} of {rows_in} rows")
     stats = _partition_stats(partition)
+    stats.update({column: (min(seen), max(seen)) for column, seen in bounds.items() if seen})
     merged = store.new_file_of(dataset, rel, rows_out, stats)
+    txns = lease.fence(dataset) if lease is not None else None
     try:
-        store.commit_files(dataset, [merged], removes=inputs, data_change=False)
+        store.commit_files(dataset, [merged], removes=inputs, data_change=False, txns=txns)
     except CommitConflict:
         return CompactionResult(dataset, partition, len(inputs), 0, None)
     return CompactionResult(dataset, partition, len(inputs), rows_out, f"{dataset}/{rel}")
 
 
 def compact_dataset(
-    store: Store, dataset: str, *, before_date: str | None = None, min_files: int = 2
+    store: Store, dataset: str, *, before_date: str | None = None, min_files: int = 2, lease: Lease | None = None
 ) -> list[CompactionResult]:
     """Compact every leaf partition of ``dataset`` (only dates before ``before_date`` if given)."""
     sealed = set(sealed_files(store))
@@ -116,15 +136,29 @@ def compact_dataset(
     for partition in sorted(p for p, n in by_partition.items() if p and n >= min_files):
         if before_date is not None and _date_of(partition) and _date_of(partition) >= before_date:
             continue
-        result = compact(store, dataset, partition, min_files=min_files, sealed=sealed, listing=listing)
+        result = compact(store, dataset, partition, min_files=min_files, sealed=sealed, listing=listing, lease=lease)
         if result.merged is not None:
             results.append(result)
     return results
 
 
-def vacuum(store: Store, retention_hours: int = 24) -> dict[str, int]:
-    """Delete files that tables no longer list (replaced by compaction or roll-up)."""
-    return {name: len(store.table(name).vacuum(retention_hours)) for name in TABLES}
+def vacuum(store: Store, retention_hours: int = 24, *, lease: Lease | None = None) -> dict[str, int]:
+    """Delete files that tables no longer list (replaced by compaction or roll-up), older than
+    ``retention_hours``; never one that a manifest seals or lists as read (those are kept, and
+    ``verify`` names how they came to be unlisted). Returns the number deleted per table."""
+    sealed = set(sealed_files(store))  # fails closed on an unreadable seal
+    deleted: dict[str, int] = {}
+    for name in TABLES:
+        if lease is not None:
+            lease.check()
+        doomed = [
+            p for p in store.table(name).vacuum_candidates(retention_hours)
+            if relative_path(store, store.path(name, p)) not in sealed
+        ]
+        for rel in doomed:
+            store.delete(store.path(name, rel))
+        deleted[name] = len(doomed)
+    return deleted
 
 
 def _partition_stats(partition: str) -> dict[str, tuple[object, object]]:

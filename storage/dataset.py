@@ -113,6 +113,7 @@ class Store:
             ) from exc
         self._tables: dict[str, DeltaDataset] = {}
         self._pinned: dict[str, list[str]] = {}
+        self._pinned_versions: dict[str, int] = {}
 
     @property
     def display_root(self) -> str:
@@ -147,14 +148,20 @@ class Store:
     def snapshot(self, *datasets: str):
         """Inside the block, every :meth:`files` of these tables lists the version current at
         its start: a reader (the close) sees one state while writers keep committing."""
-        previous = dict(self._pinned)
+        previous, previous_versions = dict(self._pinned), dict(self._pinned_versions)
         try:
             for name in datasets:
                 if name not in self._pinned:
-                    self._pinned[name] = self.table(name).files()
+                    self._pinned[name], self._pinned_versions[name] = self.table(name).files_and_version()
             yield self
         finally:
-            self._pinned = previous
+            self._pinned, self._pinned_versions = previous, previous_versions
+
+    def pinned_version(self, dataset: str) -> int:
+        """The Delta version :meth:`snapshot` pinned for ``dataset`` (what a close seals as read)."""
+        if dataset not in self._pinned_versions:
+            raise StorageError(f"{dataset} is not pinned: read it inside Store.snapshot")
+        return self._pinned_versions[dataset]
 
     def txn_version(self, dataset: str, app_id: str) -> int | None:
         return self.table(dataset).transaction_version(app_id)

@@ -149,10 +149,12 @@ class DeltaDataset:
         txns: Mapping[str, int] | None = None,
         data_change: bool = True,
         max_retries: int = 20,
+        metadata: Mapping[str, str] | None = None,
     ) -> int:
         """Make ``adds`` visible and ``removes`` invisible in one commit; returns its version.
 
-        ``txns`` (app id → version) are stored in the same commit. Raises
+        ``txns`` (app id → version) are stored in the same commit, ``metadata`` in its
+        ``commitInfo`` (the lease's holder and expiry: :mod:`storage.lease`). Raises
         :class:`CommitConflict` when a concurrent commit conflicts (same app id, or a removed
         file already removed by someone else); nothing of this commit is then visible.
         """
@@ -174,6 +176,7 @@ class DeltaDataset:
             for p in removes
         )
         meta = {FILES_METADATA_KEY: json.dumps({f.path: {"sha256": f.sha256, "rows": f.rows} for f in adds})}
+        meta.update(metadata or {})
         props = CommitProperties(
             custom_metadata=meta,
             max_commit_retries=max_retries,
@@ -188,6 +191,32 @@ class DeltaDataset:
             self._table = None
             raise StorageError(f"cannot commit to {self.uri}: {_why(exc)}") from exc
         return self.version()
+
+    def files_and_version(self) -> tuple[list[str], int]:
+        """The files and the version of one snapshot (a close pins both at once)."""
+        table = self.table()
+        if table is None:
+            return [], -1
+        actions = table.get_add_actions(flatten=True)
+        return sorted(str(p) for p in actions.column("path").to_pylist()), table.version()
+
+    def files_at(self, version: int) -> list[str]:
+        """Paths (relative to the table root) of the files of an earlier ``version``."""
+        try:
+            table = DeltaTable(self.uri, version=version, storage_options=self._options or None)
+        except (DeltaError, OSError) as exc:
+            raise StorageError(f"cannot read version {version} of {self.uri}: {_why(exc)}") from exc
+        actions = table.get_add_actions(flatten=True)
+        return sorted(str(p) for p in actions.column("path").to_pylist())
+
+    def vacuum_candidates(self, retention_hours: int) -> list[str]:
+        """What :meth:`vacuum` would delete (paths relative to the table), deleting nothing."""
+        table = self.table()
+        if table is None:
+            return []
+        return sorted(
+            table.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=True)
+        )
 
     def vacuum(self, retention_hours: int) -> list[str]:
         """Delete files no version younger than ``retention_hours`` still lists."""

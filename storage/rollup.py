@@ -17,6 +17,14 @@ events arrived) keeps them byte for byte (``verify`` checks them); the new file 
 difference between the roll-up of ``raw`` and the sealed rows, so the date's files still sum
 to exactly what ``raw`` holds. Such a date has two rows for the device-hours that changed.
 
+Sums are exact and order-independent, so the same events give byte-identical files whatever
+the bus, the batch sizes or the number of consumers: GPU time is integer microseconds, energy is
+summed as integer millijoules (each event's ``energy_joules`` rounded to the millijoule NVML
+counts in) and written back as joules. A file is named after the SHA-256 of its bytes.
+
+Under the store's lease (:mod:`storage.lease`) the commit carries the holder's fencing token.
+The seals are read first and an unreadable one stops the roll-up, naming it.
+
 Cost at national scale: a finished day is ~7.2M device-hours (300k devices × 24), ~400M raw
 rows read once per roll-up of that date; hourly runs touch only the dates written since.
 """
@@ -28,6 +36,7 @@ import hashlib
 import posixpath
 from dataclasses import dataclass
 from datetime import date as Date
+from typing import TYPE_CHECKING
 from datetime import datetime, timedelta, timezone
 
 import polars as pl
@@ -38,6 +47,9 @@ from storage.delta import NewFile
 from storage.deltalog import commit_actions, damaged_files, recorded_sha256
 from storage.errors import StorageError
 from storage.schemas import RAW_EVENTS, USAGE_HOURLY
+
+if TYPE_CHECKING:
+    from storage.lease import Lease
 
 ROLLUP_APP = "gpuledger/rollup"
 # a date with at most this many raw rows is aggregated in one query (its result, a few hundred
@@ -64,7 +76,7 @@ def hourly_rows(raw: pl.LazyFrame) -> pl.LazyFrame:
             gpu_microseconds=pl.col("gpu_microseconds").sum(),
             busy_gpu_microseconds=pl.col("busy_gpu_microseconds").sum(),
             energy_joules=pl.when(pl.col("energy_joules").is_not_null().any())
-            .then(pl.col("energy_joules").sum()),
+            .then(_millijoules(pl.col("energy_joules")).sum().cast(pl.Float64) / 1000),
             events=pl.len().cast(pl.Int64),
             partial_events=partial.sum(),
             samples=pl.col("samples").sum().cast(pl.Int64),
@@ -72,6 +84,11 @@ def hourly_rows(raw: pl.LazyFrame) -> pl.LazyFrame:
         )
         .sort(HOURLY_KEYS, nulls_last=True)
     )
+
+
+def _millijoules(joules: pl.Expr) -> pl.Expr:
+    """Energy as integer millijoules: sums of these are exact in any order (floats are not)."""
+    return (joules * 1000).round(0).cast(pl.Int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +99,7 @@ class RollupResult:
     committed: bool
 
 
-def roll_up(store: Store) -> RollupResult:
+def roll_up(store: Store, *, lease: Lease | None = None) -> RollupResult:
     """Bring ``usage_hourly`` level with ``raw`` (see the module docstring)."""
     raw = store.table("raw")
     snapshot = raw.table()
@@ -100,7 +117,7 @@ def roll_up(store: Store) -> RollupResult:
     changed = _changed_dates(store, done, raw_version)
     if changed is None:  # never rolled up, or the log was cleaned up since: every date
         changed = {_date_dir(p) for p in raw_files}
-    from storage.manifest import relative_path, sealed_files  # manifest imports dataset too
+    from storage.seal import relative_path, sealed_files
 
     sealed = set(sealed_files(store))
     existing = usage.files()
@@ -117,10 +134,13 @@ def roll_up(store: Store) -> RollupResult:
         removes.extend(p for p in old if store.path("usage_hourly", p) not in old_sealed)
         date_rows = sum(rows_of.get(p) or 0 for p in date_files)
         new_file = _roll_date(store, date_dir, inputs, old_sealed, raw_version, one_pass=date_rows <= ONE_PASS_ROWS)
-        if new_file is not None:
+        if new_file is not None and new_file.path in removes:
+            removes.remove(new_file.path)  # the same bytes as the live file: nothing changes
+        elif new_file is not None:
             adds.append(new_file)
             rows += new_file.rows
-    usage.commit(adds, removes=removes, txns={ROLLUP_APP: raw_version})
+    txns = {ROLLUP_APP: raw_version, **(lease.fence("usage_hourly") if lease is not None else {})}
+    usage.commit(adds, removes=removes, txns=txns)
     return RollupResult(raw_version, tuple(sorted(d.rsplit("=", 1)[-1] for d in changed if d)), rows, True)
 
 
@@ -149,7 +169,7 @@ def _roll_date(
     day = Date.fromisoformat(date_dir.rsplit("=", 1)[-1])
     first_hour = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) - _KST
     digest = hashlib.sha256(("\n".join([date_dir, *inputs, *sealed])).encode()).hexdigest()[:24]
-    rel = posixpath.join(date_dir, f"part-rollup-{digest}.parquet")
+    rel = posixpath.join(date_dir, f"part-rollup-tmp-{digest}.parquet")  # renamed after its bytes
     raw_scan = store.scan_files(inputs, RAW_EVENTS)
     sealed_scan = store.scan_files(sealed, USAGE_HOURLY) if sealed else None
     rows = 0
@@ -182,7 +202,14 @@ def _roll_date(
         return None
     period, date = date_dir.split("/")[0].split("=")[1], date_dir.split("/")[1].split("=")[1]
     stats = {"period": (period, period), "date": (date, date), "hour_start": (lo, hi)}
-    return store.new_file_of("usage_hourly", rel, rows, stats)
+    written = store.new_file_of("usage_hourly", rel, rows, stats)
+    final = posixpath.join(date_dir, f"part-rollup-{written.sha256[:24]}.parquet")
+    fs = store._fs  # noqa: SLF001 - same package; the file is not committed yet, so no reader sees it
+    if store.exists(store.path("usage_hourly", final)):
+        fs.delete_file(store.path("usage_hourly", rel))  # same name, same bytes: already there
+    else:
+        fs.move(store.path("usage_hourly", rel), store.path("usage_hourly", final))
+    return NewFile(final, written.size_bytes, written.rows, written.sha256, written.stats)
 
 
 def _refuse_impossible(frame: pl.DataFrame, date_dir: str) -> None:
@@ -206,12 +233,18 @@ def _minus(full: pl.DataFrame, sealed: pl.DataFrame) -> pl.DataFrame:
     """``full`` − ``sealed`` per key: rows whose sums changed, holding the difference."""
     if sealed.height == 0:
         return full
-    sealed_sums = sealed.group_by(HOURLY_KEYS).agg([pl.col(c).sum().alias(f"_s_{c}") for c in _SUMS])
+    exact = [c for c in _SUMS if c != "energy_joules"]
+    sealed_sums = sealed.group_by(HOURLY_KEYS).agg(
+        [*(pl.col(c).sum().alias(f"_s_{c}") for c in exact),
+         _millijoules(pl.col("energy_joules")).sum().alias("_s_energy_mj")]
+    )
     joined = full.join(sealed_sums, on=HOURLY_KEYS, how="full", coalesce=True, nulls_equal=True)
     diffs = [
-        (pl.col(c).fill_null(0) - pl.col(f"_s_{c}").fill_null(0)).alias(c) for c in _SUMS
+        *((pl.col(c).fill_null(0) - pl.col(f"_s_{c}").fill_null(0)).alias(c) for c in exact),
+        ((_millijoules(pl.col("energy_joules")).fill_null(0) - pl.col("_s_energy_mj").fill_null(0)).cast(pl.Float64)
+         / 1000).alias("energy_joules"),
     ]
-    out = joined.select([*HOURLY_KEYS, *diffs])
+    out = joined.select([*HOURLY_KEYS, *diffs]).select([*HOURLY_KEYS, *_SUMS])
     changed = pl.any_horizontal([pl.col(c) != 0 for c in _SUMS if c != "energy_joules"])
     out = out.filter(changed)
     if (out["gpu_microseconds"] < 0).any():

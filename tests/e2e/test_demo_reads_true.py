@@ -46,6 +46,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
         "stdout": result.stdout,
         "stderr": result.stderr,
         "sha": hashlib.sha256(manifest_bytes).hexdigest(),
+        "content": json.loads(manifest_bytes)["content_sha256"],  # statement numbers derive from it
         "totals": json.loads(manifest_bytes)["totals"],
         "finance": data / "exports" / PERIOD / "finance",
         "page": (data / "reports" / PERIOD / "report.html").read_text(encoding="utf-8"),
@@ -163,7 +164,7 @@ def test_summary_csv_and_manifest_agree_to_the_last_digit(demo) -> None:
         assert Decimal(row["reported_gpu_hours"]) == Decimal(row["attributed_gpu_hours"]) + Decimal(
             row["unattributed_gpu_hours"]
         )
-        assert row["statement_no"] == f"GL-202610-{entity.upper()}-{demo['sha'][:8].upper()}"
+        assert row["statement_no"] == f"GL-202610-{entity.upper()}-{demo['content'][:8].upper()}"
         assert Decimal(row["vat_krw"]) == (Decimal(row["total_krw"]) / 10).quantize(Decimal(1), rounding=ROUND_DOWN)
     readme = (demo["data"] / "exports" / PERIOD / "auditor" / "README.md").read_text()
     gov = rows["gov"]
@@ -177,7 +178,7 @@ def test_the_statement_is_a_statement(demo) -> None:
     # header: the entity's display name, the KST period, the number from the seal, the seal itself
     assert "대한민국 정부 (state pool) (gov)" in text
     assert "2026-10-01 00:00 – 2026-11-01 00:00 KST (2026년 10월)" in text
-    assert f"GL-202610-GOV-{demo['sha'][:8].upper()}" in text
+    assert f"GL-202610-GOV-{demo['content'][:8].upper()}" in text
     assert demo["sha"] in text
     assert any(t.startswith("모의 데이터 — SIMULATED DATA") for t in text)
     # lines: Korean and English headings; hours with separators; discounts as percent

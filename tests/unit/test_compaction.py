@@ -103,3 +103,27 @@ def test_compact_dataset_and_bad_input(tmp_path: Path) -> None:
         compact(store, "ledgers", PARTITION)
     with pytest.raises(StorageError, match="partitions are"):
         compact(store, "raw", "date=2026-11-03")
+
+
+def test_the_merged_file_keeps_the_event_time_range_in_the_log(tmp_path: Path) -> None:
+    """Readers prune by ``interval_start`` statistics in the log (dedupe, the roll-up): a merged
+    file without them would be opened by every hour's read (issue 16)."""
+    import json
+
+    store = Store(tmp_path)
+    _write_batches(store, 4)  # events from 00:00 to 03:02 UTC
+    merged = compact(store, "raw", PARTITION).merged
+    assert merged is not None
+    log = DeltaTable(str(tmp_path / "raw"))
+    entry = tmp_path / "raw" / "_delta_log" / f"{log.version():020d}.json"
+    adds = [json.loads(line)["add"] for line in entry.read_text().splitlines() if '"add"' in line]
+    (add,) = adds
+    stats = json.loads(add["stats"])
+    assert stats["minValues"]["interval_start"] == "2026-11-03T00:00:00Z"
+    assert stats["maxValues"]["interval_start"] == "2026-11-03T03:02:00Z"
+    # and the log's pruning uses them: an hour outside the range does not list the file
+    from datetime import UTC, datetime
+
+    assert store.table("raw").files_overlapping(
+        "interval_start", datetime(2026, 11, 3, 5, tzinfo=UTC), datetime(2026, 11, 3, 6, tzinfo=UTC)
+    ) == []

@@ -27,12 +27,12 @@ from accounting.scheduler import (
     SNAPSHOT_ID,
     ScheduleConfig,
     catch_up,
-    close_lock,
     configure,
     monthly_close_job,
     run_due_closes,
 )
 from storage.dataset import Store, to_table
+from storage.lease import hold
 from storage.manifest import sealed_periods, verify
 
 pytestmark = pytest.mark.unit
@@ -60,7 +60,7 @@ class TwinCloser:
         sealed = set(sealed_periods(store))
         return [m for m in _months(FIRST_MONTH, current) if m not in sealed]
 
-    def close_month(self, store: Store, period: str, *, signing_key: Path | None) -> object:
+    def close_month(self, store: Store, period: str, *, signing_key: Path | None, lease=None) -> object:
         from storage.manifest import seal_period
 
         log = Path(store.root) / "closes.log"
@@ -84,11 +84,11 @@ def test_restart_across_a_month_boundary_closes_that_month_once(tmp_path: Path) 
     store = Store(tmp_path)
     closer = TwinCloser(tmp_path / "registry.toml")
     before = datetime(2026, 11, 30, 23, 0, tzinfo=KST)
-    assert run_due_closes(store, closer, before, data_dir=tmp_path).closed == ("2026-10",)
+    assert run_due_closes(store, closer, before).closed == ("2026-10",)
     # when it is down over the 1st, and restarts on 3 December: catch-up, then the job fires
     after = datetime(2026, 12, 3, 9, 0, tzinfo=KST)
-    catch_up_run = run_due_closes(store, closer, after, data_dir=tmp_path)
-    fired = run_due_closes(store, closer, after, data_dir=tmp_path)
+    catch_up_run = run_due_closes(store, closer, after)
+    fired = run_due_closes(store, closer, after)
     # then November closed exactly once, and nothing was closed twice
     assert catch_up_run.closed == ("2026-11",)
     assert fired.closed == () and fired.due == ()
@@ -100,34 +100,33 @@ def test_the_15_utc_boundary_decides_when_a_month_is_due(tmp_path: Path) -> None
     # 2026-11-30T15:00Z is 2026-12-01 00:00 KST: November is due from that instant, not before
     store = Store(tmp_path)
     closer = TwinCloser(tmp_path / "registry.toml")
-    run_due_closes(store, closer, datetime(2026, 11, 30, 14, 59, 59, tzinfo=UTC), data_dir=tmp_path)
+    run_due_closes(store, closer, datetime(2026, 11, 30, 14, 59, 59, tzinfo=UTC))
     assert _closes(tmp_path) == ["2026-10"]
-    run_due_closes(store, closer, datetime(2026, 11, 30, 15, 0, tzinfo=UTC), data_dir=tmp_path)
+    run_due_closes(store, closer, datetime(2026, 11, 30, 15, 0, tzinfo=UTC))
     assert _closes(tmp_path) == ["2026-10", "2026-11"]
 
 
 def test_several_missed_months_close_oldest_first(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    run = run_due_closes(store, TwinCloser(tmp_path), datetime(2027, 2, 1, 1, tzinfo=KST), data_dir=tmp_path)
+    run = run_due_closes(store, TwinCloser(tmp_path), datetime(2027, 2, 1, 1, tzinfo=KST))
     assert run.closed == ("2026-10", "2026-11", "2026-12", "2027-01")
     assert verify(store).ok
 
 
-def test_a_second_scheduler_holding_the_lock_closes_nothing(tmp_path: Path) -> None:
+def test_a_second_scheduler_holding_the_lease_closes_nothing(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    with close_lock(tmp_path) as held:
-        assert held
-        run = run_due_closes(store, TwinCloser(tmp_path), datetime(2026, 12, 3, tzinfo=KST), data_dir=tmp_path)
+    with hold(Store(tmp_path), "another scheduler"):
+        run = run_due_closes(store, TwinCloser(tmp_path), datetime(2026, 12, 3, tzinfo=KST))
     assert run.locked_out and run.closed == ()
     assert _closes(tmp_path) == []
     # once released, the next run closes
-    run = run_due_closes(store, TwinCloser(tmp_path), datetime(2026, 12, 3, tzinfo=KST), data_dir=tmp_path)
+    run = run_due_closes(store, TwinCloser(tmp_path), datetime(2026, 12, 3, tzinfo=KST))
     assert run.closed == ("2026-10", "2026-11")
 
 
 def test_naive_clock_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="timezone"):
-        run_due_closes(Store(tmp_path), TwinCloser(tmp_path), datetime(2026, 12, 3), data_dir=tmp_path)
+        run_due_closes(Store(tmp_path), TwinCloser(tmp_path), datetime(2026, 12, 3))
 
 
 def _config(tmp_path: Path, now: str) -> ScheduleConfig:
@@ -205,10 +204,10 @@ def test_real_close_restarted_across_the_boundary_closes_november_once(tmp_path:
                              gpu_uuid="GPU-1"), "b1")
     closer = RegistryCloser(registry)
     # when the scheduler runs on 30 November, then restarts on 2 December (catch-up + a fire)
-    assert run_due_closes(store, closer, datetime(2026, 11, 30, 23, tzinfo=KST), data_dir=data).closed == ()
-    first = run_due_closes(store, closer, datetime(2026, 12, 2, 9, tzinfo=KST), data_dir=data)
+    assert run_due_closes(store, closer, datetime(2026, 11, 30, 23, tzinfo=KST)).closed == ()
+    first = run_due_closes(store, closer, datetime(2026, 12, 2, 9, tzinfo=KST))
     ledger = (data / "ledgers/billing/period=2026-11/billing.parquet").read_bytes()
-    second = run_due_closes(store, closer, datetime(2026, 12, 2, 9, tzinfo=KST), data_dir=data)
+    second = run_due_closes(store, closer, datetime(2026, 12, 2, 9, tzinfo=KST))
     # then November closed once; the second run found nothing due and rewrote nothing
     assert first.closed == ("2026-11",)
     assert second.closed == () and second.due == ()
@@ -253,13 +252,13 @@ def test_a_close_that_stopped_before_its_seal_is_sealed_by_the_next_run(tmp_path
                              gpu_uuid="GPU-1"), "b1")
     closer = RegistryCloser(registry)
     now = datetime(2026, 12, 2, 9, tzinfo=KST)
-    run_due_closes(store, closer, now, data_dir=data)
+    run_due_closes(store, closer, now)
     sealed = Path(manifest_path(store, "2026-11")).read_bytes()
     # given the close stopped after writing its ledgers, before the seal (the manifest is absent)
     store.delete(manifest_path(store, "2026-11"))
     assert not verify(store).ok
     # when the scheduler runs again
-    run = run_due_closes(store, closer, now, data_dir=data)
+    run = run_due_closes(store, closer, now)
     # then it sealed the month again, byte for byte the same manifest
     assert run.closed == ("2026-11",)
     assert Path(manifest_path(store, "2026-11")).read_bytes() == sealed
