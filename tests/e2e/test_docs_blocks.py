@@ -96,11 +96,14 @@ def test_every_block_is_run_or_exempt() -> None:
 
 
 def runner_of(block: Block) -> str | None:
-    """Where a block runs: ``month`` (the scratch month's root), ``pack`` (its auditor pack), ``data`` (its data dir)."""
+    """Where a block runs: ``month`` (the scratch month's root), ``pack`` (its auditor pack),
+    ``rawpack`` (its auditor pack exported with --raw-events), ``data`` (its data dir)."""
     if block.key in EXEMPT:
         return None
     if block.doc == "docs/auditors.md" and block.heading in ("Check an auditor pack", "Re-derive the totals"):
         return "pack"
+    if block.doc == "docs/auditors.md" and block.heading.startswith("Re-derive the hourly usage from the raw events"):
+        return "rawpack"
     if block.doc == "docs/auditors.md" and block.heading.startswith("Reading the live data directory"):
         return "data"
     return "month"
@@ -120,7 +123,13 @@ def month(tmp_path_factory) -> dict[str, Path]:
     assert script != typical.text, "README's typical day no longer closes 2026-10"
     run_shell(script, root, env)
     shutil.copy(REPO / "examples" / "registry.toml", root / "registry.toml")  # finance.md names ./registry.toml
-    return {"root": root, "data": root / "gpuledger-data", "pack": root / "packs" / "2026-10" / "auditor"}
+    # the raw-events pack the auditors' re-derivation from raw starts from (docs/auditors.md)
+    subprocess.run(["gpuledger", "export", "--month", "2026-10", "--raw-events", "--out", "rawpacks"],
+                   cwd=root, env={**env, "GPULEDGER_REGISTRY": "examples/registry.toml"}, check=True, capture_output=True)
+    return {
+        "root": root, "data": root / "gpuledger-data", "pack": root / "packs" / "2026-10" / "auditor",
+        "rawpack": root / "rawpacks" / "2026-10" / "auditor",
+    }
 
 
 def shell_env(root: Path) -> dict[str, str]:
@@ -164,11 +173,11 @@ RUN = [b for b in blocks() if runner_of(b)]
 
 @pytest.mark.parametrize("block", RUN, ids=[b.key for b in RUN])
 def test_the_block_runs(block: Block, month: dict[str, Path]) -> None:
-    where = {"month": month["root"], "pack": month["pack"], "data": month["data"]}[runner_of(block)]
+    where = {"month": month["root"], "pack": month["pack"], "rawpack": month["rawpack"], "data": month["data"]}[runner_of(block)]
     text = block.text
     if block.doc == "docs/auditors.md":
         text = one_month_back(text).replace("/srv/gpuledger-data", str(month["data"]))
-        if runner_of(block) == "pack":
+        if runner_of(block) in ("pack", "rawpack"):
             shutil.copy(month["root"] / "operator.pub.pem", where / "operator.pub.pem")
     if block.doc == "README.md" and block.lang == "sql":
         # README's query reads the demo's month; the typical day's month stands in for it
