@@ -130,6 +130,43 @@ def compliance_rows(
     ``date``); ``oversubscribed``: GPU-hours over wall-clock per entity × model;
     ``quarantine``: quarantined GPU-time per entity × model × reason (not yet replayed).
     """
+    capacity, allocated_max = _capacity(month, registry)
+    usage = _usage_sums(hourly)
+    breaches: dict[tuple[str, str], set[Breach]] = {}
+    for key in _over_allocated(hourly, registry):
+        breaches.setdefault(key, set()).add(Breach.OVER_ALLOCATION)
+    for row in oversubscribed.iter_rows(named=True):
+        if row["oversubscribed_gpu_hours"]:
+            breaches.setdefault((row["entity"], row["gpu_model"]), set()).add(Breach.GPU_OVERSUBSCRIBED)
+    quarantined: dict[tuple[str, str], int] = {}
+    for row in quarantine.iter_rows(named=True):
+        key = (row["entity"], row["gpu_model"])
+        quarantined[key] = quarantined.get(key, 0) + int(row["gpu_microseconds"])
+        breach = _REASON_BREACH.get(row["reason_code"])
+        if breach is not None:
+            breaches.setdefault(key, set()).add(breach)
+
+    rows = []
+    for key in sorted(set(capacity) | set(usage) | set(quarantined) | set(breaches)):
+        used = usage.get(key, {"reported": 0, "attributed": 0, "busy": 0})
+        row = ComplianceRow(
+            period=month.period,
+            entity=key[0],
+            gpu_model=key[1],
+            allocated_gpus=allocated_max.get(key, 0),
+            capacity_microseconds=capacity.get(key, 0),
+            reported_microseconds=int(used["reported"] or 0),
+            attributed_microseconds=int(used["attributed"] or 0),
+            busy_microseconds=int(used["busy"] or 0),
+            quarantined_microseconds=quarantined.get(key, 0),
+            breaches=tuple(sorted(breaches.get(key, set()))),
+        )
+        rows.append(_judge(row, registry))
+    return rows + _national(month, rows, registry)
+
+
+def _capacity(month: Month, registry: Registry) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """Per entity × model: allocated GPU-µs over the month's KST days, and the most GPUs on any day."""
     days = [month.first_day + timedelta(days=i) for i in range(month.days)]
     capacity: dict[tuple[str, str], int] = {}
     allocated_max: dict[tuple[str, str], int] = {}
@@ -139,7 +176,11 @@ def compliance_rows(
             if any(counts):
                 capacity[(entity.name, model)] = sum(counts) * 24 * MICROSECONDS_PER_HOUR
                 allocated_max[(entity.name, model)] = max(counts)
+    return capacity, allocated_max
 
+
+def _usage_sums(hourly: pl.DataFrame) -> dict[tuple[str, str], dict]:
+    """Reported, attributed (a registered project) and busy GPU-µs per entity × model."""
     sums = (
         hourly.group_by(["entity", "gpu_model"])
         .agg(
@@ -149,52 +190,19 @@ def compliance_rows(
         )
         .sort(["entity", "gpu_model"])
     )
-    usage = {(r["entity"], r["gpu_model"]): r for r in sums.iter_rows(named=True)}
-    breaches: dict[tuple[str, str], set[Breach]] = {}
+    return {(r["entity"], r["gpu_model"]): r for r in sums.iter_rows(named=True)}
 
-    per_hour = hourly.group_by(["entity", "gpu_model", "date", "hour_start"]).agg(
-        pl.col("gpu_microseconds").sum()
-    )
+
+def _over_allocated(hourly: pl.DataFrame, registry: Registry) -> set[tuple[str, str]]:
+    """Entity × model with an hour whose GPU-time exceeds the GPUs allocated that KST day."""
+    per_hour = hourly.group_by(["entity", "gpu_model", "date", "hour_start"]).agg(pl.col("gpu_microseconds").sum())
+    over = set()
     for row in per_hour.sort(["entity", "gpu_model", "hour_start"]).iter_rows(named=True):
         entity = registry.entities.get(row["entity"])
         allowed = entity.allocated(row["gpu_model"], row["date"]) if entity else 0
         if row["gpu_microseconds"] > allowed * MICROSECONDS_PER_HOUR:
-            breaches.setdefault((row["entity"], row["gpu_model"]), set()).add(Breach.OVER_ALLOCATION)
-
-    for row in oversubscribed.iter_rows(named=True):
-        if row["oversubscribed_gpu_hours"]:
-            breaches.setdefault((row["entity"], row["gpu_model"]), set()).add(Breach.GPU_OVERSUBSCRIBED)
-
-    quarantined: dict[tuple[str, str], int] = {}
-    for row in quarantine.iter_rows(named=True):
-        key = (row["entity"], row["gpu_model"])
-        quarantined[key] = quarantined.get(key, 0) + int(row["gpu_microseconds"])
-        breach = _REASON_BREACH.get(row["reason_code"])
-        if breach is not None:
-            breaches.setdefault(key, set()).add(breach)
-
-    keys = sorted(set(capacity) | set(usage) | set(quarantined) | set(breaches))
-    rows = []
-    for key in keys:
-        used = usage.get(key, {"reported": 0, "attributed": 0, "busy": 0})
-        rows.append(
-            _judge(
-                ComplianceRow(
-                    period=month.period,
-                    entity=key[0],
-                    gpu_model=key[1],
-                    allocated_gpus=allocated_max.get(key, 0),
-                    capacity_microseconds=capacity.get(key, 0),
-                    reported_microseconds=int(used["reported"] or 0),
-                    attributed_microseconds=int(used["attributed"] or 0),
-                    busy_microseconds=int(used["busy"] or 0),
-                    quarantined_microseconds=quarantined.get(key, 0),
-                    breaches=tuple(sorted(breaches.get(key, set()))),
-                ),
-                registry,
-            )
-        )
-    return rows + _national(month, rows, registry)
+            over.add((row["entity"], row["gpu_model"]))
+    return over
 
 
 def _judge(row: ComplianceRow, registry: Registry) -> ComplianceRow:

@@ -6,7 +6,9 @@ Layout under ``<out>/<YYYY-MM>/`` (default ``<out>`` = ``<data-dir>/exports``)::
                                            attributed, unattributed, busy, idle, unreported GPU-hours),
                                            billed GPU-hours, usage / corrections / total KRW, VAT, statement no.
     finance/statement-<entity>.csv         the entity's billing lines (the ledger's columns)
-    finance/statement-<entity>.xlsx        the entity's monthly statement (see accounting/statements.py)
+    finance/statement-<entity>.xlsx|.pdf   the entity's monthly statement, 거래명세서 (accounting/statements.py)
+    finance/sub-accounts/statement-<entity>-<project>.csv|.xlsx|.pdf   a state-pool project's own statement
+    finance/sub-accounts.csv               one line per sub-account (they sum to their entity's statement)
     finance/programme-<YYYY-MM>.xlsx       one consolidated workbook: billing, usage, every line, terms
     auditor/README.md                      how to check the hashes and re-derive every total
     auditor/SHA256SUMS                     ``sha256sum -c`` input for every copied sealed file
@@ -17,13 +19,14 @@ Layout under ``<out>/<YYYY-MM>/`` (default ``<out>`` = ``<data-dir>/exports``)::
                                            close read, their SHA-256 as recorded at commit (accounting/rawpack.py)
 
 Invariants: only a sealed month is exported; every copied file is hashed while copied and
-must match its manifest entry (else :class:`IntegrityError`); money is exact — CSV carries the
-ledger's decimal strings, XLSX carries whole won as integers — and each entity's total equals
-the sum of its ledger lines. The billing truth is the ledger: amounts are its lines' whole-won
-``amount_krw`` summed; billed GPU-hours are its lines' exact ``gpu_microseconds`` summed and
-rounded once (half-even, 6 places) — the figure the manifest seals — so summary.csv, the
-statements, the programme workbook, the pack README and the manifest agree to the last digit.
-Every byte goes through :class:`Store`, never a bare ``open``.
+must match its manifest entry (else :class:`IntegrityError`); money is exact — whole won, as
+integers in XLSX — and each entity's total equals the sum of its ledger lines. The billing
+truth is the ledger: amounts are its lines' whole-won ``amount_krw`` summed; billed GPU-hours
+are its lines' exact ``gpu_microseconds`` summed and rounded once: to 6 places in the manifest
+and the pack README, to 2 places in what a person reads (summary.csv, the statements, the
+programme workbook: :mod:`accounting.figures`). Statement CSVs carry the ledger's own decimal
+strings. Every CSV is UTF-8 with a byte-order mark (Excel then shows Korean). Every byte goes
+through :class:`Store`, never a bare ``open``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -41,11 +44,14 @@ import polars as pl
 
 from accounting.billing import gpu_hours
 from accounting.errors import AccountingError
-from accounting.figures import EntityFigures, display_name, entity_figures, is_simulated, statement_number
+from accounting.figures import EntityFigures, entity_figures, is_simulated, shown_hours
 from accounting.rawpack import export_raw_events, raw_events_readme
 from accounting.registry import NATIONAL, Registry, RoundingRule
 from accounting.sealed import registry_copy_path, registry_for
-from accounting.statements import ProgrammeLine, StatementHeader, programme_xlsx, statement_xlsx, vat
+from accounting.statement_pdf import statement_pdf
+from accounting.statements import Statement, SubAccount, build_statement, sub_statement
+from accounting.templating import render
+from accounting.workbooks import ProgrammeLine, programme_xlsx, statement_xlsx
 from accounting.schemas import BILLING, COMPLIANCE
 from storage.dataset import Store
 from storage.errors import IntegrityError
@@ -145,22 +151,64 @@ def export_month(
     if period not in sealed_periods(store):
         raise ExportError(f"{period} is not closed (no manifest {relative_path(store, manifest_path(store, period))})")
     registry = registry_for(store, period, registry, explicit=registry_explicit)
-    sealed_registry_rel = relative_path(store, registry_copy_path(store, period))
     target = Path(out_dir) if out_dir is not None else Path(store.root) / "exports"
     pack = Store(target / period)
-
     manifest_bytes = store.read_bytes(manifest_path(store, period))
     manifest = _json(manifest_bytes)
-    sealed = {entry["path"]: entry for entry in manifest["files"]}
+    copied = _copy_sealed(store, pack, period, manifest_bytes, registry_file)
+    raw = export_raw_events(store, period, manifest, pack) if raw_events else []
+    pack.write_bytes_atomic(pack.path("auditor", "SHA256SUMS"), ("\n".join(sorted(copied.sums)) + "\n").encode())
 
-    auditor: list[str] = []
-    sums: list[str] = []
-    ledger_files = period_files(store, BILLING_DIR, period) + period_files(store, COMPLIANCE_DIR, period)
+    # the ledgers are read only once every copied byte matched the seal
+    billing = read_ledger(store, BILLING_DIR, period, BILLING)
+    compliance = read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE)
+    entities = sorted(set(billing["entity"].to_list()) | set(registry.entities if registry else ()))
+    totals = entity_totals(billing, entities)
+    manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+    # a month sealed before content_sha256 existed keeps the number it was issued with
+    ctx = _Finance(period, manifest_sha256, registry, is_simulated(store), manifest.get("content_sha256") or manifest_sha256)
+    finance = _write_finance(pack, ctx, billing, compliance, totals)
+
+    readme = render_readme(
+        period=period,
+        totals=totals,
+        rounding=ctx.rounding,
+        rounding_known=registry is not None,
+        has_usage=copied.has_usage,
+        usage_sealed=copied.usage_sealed,
+        has_compliance=compliance.height > 0,
+        signed=copied.signed,
+        manifest_totals=manifest.get("totals", {}),
+    )
+    if raw_events:
+        readme += raw_events_readme(period, manifest)
+    pack.write_bytes_atomic(pack.path("auditor", "README.md"), readme.encode())
+    auditor = sorted([*copied.files, *raw, "auditor/SHA256SUMS", "auditor/README.md"])
+    return ExportResult(period, target / period, tuple(finance), tuple(auditor), tuple(totals))
+
+
+@dataclass(frozen=True, slots=True)
+class _Copied:
+    files: tuple[str, ...]
+    sums: tuple[str, ...]  # SHA256SUMS lines of the copied files the manifest seals
+    has_usage: bool
+    usage_sealed: bool
+    signed: bool
+
+
+def _copy_sealed(store: Store, pack: Store, period: str, manifest_bytes: bytes, registry_file: Path | None) -> _Copied:
+    """Copy the period's ledgers, hourly usage, sealed registry, manifest (+ signature) to ``auditor/``,
+    hashing each file while copied: a ledger file that is not sealed, or any sealed file that does
+    not match its manifest entry, stops the export (:class:`IntegrityError`)."""
+    sealed = {entry["path"]: entry for entry in _json(manifest_bytes)["files"]}
     usage_files = period_files(store, USAGE_DIR, period)
     sealed_usage = [p for p in usage_files if p in sealed]
-    usage_to_copy = sealed_usage or usage_files
+    sealed_registry_rel = relative_path(store, registry_copy_path(store, period))
     registry_copy = [sealed_registry_rel] if sealed_registry_rel in sealed else []
-    for rel in ledger_files + usage_to_copy + registry_copy:
+    files: list[str] = []
+    sums: list[str] = []
+    ledger_files = period_files(store, BILLING_DIR, period) + period_files(store, COMPLIANCE_DIR, period)
+    for rel in ledger_files + (sealed_usage or usage_files) + registry_copy:
         data = store.read_bytes(store.path(rel))
         digest = hashlib.sha256(data).hexdigest()
         entry = sealed.get(rel)
@@ -169,59 +217,23 @@ def export_month(
         if entry is None and rel.startswith("ledgers/"):
             raise IntegrityError(f"{rel} is not sealed by the {period} manifest; run gpuledger verify")
         pack.write_bytes_atomic(pack.path("auditor", rel), data)
-        auditor.append(f"auditor/{rel}")
+        files.append(f"auditor/{rel}")
         if entry is not None:
             sums.append(f"{digest}  {rel}")
     manifest_rel = relative_path(store, manifest_path(store, period))
-    pack.write_bytes_atomic(pack.path("auditor", manifest_rel), manifest_bytes)
-    auditor.append(f"auditor/{manifest_rel}")
+    extra = {manifest_rel: manifest_bytes}
     signature = manifest_path(store, period) + SIGNATURE_SUFFIX
     signed = store.exists(signature)
     if signed:
-        pack.write_bytes_atomic(pack.path("auditor", manifest_rel + SIGNATURE_SUFFIX), store.read_bytes(signature))
-        auditor.append(f"auditor/{manifest_rel}{SIGNATURE_SUFFIX}")
+        extra[manifest_rel + SIGNATURE_SUFFIX] = store.read_bytes(signature)
     if registry_copy:  # the registry the close priced with, sealed (also at its sealed path)
-        pack.write_bytes_atomic(pack.path("auditor", "registry.toml"), store.read_bytes(store.path(sealed_registry_rel)))
-        auditor.append("auditor/registry.toml")
+        extra["registry.toml"] = store.read_bytes(store.path(sealed_registry_rel))
     elif registry_file is not None and Path(registry_file).exists():  # sealed before registries were
-        pack.write_bytes_atomic(pack.path("auditor", "registry.toml"), Path(registry_file).read_bytes())
-        auditor.append("auditor/registry.toml")
-    if raw_events:
-        auditor.extend(export_raw_events(store, period, manifest, pack))
-    pack.write_bytes_atomic(pack.path("auditor", "SHA256SUMS"), ("\n".join(sorted(sums)) + "\n").encode())
-    auditor.append("auditor/SHA256SUMS")
-
-    # the ledgers are read only once every copied byte matched the seal
-    billing = read_ledger(store, BILLING_DIR, period, BILLING)
-    compliance = read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE)
-    entities = sorted(set(billing["entity"].to_list()) | set(registry.entities if registry else ()))
-    totals = entity_totals(billing, entities)
-    finance = _write_finance(
-        pack,
-        _Finance(period, hashlib.sha256(manifest_bytes).hexdigest(), registry, is_simulated(store),
-                 # a month sealed before content_sha256 existed keeps the number it was issued with
-                 manifest.get("content_sha256") or hashlib.sha256(manifest_bytes).hexdigest()),
-        billing,
-        compliance,
-        totals,
-    )
-
-    readme = render_readme(
-        period=period,
-        totals=totals,
-        rounding=registry.rounding if registry else RoundingRule.TRUNCATE,
-        rounding_known=registry is not None,
-        has_usage=bool(usage_to_copy),
-        usage_sealed=bool(sealed_usage),
-        has_compliance=compliance.height > 0,
-        signed=signed,
-        manifest_totals=manifest.get("totals", {}),
-    )
-    if raw_events:
-        readme += raw_events_readme(period, manifest)
-    pack.write_bytes_atomic(pack.path("auditor", "README.md"), readme.encode())
-    auditor.append("auditor/README.md")
-    return ExportResult(period, target / period, tuple(finance), tuple(sorted(auditor)), tuple(totals))
+        extra["registry.toml"] = Path(registry_file).read_bytes()
+    for rel, data in extra.items():
+        pack.write_bytes_atomic(pack.path("auditor", rel), data)
+        files.append(f"auditor/{rel}")
+    return _Copied(tuple(files), tuple(sums), bool(usage_files), bool(sealed_usage), signed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,45 +256,61 @@ class _Finance:
 def _write_finance(
     pack: Store, ctx: _Finance, billing: pl.DataFrame, compliance: pl.DataFrame, totals: Sequence[EntityTotal]
 ) -> list[str]:
+    """summary.csv, per entity its statement (CSV, XLSX, PDF) and its sub-accounts', the programme workbook."""
     period = ctx.period
     figures = {f.entity: f for f in entity_figures(compliance, billing, ctx.registry)}
-    lines: list[ProgrammeLine] = []
-    for t in totals:
-        lines.append(
-            ProgrammeLine(
-                entity=t.entity,
-                display_name=display_name(ctx.registry, t.entity),
-                number=statement_number(period, t.entity, ctx.content_sha256),
-                billed_gpu_hours=t.gpu_hours,
-                usage_krw=t.usage_krw,
-                correction_krw=t.correction_krw,
-                vat_krw=vat(t.total_krw, ctx.vat_percent, ctx.rounding),
-            )
-        )
-    pack.write_bytes_atomic(pack.path("finance", "summary.csv"), _summary_csv(period, lines, figures).encode())
-    written = ["finance/summary.csv"]
-    ordered = billing.select(_STATEMENT_COLUMNS).sort(
-        "charge_class", "corrects_period", "project", "gpu_model", "rate_from", nulls_last=False
-    )
-    for total, line in zip(totals, lines, strict=True):
-        mine = ordered.filter(pl.col("entity") == total.entity)
-        base = f"statement-{_safe(total.entity)}"
-        header = StatementHeader(
-            period, total.entity, line.display_name, line.number, ctx.manifest_sha256, ctx.rounding,
-            ctx.vat_percent, ctx.simulated,
-        )
-        pack.write_bytes_atomic(pack.path("finance", f"{base}.csv"), mine.write_csv().encode())
-        pack.write_bytes_atomic(pack.path("finance", f"{base}.xlsx"), statement_xlsx(header, mine, total.gpu_hours))
-        written += [f"finance/{base}.csv", f"finance/{base}.xlsx"]
+    ordered = billing.sort("charge_class", "corrects_period", "project", "gpu_model", "rate_from", nulls_last=False)
+    statements = [
+        build_statement(period, t.entity, ordered.filter(pl.col("entity") == t.entity), registry=ctx.registry,
+                        manifest_sha256=ctx.manifest_sha256, content_sha256=ctx.content_sha256,
+                        simulated=ctx.simulated)
+        for t in totals
+    ]
+    lines = [_programme_line(s) for s in statements]
+    written = [_write(pack, "summary.csv", csv_bytes(_summary_rows(period, lines, figures)))]
+    for statement in statements:
+        written += _write_statement(pack, statement, ordered.filter(pl.col("entity") == statement.entity))
+    subs = [(s, sub) for s in statements for sub in s.sub_accounts]
+    if subs:
+        written.append(_write(pack, "sub-accounts.csv", csv_bytes(_sub_account_rows(period, subs))))
     national = [f for e, f in figures.items() if e in {t.entity for t in totals} or e == NATIONAL]
     workbook = programme_xlsx(
         period, ctx.manifest_sha256, lines, national,
         billing.sort("entity", "charge_class", "corrects_period", "project", "gpu_model", "rate_from", nulls_last=False),
         rounding=ctx.rounding, vat_percent=ctx.vat_percent, simulated=ctx.simulated,
     )
-    pack.write_bytes_atomic(pack.path("finance", f"programme-{period}.xlsx"), workbook)
-    written.append(f"finance/programme-{period}.xlsx")
+    written.append(_write(pack, f"programme-{period}.xlsx", workbook))
     return written
+
+
+def _write(pack: Store, name: str, data: bytes) -> str:
+    pack.write_bytes_atomic(pack.path("finance", *name.split("/")), data)
+    return f"finance/{name}"
+
+
+def _write_statement(pack: Store, statement: Statement, rows: pl.DataFrame) -> list[str]:
+    """``statement-<entity>.{csv,xlsx,pdf}``; each sub-account's under ``sub-accounts/``."""
+    base = f"statement-{_safe(statement.entity)}"
+    written = [
+        _write(pack, f"{base}.csv", csv_bytes(_frame_rows(rows.select(_STATEMENT_COLUMNS)))),
+        _write(pack, f"{base}.xlsx", statement_xlsx(statement)),
+        _write(pack, f"{base}.pdf", statement_pdf(statement)),
+    ]
+    for sub in statement.sub_accounts:
+        mine = sub_statement(statement, sub)
+        name = f"sub-accounts/{base}-{_safe(sub.project)}"
+        project_rows = rows.filter(pl.col("project") == sub.project).select(_STATEMENT_COLUMNS)
+        written += [
+            _write(pack, f"{name}.csv", csv_bytes(_frame_rows(project_rows))),
+            _write(pack, f"{name}.xlsx", statement_xlsx(mine)),
+            _write(pack, f"{name}.pdf", statement_pdf(mine)),
+        ]
+    return written
+
+
+def _programme_line(s: Statement) -> ProgrammeLine:
+    return ProgrammeLine(s.entity, s.display_name, s.number, s.billed_gpu_microseconds, s.usage_krw, s.correction_krw,
+                         s.vat_krw)
 
 
 _SUMMARY_HOURS = (
@@ -296,21 +324,52 @@ _SUMMARY_HOURS = (
 )
 
 
-def _summary_csv(period: str, lines: Sequence[ProgrammeLine], figures: dict[str, EntityFigures]) -> str:
-    """summary.csv: one row per entity in the one vocabulary, decimal strings exactly as the ledgers."""
+def csv_bytes(rows: Iterable[Sequence[str]]) -> bytes:
+    """CSV for a finance office: UTF-8 with a byte-order mark, so Excel opens Korean intact; CRLF-free."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return ("\ufeff" + out.getvalue()).encode("utf-8")
+
+
+def _frame_rows(frame: pl.DataFrame) -> list[list[str]]:
+    """A ledger frame's rows as the ledger's own decimal strings (nulls empty), header first."""
+    text = frame.with_columns(pl.all().cast(pl.String))
+    return [frame.columns, *[["" if v is None else v for v in row] for row in text.iter_rows()]]
+
+
+def _summary_rows(period: str, lines: Sequence[ProgrammeLine], figures: dict[str, EntityFigures]) -> list[list[str]]:
+    """summary.csv: one row per entity in the one vocabulary, one format per column: GPU-hours with 2
+    places (``0.00``, ``384.00``), won as whole numbers."""
     columns = ["period", "entity", "display_name", "statement_no", *_SUMMARY_HOURS, "billed_gpu_hours",
                "usage_krw", "correction_krw", "total_krw", "vat_krw", "total_with_vat_krw"]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    rows = [columns]
     for line in lines:
         f = figures.get(line.entity)
-        hours = [str(getattr(f, name)) if f is not None else "0" for name in _SUMMARY_HOURS]
+        hours = [_hours_cell(getattr(f, name) if f is not None else Decimal(0)) for name in _SUMMARY_HOURS]
         total = line.usage_krw + line.correction_krw
-        writer.writerow([period, line.entity, line.display_name, line.number, *hours, str(line.billed_gpu_hours),
-                         str(line.usage_krw), str(line.correction_krw), str(total), str(line.vat_krw),
-                         str(total + line.vat_krw)])
-    return out.getvalue()
+        rows.append([period, line.entity, line.display_name, line.number, *hours, _hours_cell(line.billed_hours_shown),
+                     _won_cell(line.usage_krw), _won_cell(line.correction_krw), _won_cell(total),
+                     _won_cell(line.vat_krw), _won_cell(total + line.vat_krw)])
+    return rows
+
+
+def _sub_account_rows(period: str, subs: Sequence[tuple[Statement, SubAccount]]) -> list[list[str]]:
+    """sub-accounts.csv: one row per sub-account; per entity they sum to its statement to the won."""
+    rows = [["period", "entity", "entity_statement_no", "project", "recipient", "statement_no", "billed_gpu_hours",
+             "subtotal_krw", "vat_krw", "total_krw"]]
+    for parent, sub in subs:
+        rows.append([period, parent.entity, parent.number, sub.project, sub.recipient_name, sub.number,
+                     _hours_cell(sub.billed_hours_shown), _won_cell(sub.subtotal_krw), _won_cell(sub.vat_krw),
+                     _won_cell(sub.total_krw)])
+    return rows
+
+
+def _hours_cell(value: Decimal) -> str:
+    return f"{shown_hours(value):.2f}"
+
+
+def _won_cell(value: Decimal) -> str:
+    return f"{value:.0f}" if value == value.to_integral_value() else str(value)
 
 
 def _safe(name: str) -> str:
@@ -350,190 +409,33 @@ def render_readme(
     signed: bool,
     manifest_totals: dict[str, str],
 ) -> str:
-    """The pack's README: checks an auditor runs from the pack directory, with expected results.
+    """The pack's README (``templates/auditor_readme.md.j2``): checks an auditor runs from the
+    pack directory, with expected results.
 
     Every ``sql`` block runs as it stands in DuckDB from the pack's root; the first returns the
     statement totals shown above it, each other returns no rows when everything agrees (a test
     runs them on an exported pack).
     """
-    billing = f"ledgers/billing/period={period}/*.parquet"
-    compliance = f"ledgers/compliance/period={period}/*.parquet"
-    usage = f"usage_hourly/period={period}/*/*.parquet"
-    table = "\n".join(
-        f"| {t.entity} | {t.gpu_hours} | {t.usage_krw} | {t.correction_krw} | {t.total_krw} |" for t in totals
-    )
-    grand = sum((t.total_krw for t in totals), Decimal(0))
     rule_note = (
         f"The registry's rounding rule for this close is **{rounding}**."
         if rounding_known
         else f"The export was not given the registry; the query assumes the sample rule **{rounding}**"
         " (see `registry.toml`, `[billing] rounding`, and pick the matching line below)."
     )
-    parts = [
-        f"# Auditor pack — gpuledger, period {period}",
-        "",
-        f"This pack holds the billing and compliance ledgers of the KST month {period}, the hourly",
-        "usage they were computed from, and the period's sealed manifest. Everything below runs",
-        "from this directory (the one holding this README).",
-        "",
-        "| path | what |",
-        "|---|---|",
-        f"| `manifests/{period}.json` | the seal: SHA-256, rows and Arrow schema of every file, the period's totals, the SHA-256 of the previous period's manifest (`previous`) |",
-        f"| `manifests/{period}.json.sig` | {'Ed25519 signature (64 raw bytes) over the manifest bytes' if signed else '(not signed: the operator sealed without a key)'} |",
-        "| `SHA256SUMS` | the manifest's hashes of the files in this pack, for `sha256sum -c` |",
-        "| `ledgers/billing/…` | billing lines: period × entity × project × GPU model × rate segment × charge class |",
-        "| `ledgers/compliance/…` | allocated / capacity / reported / busy / idle / unreported GPU-hours per entity × model |",
-        f"| `usage_hourly/…` | hourly usage per device ({'sealed by the manifest' if usage_sealed else 'copied as found: the manifest does not seal hourly usage'}) |",
-        "",
-        "## 1. Nothing was altered",
-        "",
-        "```sh",
-        "sha256sum -c SHA256SUMS",
-        f"sha256sum manifests/{period}.json   # equals previous.sha256 in the next period's manifest",
-    ]
-    if signed:
-        parts += [
-            "# with the operator's public key (PEM), OpenSSL 3:",
-            f"openssl pkeyutl -verify -pubin -inkey operator.pub.pem -rawin -in manifests/{period}.json -sigfile manifests/{period}.json.sig",
-        ]
-    parts += [
-        "```",
-        "",
-        "On the operator's data directory, `gpuledger verify --public-key operator.pub.pem` re-hashes",
-        "every sealed file of every period and walks the whole chain.",
-        "",
-        "## 2. Re-derive every total with DuckDB",
-        "",
-        "Run each query with the `duckdb` CLI or `python -c \"import duckdb; print(duckdb.sql('''…'''))\"`.",
-        "",
-        "### Statement totals per entity (KRW)",
-        "",
-        "Expected — the same figures as `../finance/summary.csv`, the statements and the manifest's",
-        "`totals` (`billed_gpu_hours.<entity>`, `amount_krw.<entity>`), to the last digit. Billed",
-        "GPU-hours are the lines' exact `gpu_microseconds` summed, then rounded once (half-even, 6",
-        "places): never the sum of the lines' already-rounded `gpu_hours`.",
-        "",
-        "| entity | billed_gpu_hours | usage_krw | correction_krw | total_krw |",
-        "|---|---|---|---|---|",
-        table,
-        "",
-        f"All entities together: **{grand} KRW**.",
-        "",
-        "```sql",
-        "WITH t AS (",
-        "    SELECT entity, sum(gpu_microseconds)::HUGEINT AS us,",
-        "           coalesce(sum(amount_krw) FILTER (WHERE charge_class = 'usage'), 0) AS usage_krw,",
-        "           coalesce(sum(amount_krw) FILTER (WHERE charge_class = 'correction'), 0) AS correction_krw,",
-        "           sum(amount_krw) AS total_krw",
-        f"    FROM read_parquet('{billing}')",
-        "    GROUP BY entity",
-        ")",
-        "SELECT entity,",
-        "       (us // 3600 + CASE WHEN us % 3600 > 1800 OR (us % 3600 = 1800 AND (us // 3600) % 2 = 1)",
-        "                          THEN 1 ELSE 0 END)::DECIMAL(24, 0) * 0.000001::DECIMAL(7, 6) AS billed_gpu_hours,",
-        "       usage_krw, correction_krw, total_krw",
-        "FROM t",
-        "ORDER BY entity;",
-        "```",
-        "",
-        "### Every line's amount from its usage and rate",
-        "",
-        "`amount_krw` is `gpu_microseconds × rate_krw_per_gpu_hour / 3,600,000,000` rounded once to",
-        f"whole won. {rule_note} The query is exact integer arithmetic (rate in hundredths of a won)",
-        "and returns the lines that disagree: expect **no rows**.",
-        "",
-        "```sql",
-        "WITH lines AS (",
-        "    SELECT *, gpu_microseconds::HUGEINT * CAST(rate_krw_per_gpu_hour * 100 AS HUGEINT) AS n",
-        f"    FROM read_parquet('{billing}')",
-        "), parts AS (",
-        "    SELECT *, abs(n) // 360000000000 AS q, abs(n) % 360000000000 AS r FROM lines",
-        ")",
-        "SELECT entity, project, gpu_model, charge_class, rate_from, amount_krw,",
-        f"       sign(n) * ({_ROUNDING_SQL[rounding]}) AS recomputed_krw",
-        "FROM parts",
-        f"WHERE amount_krw <> sign(n) * ({_ROUNDING_SQL[rounding]});",
-        "```",
-        "",
-        "Other rules: truncate → `q`; half_up → `q + (2r ≥ d)`; half_even → `q + (2r > d or (2r = d and q odd))`,",
-        "with `d = 360000000000`.",
-    ]
-    if has_usage:
-        parts += [
-            "",
-            "### Billed usage equals the hourly usage",
-            "",
-            "Usage lines bill every GPU-microsecond of hourly usage of a registered project (usage no",
-            "job could be attributed to is `unattributed`, never billed). Returns the differences:",
-            "expect **no rows**.",
-            "",
-            "```sql",
-            "WITH used AS (",
-            "    SELECT entity, project, gpu_model, sum(gpu_microseconds) AS used_us",
-            f"    FROM read_parquet('{usage}')",
-            "    WHERE project <> 'unattributed'",
-            "    GROUP BY entity, project, gpu_model",
-            "), billed AS (",
-            "    SELECT entity, project, gpu_model, sum(gpu_microseconds) AS billed_us",
-            f"    FROM read_parquet('{billing}')",
-            "    WHERE charge_class = 'usage'",
-            "    GROUP BY entity, project, gpu_model",
-            ")",
-            "SELECT * FROM used FULL OUTER JOIN billed USING (entity, project, gpu_model)",
-            "WHERE used_us IS DISTINCT FROM billed_us;",
-            "```",
-        ]
-    if has_usage and has_compliance:
-        parts += [
-            "",
-            "### Compliance hours from the hourly usage",
-            "",
-            "Reported, busy, attributed and unattributed GPU-hours per entity × model (hours are",
-            "micro-seconds / 3.6e9, rounded to 6 places). Returns the differences: expect **no rows**.",
-            "",
-            "```sql",
-            "WITH used AS (",
-            "    SELECT entity, gpu_model,",
-            "           sum(gpu_microseconds) AS reported_us,",
-            "           sum(busy_gpu_microseconds) AS busy_us,",
-            "           sum(gpu_microseconds) FILTER (WHERE project <> 'unattributed') AS attributed_us",
-            f"    FROM read_parquet('{usage}')",
-            "    GROUP BY entity, gpu_model",
-            ")",
-            "SELECT c.entity, c.gpu_model, c.reported_gpu_hours, u.reported_us, c.busy_gpu_hours, u.busy_us",
-            f"FROM read_parquet('{compliance}') AS c",
-            "JOIN used AS u USING (entity, gpu_model)",
-            "WHERE abs(c.reported_gpu_hours - u.reported_us / 3600000000.0) > 0.000001",
-            "   OR abs(c.busy_gpu_hours - u.busy_us / 3600000000.0) > 0.000001",
-            "   OR abs(c.attributed_gpu_hours - coalesce(u.attributed_us, 0) / 3600000000.0) > 0.000001",
-            "   OR abs(c.unattributed_gpu_hours - (u.reported_us - coalesce(u.attributed_us, 0)) / 3600000000.0) > 0.000001;",
-            "```",
-        ]
-    parts += [
-        "",
-        "## 3. The same with Polars",
-        "",
-        "```python",
-        "from decimal import Decimal, ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP",
-        "import polars as pl",
-        "",
-        f'billing = pl.read_parquet("{billing}")',
-        'totals = billing.group_by("entity").agg(pl.col("amount_krw").sum().alias("total_krw")).sort("entity")',
-        "print(totals)",
-        "",
-        f"rule = {_ROUNDING_PY[rounding]}  # the registry's [billing] rounding",
-        "for line in billing.iter_rows(named=True):",
-        '    exact = Decimal(line["gpu_microseconds"]) * line["rate_krw_per_gpu_hour"] / Decimal(3_600_000_000)',
-        '    assert exact.quantize(Decimal(1), rounding=rule) == line["amount_krw"], line',
-        "```",
-        "",
-        "## Manifest totals",
-        "",
-        "The manifest records these totals, as sealed by the close:",
-        "",
-        "```",
-        *[f"{k} = {v}" for k, v in sorted(manifest_totals.items())],
-        "```",
-        "",
-    ]
-    return "\n".join(parts)
+    return render(
+        "auditor_readme.md.j2",
+        period=period,
+        billing=f"ledgers/billing/period={period}/*.parquet",
+        compliance=f"ledgers/compliance/period={period}/*.parquet",
+        usage=f"usage_hourly/period={period}/*/*.parquet",
+        totals=totals,
+        grand=sum((t.total_krw for t in totals), Decimal(0)),
+        rule_note=rule_note,
+        rounding_sql=_ROUNDING_SQL[rounding],
+        rounding_py=_ROUNDING_PY[rounding],
+        has_usage=has_usage,
+        usage_sealed=usage_sealed,
+        has_compliance=has_compliance,
+        signed=signed,
+        manifest_totals=sorted(manifest_totals.items()),
+    )

@@ -14,6 +14,14 @@ Hours sums are exact: :func:`entity_figures` adds the ledger's decimals, and bil
 come from the lines' exact GPU-microseconds rounded once (half-even, 6 places), which is the
 figure the period's manifest seals, never a sum of already-rounded line hours.
 
+One precision for what a person reads (the CLI summary, the report, the statements in XLSX and
+PDF, ``summary.csv``): **money in whole won** (the ledger's amounts, each line rounded once by
+the registry's rule; totals are sums of lines, never re-rounded) and **GPU-hours to 2 places**
+(0.01 h = 36 GPU-seconds), half-even, rounded once: billed hours from the exact
+GPU-microseconds (:func:`shown_billed_hours`), compliance hours from the ledger's figure
+(:func:`shown_hours`). Machine files (the ledgers, the manifest, the statement CSVs of ledger
+lines, the auditor README) keep the ledger's 6 places.
+
 It also says whether a data directory holds simulated data (:func:`is_simulated`: the demo's
 marker file), and gives a period's KST span and a statement's number (from the manifest hash).
 """
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
 import polars as pl
@@ -69,6 +77,12 @@ class EntityFigures:
     unattributed_gpu_hours: Decimal = Decimal(0)
     billed_gpu_hours: Decimal = Decimal(0)  # Σ exact GPU-µs of the billing lines, rounded once
     display_name: str = ""
+    billed_gpu_microseconds: int = 0  # the exact usage behind billed_gpu_hours
+
+    @property
+    def billed_hours_shown(self) -> Decimal:
+        """Billed GPU-hours as every person-facing output shows them (2 places, from the µs)."""
+        return shown_billed_hours(self.billed_gpu_microseconds)
 
 
 def display_name(registry: Registry | None, entity: str) -> str:
@@ -126,6 +140,7 @@ def entity_figures(
                 unattributed_gpu_hours=acc["unattr"],
                 billed_gpu_hours=gpu_hours(micros.get(entity, 0)),
                 display_name=display_name(registry, entity),
+                billed_gpu_microseconds=micros.get(entity, 0),
             )
         )
     return out
@@ -176,6 +191,71 @@ def statement_number(period: str, entity: str, manifest_sha256: str) -> str:
     """
     code = "".join(c if c.isalnum() else "-" for c in entity).upper()
     return f"GL-{period.replace('-', '')}-{code}-{manifest_sha256[:8].upper()}"
+
+
+HOURS_SHOWN = Decimal("0.01")  # GPU-hours a person reads: 2 places (36 GPU-seconds)
+_MICROS_PER_HOUR = Decimal(3_600_000_000)
+
+
+def shown_hours(value: Decimal) -> Decimal:
+    """A ledger's GPU-hours figure (6 places) at the precision a person reads (half-even)."""
+    return value.quantize(HOURS_SHOWN, rounding=ROUND_HALF_EVEN)
+
+
+def shown_billed_hours(microseconds: int) -> Decimal:
+    """Exact GPU-microseconds as the GPU-hours a person reads, rounded once (never via 6 places)."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return (Decimal(microseconds) / _MICROS_PER_HOUR).quantize(HOURS_SHOWN, rounding=ROUND_HALF_EVEN)
+
+
+def hours_text(value: Decimal | None) -> str:
+    """``1,234.57``: GPU-hours as text, thousands separated (``-`` when there is no figure)."""
+    return "-" if value is None else f"{shown_hours(value):,.2f}"
+
+
+def won_text(value: Decimal) -> str:
+    """``1,234,567``: whole won as text (the ledger's amounts are whole won already)."""
+    if value != value.to_integral_value():
+        raise ValueError(f"{value} is not whole won")
+    return f"{value:,.0f}"
+
+
+def small_hours_text(value: Decimal, hours_word: str = "GPU-hours", seconds_word: str = "GPU-seconds") -> str:
+    """GPU-hours that may be a few seconds' worth: under one GPU-hour, the ledger's 6 places and the
+    GPU-seconds too; otherwise 2 places.
+
+    60 refused GPU-seconds are 0.016667 GPU-hours: "0.0 GPU-hours" would say nothing was refused,
+    and "0.02" would say 72 seconds.
+    """
+    if value and abs(value) < 1:
+        seconds = (value * 3600).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+        return f"{value.normalize():f} {hours_word} ({seconds:,} {seconds_word})"
+    return f"{hours_text(value)} {hours_word}"
+
+
+def apportion(total: Decimal, weights: list[Decimal]) -> list[Decimal]:
+    """Split whole-won ``total`` over ``weights`` so the parts are whole won and sum to ``total``.
+
+    Largest remainder: each part is floor(total × weight / Σ weights); the won left over go,
+    one each, to the largest remainders (ties to the earlier weight). Used for the VAT shares of
+    sub-account statements: rounding each share by itself could miss the entity's VAT by a won
+    per sub-account. All-zero weights give all-zero parts (then ``total`` must be 0).
+    """
+    whole = sum(weights, Decimal(0))
+    if not whole:
+        if total:
+            raise ValueError(f"cannot apportion {total} over zero weights")
+        return [Decimal(0)] * len(weights)
+    with localcontext() as ctx:
+        ctx.prec = 60
+        exact = [total * w / whole for w in weights]
+    floors = [e.to_integral_value(rounding=ROUND_FLOOR) for e in exact]
+    left = int(total - sum(floors, Decimal(0)))
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - floors[i]), i))
+    for i in order[:left]:
+        floors[i] += 1
+    return floors
 
 
 def pct(value: Decimal | None) -> str:

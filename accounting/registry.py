@@ -16,6 +16,12 @@ Invariants the rest of accounting relies on (and that break billing if violated)
 * every rate after discount is exact to 0.01 KRW, so the only rounding of money is the
   rule applied once per billing line;
 * ``unattributed`` and ``ALL`` are reserved names (never a project / never an entity).
+
+The parties of a Korean statement (거래명세서 / 청구서) are optional, so a registry without them
+stays valid: ``[supplier]`` (공급자: name, 사업자등록번호, address, representative, the payment
+account and the days to the due date), and on an entity or a project its 사업자등록번호,
+address and representative as the recipient (공급받는자). A 사업자등록번호 given is checked
+(``XXX-XX-XXXXX`` with its check digit); every problem is reported with the others.
 """
 
 from __future__ import annotations
@@ -86,11 +92,31 @@ class Allocation:
 
 
 @dataclass(frozen=True, slots=True)
+class Party:
+    """Who a statement names as supplier (공급자) or recipient (공급받는자); each field optional."""
+
+    name: str | None = None
+    business_number: str | None = None  # 사업자등록번호 XXX-XX-XXXXX (check digit verified)
+    address: str | None = None
+    representative: str | None = None  # 대표자
+
+
+@dataclass(frozen=True, slots=True)
+class Supplier:
+    """``[supplier]``: the party that issues the statements, and how it is paid."""
+
+    party: Party
+    payment_account: str | None = None  # 입금 계좌: bank, account number, holder
+    payment_due_days: int = 30  # due date = issue date (last KST day of the month) + these days
+
+
+@dataclass(frozen=True, slots=True)
 class Entity:
     name: str
     display_name: str
     state_pool: bool
     allocations: tuple[Allocation, ...]
+    recipient: Party = Party()
 
     def allocated(self, gpu_model: str, day: date) -> int:
         return sum(a.count for a in self.allocations if a.gpu_model == gpu_model and a.period.contains(day))
@@ -101,6 +127,7 @@ class Project:
     name: str
     entity: str
     project_class: str
+    recipient: Party = Party()  # a sub-account's own recipient details (name = display_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +164,7 @@ class Registry:
     rounding: RoundingRule
     thresholds: Thresholds
     vat_percent: Decimal = Decimal(10)  # [billing] vat_percent: VAT on statements (not in the ledger)
+    supplier: Supplier | None = None  # [supplier]: optional; statements say when it is not set
 
     def gpu_models(self) -> tuple[str, ...]:
         models = {a.gpu_model for e in self.entities.values() for a in e.allocations}
@@ -166,7 +194,8 @@ class Registry:
 # Loading and validation
 # --------------------------------------------------------------------------------------------
 
-_TOP_KEYS = {"billing", "compliance", "entities", "projects", "rates"}
+_TOP_KEYS = {"billing", "compliance", "entities", "projects", "rates", "supplier"}
+_PARTY_KEYS = {"business_number", "address", "representative"}
 
 
 def load_registry(path: str | Path) -> Registry:
@@ -204,6 +233,7 @@ def parse_registry(data: Mapping[str, Any], *, source: str) -> Registry:
     projects = _projects(v, data.get("projects"), entities)
     rates = _rates(v, data.get("rates"), entities)
     _check_rate_coverage(v, entities, rates)
+    supplier = _supplier(v, data.get("supplier"))
     if v.problems:
         raise RegistryError(source, v.problems)
     return Registry(
@@ -214,6 +244,7 @@ def parse_registry(data: Mapping[str, Any], *, source: str) -> Registry:
         rounding=rounding or RoundingRule.TRUNCATE,
         thresholds=thresholds,
         vat_percent=vat,
+        supplier=supplier,
     )
 
 
@@ -336,7 +367,7 @@ def _entities(v: _Validator, raw: Any) -> dict[str, Entity]:
         body = v.table(body, where)
         if body is None:
             continue
-        v.unknown_keys(body, {"display_name", "state_pool", "allocations"}, where)
+        v.unknown_keys(body, {"display_name", "state_pool", "allocations", *_PARTY_KEYS}, where)
         state_pool = body.get("state_pool", False)
         if not isinstance(state_pool, bool):
             v.problem(f"{where}.state_pool: must be true or false, got {state_pool!r}")
@@ -346,7 +377,8 @@ def _entities(v: _Validator, raw: Any) -> dict[str, Entity]:
             v.problem(f"{where}.display_name: must be a string")
             display = name
         allocations = _allocations(v, body.get("allocations", []), where)
-        entities[name] = Entity(name, display, state_pool, tuple(allocations))
+        recipient = _party(v, body, where, name=display)
+        entities[name] = Entity(name, display, state_pool, tuple(allocations), recipient)
     return entities
 
 
@@ -390,7 +422,7 @@ def _projects(v: _Validator, raw: Any, entities: Mapping[str, Entity]) -> dict[s
         body = v.table(body, where)
         if body is None:
             continue
-        v.unknown_keys(body, {"entity", "class", "display_name"}, where)
+        v.unknown_keys(body, {"entity", "class", "display_name", *_PARTY_KEYS}, where)
         entity = v.text(body.get("entity"), f"{where}.entity")
         if entity is not None and entity not in entities:
             v.problem(f"{where}.entity: unknown entity {entity!r}")
@@ -398,8 +430,10 @@ def _projects(v: _Validator, raw: Any, entities: Mapping[str, Entity]) -> dict[s
         if not isinstance(klass, str) or not klass:
             v.problem(f"{where}.class: must be a non-empty string, got {klass!r}")
             klass = COMMERCIAL
+        shown = v.text(body.get("display_name"), f"{where}.display_name", required=False)
+        recipient = _party(v, body, where, name=shown)
         if entity is not None:
-            projects[name] = Project(name, entity, klass)
+            projects[name] = Project(name, entity, klass, recipient)
     return projects
 
 
@@ -496,6 +530,43 @@ def _first_uncovered_day(need: Period, have: list[Period]) -> date | None:
     if need.end is not None and day > need.end:
         return None
     return day
+
+
+def business_number_problem(value: str) -> str | None:
+    """Why ``value`` is not a 사업자등록번호 (``XXX-XX-XXXXX``, National Tax Service check digit), or None."""
+    digits = value.replace("-", "")
+    if len(value) != 12 or value[3] != "-" or value[6] != "-" or len(digits) != 10 or not digits.isdigit():
+        return f"must be a 사업자등록번호 written XXX-XX-XXXXX (10 digits), got {value!r}"
+    d = [int(c) for c in digits]
+    total = sum(x * w for x, w in zip(d[:9], (1, 3, 7, 1, 3, 7, 1, 3, 5), strict=True)) + d[8] * 5 // 10
+    if (10 - total % 10) % 10 != d[9]:
+        return f"{value!r} fails the 사업자등록번호 check digit (a typo?)"
+    return None
+
+
+def _party(v: _Validator, body: Mapping[str, Any], where: str, *, name: str | None) -> Party:
+    number = v.text(body.get("business_number"), f"{where}.business_number", required=False)
+    if number is not None and (problem := business_number_problem(number)) is not None:
+        v.problem(f"{where}.business_number: {problem}")
+        number = None
+    address = v.text(body.get("address"), f"{where}.address", required=False)
+    representative = v.text(body.get("representative"), f"{where}.representative", required=False)
+    return Party(name, number, address, representative)
+
+
+def _supplier(v: _Validator, raw: Any) -> Supplier | None:
+    """``[supplier]`` (optional): name required when the table is there, the rest optional."""
+    table = v.table(raw, "supplier")
+    if table is None:
+        return None
+    v.unknown_keys(table, {"name", "payment_account", "payment_due_days", *_PARTY_KEYS}, "supplier")
+    name = v.text(table.get("name"), "supplier.name")
+    account = v.text(table.get("payment_account"), "supplier.payment_account", required=False)
+    days = table.get("payment_due_days", 30)
+    if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= 365:
+        v.problem(f"supplier.payment_due_days: must be a whole number of days from 0 to 365, got {days!r}")
+        days = 30
+    return Supplier(_party(v, table, "supplier", name=name), account, days)
 
 
 def _show(period: Period) -> str:

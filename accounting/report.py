@@ -1,21 +1,25 @@
 """The monthly report a person reads (``gpuledger report --month YYYY-MM``).
 
-From a closed month's compliance and billing ledgers it draws three PNG charts and one
+From a closed month's compliance and billing ledgers it draws four PNG charts and one
 self-contained HTML page (charts embedded as base64, tables inline, no network, printable on
 A4) under ``<out>/<YYYY-MM>/`` (default ``<out>`` = ``<data-dir>/reports``)::
 
     usage-by-entity.png        capacity split into busy / idle / unreported GPU-hours per entity
     utilisation-coverage.png   utilisation (busy / reported) and coverage (reported / capacity)
                                per entity, with the registry's thresholds when known
+    coverage-by-model.png      coverage per entity × GPU model, breaches in red (a model's breach
+                               stays visible where its entity's total hides it)
     top-projects.png           the ten projects with the most billed GPU-hours
     report.html                "GPU 사용 보고서": a "simulated data" banner when it is, the seal
-                               (manifest SHA-256 and verify status), the definitions, findings
-                               as sentences, nodes with reporting gaps, the tables, the charts
+                               (manifest SHA-256 and verify status), the definitions, breaches
+                               as sentences, per-model rows, nodes with reporting gaps, the charts
 
 The page speaks the one vocabulary of every gpuledger output (:data:`TERMS`): capacity,
 reported = busy + idle = attributed + unattributed (never billed), unreported, billed
 GPU-hours and amount. Entities appear by the registry's ``display_name``; breaches as
-sentences (:func:`findings`), never as bare codes.
+sentences (:func:`accounting.breaches.breaches`), never as bare codes. Charts of simulated
+data carry a watermark and a PNG ``Description`` saying so. Figures are shown at the one
+precision of :mod:`accounting.figures` (GPU-hours to 2 places, whole won).
 
 Korean text must render: matplotlib draws missing glyphs as empty boxes and only *warns*
 ("Glyph … missing from font(s)"), so every figure is saved under a warnings recorder and any
@@ -36,19 +40,19 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from accounting.billing import gpu_hours
 from accounting.errors import AccountingError
 from accounting.export import BILLING_DIR, COMPLIANCE_DIR, read_ledger
-from accounting.figures import EntityFigures, display_name, entity_figures, is_simulated
-from accounting.figures import pct as _pct
-from accounting.report_page import Page, render_html
+from accounting.figures import EntityFigures, display_name, entity_figures, hours_text, is_simulated, shown_billed_hours, won_text
+from accounting.figures import pct
+from accounting.breaches import Breach, breaches
+from accounting.report_page import ModelRow, NodeGap, Page, SealStatus, render_html
 from accounting.registry import NATIONAL, Registry, Thresholds
 from accounting.schemas import BILLING, COMPLIANCE
 from accounting.usage import parse_month
@@ -61,43 +65,10 @@ TOP_PROJECTS = 10
 MAX_GAP_NODES = 20
 _COLOURS = {"busy": "#2b6cb0", "idle": "#f6ad55", "unreported": "#a0aec0"}
 _KST = timedelta(hours=9)
+SIMULATED_DESCRIPTION = "SIMULATED DATA (gpuledger demo): not real usage, not an invoice"
 
 class ReportError(AccountingError):
     """The report cannot be drawn (no ledgers for the month, or Korean text would not render)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One breach of one entity × GPU model, said in Korean and English."""
-
-    entity: str
-    gpu_model: str
-    breach: str
-    korean: str
-    english: str
-
-
-@dataclass(frozen=True, slots=True)
-class NodeGap:
-    """A node that reported in the month but not in every hour of it (KST instants)."""
-
-    node: str
-    entity: str
-    gpu_model: str
-    missing_hours: int
-    longest_from: datetime  # first silent hour (KST, naive)
-    longest_to: datetime  # end of the longest silent stretch (exclusive)
-
-    @property
-    def longest_hours(self) -> int:
-        return int((self.longest_to - self.longest_from).total_seconds() // 3600)
-
-
-@dataclass(frozen=True, slots=True)
-class SealStatus:
-    manifest_sha256: str | None  # SHA-256 of the manifest file (what sha256sum prints)
-    verified: bool
-    detail: str  # one sentence, Korean and English
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +77,7 @@ class ReportResult:
     out_dir: Path
     files: tuple[str, ...]
     entities: tuple[EntityFigures, ...]
-    findings: tuple[Finding, ...] = ()
+    breaches: tuple[Breach, ...] = ()
     node_gaps: tuple[NodeGap, ...] = ()
     seal: SealStatus | None = None
     simulated: bool = False
@@ -120,83 +91,17 @@ def top_projects(billing: pl.DataFrame, limit: int = TOP_PROJECTS) -> list[tuple
         pair[0] += int(us)
         pair[1] += amount
     ranked = sorted(acc.items(), key=lambda item: (-item[1][0], item[0]))
-    return [(e, p, gpu_hours(us), a) for (e, p), (us, a) in ranked[:limit]]
+    return [(e, p, shown_billed_hours(us), a) for (e, p), (us, a) in ranked[:limit]]
 
 
-# -- findings: breaches as sentences ----------------------------------------------------------
-def findings(compliance: pl.DataFrame, registry: Registry | None = None) -> list[Finding]:
-    """Every breach of every entity × GPU model as a sentence (national rows: threshold breaches only)."""
-    thresholds = registry.thresholds if registry is not None else None
-    found = []
-    for row in compliance.sort("entity", "gpu_model").iter_rows(named=True):
-        for breach in row["breaches"] or []:
-            if row["entity"] == NATIONAL and breach not in ("under_use", "low_coverage"):
-                continue  # the union of the entities' own breaches, already said
-            korean, english = breach_sentence(breach, row, display_name(registry, row["entity"]), thresholds)
-            found.append(Finding(row["entity"], row["gpu_model"], breach, korean, english))
-    return sorted(found, key=lambda f: (f.entity == NATIONAL, f.entity, f.gpu_model, f.breach))
-
-
-def breach_sentence(breach: str, row: dict[str, Any], name: str, thresholds: Thresholds | None) -> tuple[str, str]:
-    """(Korean, English) sentence for one breach of one compliance-ledger row."""
-    model = row["gpu_model"]
-    gpus = row["allocated_gpus"] or 0
-    rep = row["reported_gpu_hours"] or Decimal(0)
-    unrep = row["unreported_gpu_hours"] or Decimal(0)
-    busy = row["busy_gpu_hours"] or Decimal(0)
-    quarantined = row.get("quarantined_gpu_hours") or Decimal(0)
-    where_ko, where_en = f"{name} · {model}", f"{name}, {model}"
-    if breach == "low_coverage":
-        rule, rule_en = _rule(thresholds.low_coverage_below if thresholds else None, row["coverage"])
-        return (
-            f"{where_ko}: 보고율 {_pct(row['coverage'])}로 기준 {rule} 미만입니다. 할당 {gpus:,} GPU 중 "
-            f"{unrep:,.0f} GPU·시간이 보고되지 않았습니다 (장애·정지 또는 수집기 없음).",
-            f"{where_en}: coverage {_pct(row['coverage'])} is below {rule_en}: {unrep:,.0f} GPU-hours of its "
-            f"{gpus:,} allocated GPUs reported nothing (down, stopped, or no collector).",
-        )
-    if breach == "under_use":
-        rule, rule_en = _rule(thresholds.under_use_below if thresholds else None, row["utilisation"])
-        return (
-            f"{where_ko}: 활용률 {_pct(row['utilisation'])}로 기준 {rule} 미만입니다. 보고된 {rep:,.0f} GPU·시간 중 "
-            f"가동은 {busy:,.0f} GPU·시간입니다.",
-            f"{where_en}: utilisation {_pct(row['utilisation'])} is below {rule_en}: {busy:,.0f} busy of "
-            f"{rep:,.0f} reported GPU-hours.",
-        )
-    if breach == "over_allocation":
-        return (
-            f"{where_ko}: 어떤 시간에는 할당된 {gpus:,} GPU보다 많은 GPU가 사용을 보고했습니다 (할당 초과).",
-            f"{where_en}: in some hours more GPUs reported usage than the {gpus:,} allocated (over allocation).",
-        )
-    if breach == "unregistered_entity":
-        return (
-            f"{where_ko}: 등록부에 없는 기관의 사용량 {quarantined:,.1f} GPU·시간이 거부되어 격리되었습니다.",
-            f"{where_en}: usage of an entity not in the registry was refused ({quarantined:,.1f} GPU-hours in quarantine).",
-        )
-    if breach == "unregistered_project":
-        return (
-            f"{where_ko}: 등록되지 않은(또는 다른 기관의) 프로젝트 사용량 {quarantined:,.1f} GPU·시간이 "
-            "거부되어 격리되었습니다. 등록부를 고친 뒤 quarantine replay로 다시 받을 수 있습니다.",
-            f"{where_en}: usage of projects not registered to it was refused ({quarantined:,.1f} GPU-hours in "
-            "quarantine); amend the registry and run quarantine replay.",
-        )
-    if breach == "gpu_oversubscribed":
-        return (
-            f"{where_ko}: 한 물리 GPU의 장치들이 한 시간보다 많은 GPU 시간을 보고했습니다 (수집기 점검 필요).",
-            f"{where_en}: the devices of one physical GPU reported more GPU-time than the hour has (check the collector).",
-        )
-    return f"{where_ko}: {breach}", f"{where_en}: {breach}"
-
-
-def _rule(threshold: Decimal | None, value: Decimal | None) -> tuple[str, str]:
-    """The threshold as said in a sentence; named only when it explains the breach.
-
-    The ledger records the breach, judged at close by the registry of that close; a report
-    drawn with another registry (whose threshold the value does not fall below) must not
-    name a threshold that did not decide it.
-    """
-    if threshold is None or value is None or value >= threshold:
-        return "마감 때 등록부의 기준", "the threshold of the registry it was closed with"
-    return f"{threshold * 100:.0f}%", f"{threshold * 100:.0f}%"
+def model_rows(compliance: pl.DataFrame, registry: Registry | None = None) -> list[ModelRow]:
+    """Every entity × GPU model of the compliance ledger (the national roll-up left out)."""
+    rows = compliance.filter(pl.col("entity") != NATIONAL).sort("entity", "gpu_model")
+    return [
+        ModelRow(display_name(registry, r["entity"]), r["gpu_model"], r["allocated_gpus"] or 0, r["coverage"],
+                 r["utilisation"], tuple(r["breaches"] or ()))
+        for r in rows.iter_rows(named=True)
+    ]
 
 
 # -- nodes with reporting gaps ----------------------------------------------------------------
@@ -289,13 +194,40 @@ def render_report(
         raise ReportError(f"no ledgers for {period}: close the month first (gpuledger close --month {period})")
     figures = entity_figures(compliance, billing, registry)
     projects = top_projects(billing)
-    said = findings(compliance, registry)
+    said = breaches(compliance, registry)
     gaps = node_gaps(store, period)
     seal = seal_status(store, period)
     simulated = is_simulated(store)
     target = Path(out_dir) if out_dir is not None else Path(store.root) / "reports"
     pack = Store(target / period)
 
+    charts = _draw_charts(period, figures, model_rows(compliance, registry), projects,
+                          registry.thresholds if registry else None, simulated)
+    files = []
+    for name, data in charts.items():
+        pack.write_bytes_atomic(pack.path(name), data)
+        files.append(name)
+    page = render_html(
+        Page(period, figures, projects, charts, said, gaps, seal, simulated, registry.thresholds if registry else None,
+             {f.entity: f.display_name for f in figures}, model_rows(compliance, registry))
+    )
+    from matplotlib import font_manager
+
+    page = page.replace("</head>", f"<style>{_font_faces(font_manager, _page_text(page))}</style>\n</head>", 1)
+    pack.write_bytes_atomic(pack.path("report.html"), page.encode())
+    files.append("report.html")
+    return ReportResult(period, target / period, tuple(files), tuple(figures), tuple(said), tuple(gaps), seal, simulated)
+
+
+def _draw_charts(
+    period: str,
+    figures: Sequence[EntityFigures],
+    models: Sequence[ModelRow],
+    projects: Sequence[tuple[str, str, Decimal, Decimal]],
+    thresholds: Thresholds | None,
+    simulated: bool,
+) -> dict[str, bytes]:
+    """The report's PNGs, Korean in NanumGothic; each marked when the data is simulated."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -303,24 +235,26 @@ def render_report(
 
     _load_korean_font(font_manager)
     per_entity = [f for f in figures if f.entity != NATIONAL]
-    thresholds = registry.thresholds if registry else None
+    drawn = {
+        "usage-by-entity.png": lambda: _usage_chart(pyplot, period, per_entity),
+        "utilisation-coverage.png": lambda: _ratio_chart(pyplot, period, per_entity, thresholds),
+        "coverage-by-model.png": lambda: _model_chart(pyplot, period, models, thresholds),
+        "top-projects.png": lambda: _projects_chart(pyplot, period, projects),
+    }
     charts = {}
     with matplotlib.rc_context({"font.family": FONT_FAMILY, "axes.unicode_minus": False}):
-        charts["usage-by-entity.png"] = _save(pyplot, _usage_chart(pyplot, period, per_entity))
-        charts["utilisation-coverage.png"] = _save(pyplot, _ratio_chart(pyplot, period, per_entity, thresholds))
-        charts["top-projects.png"] = _save(pyplot, _projects_chart(pyplot, period, projects))
-    files = []
-    for name, data in charts.items():
-        pack.write_bytes_atomic(pack.path(name), data)
-        files.append(name)
-    page = render_html(
-        Page(period, figures, projects, charts, said, gaps, seal, simulated, thresholds,
-              {f.entity: f.display_name for f in figures})
-    )
-    page = page.replace("</head>", f"<style>{_font_faces(font_manager, _page_text(page))}</style>\n</head>", 1)
-    pack.write_bytes_atomic(pack.path("report.html"), page.encode())
-    files.append("report.html")
-    return ReportResult(period, target / period, tuple(files), tuple(figures), tuple(said), tuple(gaps), seal, simulated)
+        for name, draw in drawn.items():
+            figure = draw()
+            if simulated:
+                _mark_simulated(figure)
+            charts[name] = _save(pyplot, figure, simulated)
+    return charts
+
+
+def _mark_simulated(figure: Any) -> None:
+    """A diagonal watermark across the chart: a PNG copied out of the report still says it."""
+    figure.text(0.5, 0.5, "모의 데이터 · SIMULATED", fontsize=34, color="#c53030", alpha=0.18, rotation=20,
+                ha="center", va="center", transform=figure.transFigure, zorder=100)
 
 
 # -- fonts and saving -----------------------------------------------------------------------
@@ -381,11 +315,12 @@ def _font_faces(font_manager: Any, text: str) -> str:
     return "\n".join(faces)
 
 
-def _save(pyplot: Any, figure: Any) -> bytes:
+def _save(pyplot: Any, figure: Any, simulated: bool = False) -> bytes:
     buffer = io.BytesIO()
+    metadata = {"Software": None, "Description": SIMULATED_DESCRIPTION if simulated else None}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata=metadata)
     pyplot.close(figure)
     missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
     if missing:
@@ -468,9 +403,35 @@ def _projects_chart(pyplot: Any, period: str, projects: Sequence[tuple[str, str,
     axes.barh(labels, hours, color="#805ad5")
     axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:,.0f}"))
     for y, (_, _, h, amount) in enumerate(projects):
-        axes.text(float(h), y, f"  {h:,.1f} h · {amount:,.0f} 원", va="center", fontsize=8)
+        axes.text(float(h), y, f"  {hours_text(h)} h · {won_text(amount)} 원", va="center", fontsize=8)
     axes.invert_yaxis()
     axes.set_xlabel("청구 GPU·시간 (billed GPU-hours)")
     axes.set_title(f"{period} 상위 프로젝트 (청구 GPU·시간)")
     axes.margins(x=0.3)
+    return figure
+
+
+def _model_chart(pyplot: Any, period: str, models: Sequence[ModelRow], thresholds: Thresholds | None) -> Any:
+    """Coverage per entity × GPU model: a model below the threshold shows even when its entity's
+    total (weighted by the other models) is above it. A breached row is red and says why."""
+    figure, axes = pyplot.subplots(figsize=(10, 0.38 * max(len(models), 3) + 1.6))
+    labels = [f"{m.name} · {m.gpu_model.removeprefix('NVIDIA ')}" for m in models]
+    cover = [float(m.coverage or 0) * 100 for m in models]
+    colours = ["#c53030" if "low_coverage" in m.breaches else "#38a169" for m in models]
+    bars = axes.barh(labels, cover, color=colours)
+    texts = [("–" if m.coverage is None else pct(m.coverage)) + (" 위반 (breach)" if "low_coverage" in m.breaches else "")
+             for m in models]
+    axes.bar_label(bars, labels=texts, fontsize=7, padding=2)
+    if thresholds is not None:
+        axes.axvline(float(thresholds.low_coverage_below) * 100, color="#c53030", linestyle=":", linewidth=1,
+                     label=f"보고율 기준 {thresholds.low_coverage_below * 100:.0f}%")
+        axes.legend(fontsize=8, loc="lower right")
+    axes.invert_yaxis()
+    axes.tick_params(axis="y", labelsize=7)
+    # the axis starts near the lowest bar or rule, so 97.8 % beside 100 % is visibly shorter
+    floor = min([*cover, float(thresholds.low_coverage_below) * 100 if thresholds else 100.0])
+    start = max(0.0, 5 * ((floor - 3) // 5))
+    axes.set_xlim(start, 100 + (100 - start) * 0.22)
+    axes.set_xlabel(f"보고율 % (보고 ÷ 할당 용량, coverage){'' if start == 0 else f' · 축은 {start:.0f}%부터 (axis from {start:.0f}%)'}")
+    axes.set_title(f"{period} GPU 모델별 보고율 (coverage per GPU model)")
     return figure

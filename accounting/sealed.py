@@ -50,16 +50,20 @@ def canonical_registry(registry: Registry) -> str:
         f"under_use_below = {_d(registry.thresholds.under_use_below)}",
         f"low_coverage_below = {_d(registry.thresholds.low_coverage_below)}",
     ]
+    out += _supplier(registry)
     for name in sorted(registry.entities):
         entity = registry.entities[name]
         out += ["", f"[entities.{_s(name)}]", f"display_name = {_s(entity.display_name)}",
-                f"state_pool = {'true' if entity.state_pool else 'false'}"]
+                f"state_pool = {'true' if entity.state_pool else 'false'}", *_party(entity.recipient)]
         for alloc in sorted(entity.allocations, key=lambda a: (a.gpu_model, a.period.start)):
             out += [f"[[entities.{_s(name)}.allocations]]", f"gpu_model = {_s(alloc.gpu_model)}",
                     f"count = {alloc.count}", *_period(alloc.period)]
     for name in sorted(registry.projects):
         project = registry.projects[name]
         out += ["", f"[projects.{_s(name)}]", f"entity = {_s(project.entity)}", f"class = {_s(project.project_class)}"]
+        if project.recipient.name is not None:
+            out.append(f"display_name = {_s(project.recipient.name)}")
+        out += _party(project.recipient)
     for card in sorted(registry.rates, key=lambda c: (c.entity, c.gpu_model, c.period.start)):
         discounts = ", ".join(f"{_s(k)} = {_d(v)}" for k, v in sorted(card.discounts.items()))
         out += ["", "[[rates]]", f"entity = {_s(card.entity)}", f"gpu_model = {_s(card.gpu_model)}",
@@ -139,6 +143,24 @@ def registry_differences(sealed: Registry, other: Registry, limit: int = 4) -> l
     if len(out) > limit:
         out = [*out[:limit], f"and {len(out) - limit} more"]
     return out
+
+
+def _party(party) -> list[str]:  # noqa: ANN001 - accounting.registry.Party
+    """A statement party's optional fields, only those given: a registry without them keeps the
+    canonical bytes (and so the seal) it had before they existed."""
+    fields = (("business_number", party.business_number), ("address", party.address),
+              ("representative", party.representative))
+    return [f"{key} = {_s(value)}" for key, value in fields if value is not None]
+
+
+def _supplier(registry: Registry) -> list[str]:
+    supplier = registry.supplier
+    if supplier is None:
+        return []
+    out = ["", "[supplier]", f"name = {_s(supplier.party.name)}", *_party(supplier.party)]
+    if supplier.payment_account is not None:
+        out.append(f"payment_account = {_s(supplier.payment_account)}")
+    return [*out, f"payment_due_days = {supplier.payment_due_days}"]
 
 
 def _period(period) -> Iterable[str]:  # noqa: ANN001 - accounting.registry.Period

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gpuledger import __version__, cli_accounting, cli_audit, cli_collect
+from gpuledger import __version__, cli_accounting, cli_audit, cli_collect, cli_offsets
 from gpuledger.cli_common import (
     BusOpt,
     DataDirOpt,
@@ -495,6 +495,7 @@ def _progress() -> Progress:
 cli_collect.register(app)
 cli_accounting.register(app)
 cli_audit.register(app)
+cli_offsets.register(app)
 
 
 def main() -> None:

@@ -65,6 +65,19 @@ class KafkaSettings(_Section):
     # few seconds (docs/BENCHMARKS.md); 10 min leaves room for slow storage, and a stuck
     # member is still evicted. Kafka's own default is 5 min.
     max_poll_interval_ms: int = Field(default=600_000, ge=10_000)
+    # How long the group waits for a member that stopped answering (killed, frozen, paused by
+    # a GC or a VM stall) before it hands the member's partitions on (Kafka's
+    # session.timeout.ms). Shorter: faster take-over; longer: fewer needless rebalances. The
+    # broker refuses values outside its group.min/max.session.timeout.ms (6 s to 30 min).
+    session_timeout_ms: int = Field(default=10_000, ge=1_000, le=1_800_000)
+
+    @model_validator(mode="after")
+    def _session_within_poll_interval(self) -> KafkaSettings:
+        if self.session_timeout_ms > self.max_poll_interval_ms:
+            raise ValueError(
+                f"session_timeout_ms={self.session_timeout_ms} must not exceed max_poll_interval_ms={self.max_poll_interval_ms}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:

@@ -17,9 +17,9 @@ from rich import box
 from rich.table import Table
 
 from accounting.export import BILLING_DIR, COMPLIANCE_DIR, read_ledger
-from accounting.figures import EntityFigures, entity_figures, is_simulated, pct
+from accounting.figures import EntityFigures, entity_figures, hours_text, is_simulated, pct, won_text
 from accounting.registry import NATIONAL, Registry
-from accounting.report import findings
+from accounting.breaches import breaches
 from accounting.schemas import BILLING, COMPLIANCE
 from gpuledger.cli_common import out
 from storage.dataset import Store
@@ -60,8 +60,8 @@ def print_close_summary(store: Store, period: str, result: Any = None, *, regist
             _h(f.reported_gpu_hours),
             _h(f.attributed_gpu_hours),
             _h(f.unattributed_gpu_hours),
-            _h(f.billed_gpu_hours),
-            f"{f.amount_krw:,.0f}",
+            _h(f.billed_hours_shown),
+            won_text(f.amount_krw),
         )
     out.print(usage)
     out.print(
@@ -74,15 +74,16 @@ def print_close_summary(store: Store, period: str, result: Any = None, *, regist
     out.print(billing)
     out.print(
         "reported = attributed + unattributed. ¹unattributed: no job found, counted but never billed.\n"
-        "billed h = attributed usage + corrections; amount = Σ of the billing ledger's lines (whole won).",
+        "billed h = attributed usage + corrections; amount = Σ of the billing ledger's lines (whole won).\n"
+        "GPU-hours to 2 places, amounts in whole won: the same figures as the report and the statements.",
         soft_wrap=True,
         highlight=False,
     )
-    said = findings(read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE), registry)
+    said = breaches(read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE), registry)
     if said:
         out.print(f"breaches ({len(said)}):", highlight=False)
-        for finding in said:
-            out.print(f"  - {finding.english}", soft_wrap=True, highlight=False)
+        for breach in said:
+            out.print(f"  - {breach.english}", soft_wrap=True, highlight=False)
     else:
         out.print("breaches: none", highlight=False)
     where = [
@@ -104,4 +105,5 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
 
 
 def _h(value: Decimal | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+    """GPU-hours at the one precision of every output (accounting.figures: 2 places)."""
+    return hours_text(value)

@@ -104,18 +104,7 @@ class DeltaDataset:
         """Live files whose ``column`` statistics may hold a value in ``[lo, hi)`` (a file
         without statistics is kept): pruning by the log, no file is opened."""
         table = self.table()
-        if table is None:
-            return []
-        actions = pa.table(table.get_add_actions(flatten=True))
-        paths = actions.column("path").to_pylist()
-        if f"min.{column}" not in actions.column_names:
-            return sorted(paths)
-        mins = actions.column(f"min.{column}").to_pylist()
-        maxs = actions.column(f"max.{column}").to_pylist()
-        return sorted(
-            p for p, a, b in zip(paths, mins, maxs, strict=True)
-            if a is None or b is None or (a < hi and b >= lo)
-        )
+        return [] if table is None else _files_overlapping(table, column, lo, hi)
 
     def transaction_version(self, app_id: str) -> int | None:
         """The version last committed for ``app_id`` (for a Kafka partition: its last offset).
@@ -166,31 +155,18 @@ class DeltaDataset:
         # against: refreshing here would hide a concurrent commit of the same app id
         table = self.table(refresh=False)
         assert table is not None
-        now_ms = int(time.time() * 1000)
-        actions: list[AddAction | RemoveAction] = [
-            AddAction(f.path, f.size_bytes, {}, now_ms, data_change, _stats_json(f))
-            for f in adds
-        ]
-        actions.extend(
-            RemoveAction(path=p, data_change=data_change, deletion_timestamp=now_ms)
-            for p in removes
-        )
-        meta = {FILES_METADATA_KEY: json.dumps({f.path: {"sha256": f.sha256, "rows": f.rows} for f in adds})}
-        meta.update(metadata or {})
-        props = CommitProperties(
-            custom_metadata=meta,
-            max_commit_retries=max_retries,
-            app_transactions=[Transaction(app, int(v)) for app, v in sorted((txns or {}).items())] or None,
-        )
         try:
-            table.create_write_transaction(actions, "append", self.schema, commit_properties=props)
-        except CommitFailedError as exc:
+            _commit(table, self.uri, self.schema, adds, removes, txns, data_change, max_retries, metadata)
+        except StorageError:
             self._table = None
-            raise CommitConflict(f"commit to {self.uri} conflicted with another writer: {brief(exc)}") from exc
-        except (DeltaError, OSError) as exc:
-            self._table = None
-            raise StorageError(f"cannot commit to {self.uri}: {_why(exc)}") from exc
+            raise
         return self.version()
+
+    def pinned(self) -> PinnedTable:
+        """A snapshot of this table at its newest version that only its holder moves (see
+        :class:`PinnedTable`); the table is created if missing."""
+        self.create_if_missing()
+        return PinnedTable(self)
 
     def files_and_version(self) -> tuple[list[str], int]:
         """The files and the version of one snapshot (a close pins both at once)."""
@@ -226,6 +202,137 @@ class DeltaDataset:
         return list(
             table.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False)
         )
+
+
+class PinnedTable:
+    """One version of one table, held for one unit of work (a consumer's batch).
+
+    Reads (:meth:`transaction_version`, :meth:`files_overlapping`) answer for :attr:`version`
+    only, and :meth:`commit` is checked by delta-rs against that same version: a commit of the
+    same app id made by anyone after it (another member's, for a partition that moved) makes
+    this commit fail with :class:`CommitConflict`, however much the table moved meanwhile.
+    Nothing but :meth:`advance`, called by the holder between units of work, moves it; no other
+    object shares its ``DeltaTable`` (the dataset's own snapshot is refreshed by every read).
+
+    Cost: :meth:`advance` reads only the log entries written since the last unit of work (one
+    listing of ``_delta_log`` and one small JSON object per new commit); the first one reads the
+    log from its newest checkpoint, as opening the table does.
+    """
+
+    def __init__(self, dataset: DeltaDataset):
+        self._dataset = dataset
+        self._table: DeltaTable | None = None
+        self._spent = False
+
+    @property
+    def uri(self) -> str:
+        return self._dataset.uri
+
+    def advance(self) -> int:
+        """Move to the newest version (only between units of work); returns it."""
+        try:
+            if self._table is None:
+                self._table = DeltaTable(self._dataset.uri, storage_options=self._dataset._options or None)
+            else:
+                self._table.update_incremental()
+        except (DeltaError, OSError) as exc:
+            self._table = None
+            raise StorageError(
+                f"cannot read the Delta log of {self._dataset.uri}: {_why(exc)} (a damaged _delta_log entry: "
+                "restore the table's _delta_log from a backup)"
+            ) from exc
+        self._spent = False
+        return self._table.version()
+
+    def _pinned(self) -> DeltaTable:
+        if self._table is None:
+            self.advance()
+        assert self._table is not None
+        return self._table
+
+    @property
+    def version(self) -> int:
+        return self._pinned().version()
+
+    def transaction_version(self, app_id: str) -> int | None:
+        """What the pinned version records for ``app_id`` (a partition's last stored offset)."""
+        return self._pinned().transaction_version(app_id)
+
+    def files_overlapping(self, column: str, lo: object, hi: object) -> list[str]:
+        """As :meth:`DeltaDataset.files_overlapping`, at the pinned version."""
+        return _files_overlapping(self._pinned(), column, lo, hi)
+
+    def commit(
+        self,
+        adds: Sequence[NewFile],
+        *,
+        txns: Mapping[str, int] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        max_retries: int = 20,
+    ) -> None:
+        """One commit checked against the pinned version (one per unit of work: the next
+        needs :meth:`advance`, so no commit is ever checked against a version it did not read).
+        On :class:`CommitConflict` the pin is dropped and the next :meth:`advance` re-reads."""
+        if self._spent:
+            raise StorageError(f"one commit per pinned version of {self._dataset.uri}: advance first")
+        if not adds and not txns:
+            return
+        table = self._pinned()
+        self._spent = True
+        try:
+            _commit(table, self._dataset.uri, self._dataset.schema, adds, (), txns, True, max_retries, metadata)
+        except StorageError:
+            self._table = None
+            raise
+
+
+def _files_overlapping(table: DeltaTable, column: str, lo: object, hi: object) -> list[str]:
+    actions = pa.table(table.get_add_actions(flatten=True))
+    paths = actions.column("path").to_pylist()
+    if f"min.{column}" not in actions.column_names:
+        return sorted(paths)
+    mins = actions.column(f"min.{column}").to_pylist()
+    maxs = actions.column(f"max.{column}").to_pylist()
+    return sorted(
+        p for p, a, b in zip(paths, mins, maxs, strict=True)
+        if a is None or b is None or (a < hi and b >= lo)
+    )
+
+
+def _commit(
+    table: DeltaTable,
+    uri: str,
+    schema: pa.Schema,
+    adds: Sequence[NewFile],
+    removes: Sequence[str],
+    txns: Mapping[str, int] | None,
+    data_change: bool,
+    max_retries: int,
+    metadata: Mapping[str, str] | None,
+) -> None:
+    """One Delta commit built on ``table``'s snapshot (the version its conflicts are checked from)."""
+    now_ms = int(time.time() * 1000)
+    actions: list[AddAction | RemoveAction] = [
+        AddAction(f.path, f.size_bytes, {}, now_ms, data_change, _stats_json(f))
+        for f in adds
+    ]
+    actions.extend(
+        RemoveAction(path=p, data_change=data_change, deletion_timestamp=now_ms)
+        for p in removes
+    )
+    meta = {FILES_METADATA_KEY: json.dumps({f.path: {"sha256": f.sha256, "rows": f.rows} for f in adds})}
+    meta.update(metadata or {})
+    props = CommitProperties(
+        custom_metadata=meta,
+        max_commit_retries=max_retries,
+        app_transactions=[Transaction(app, int(v)) for app, v in sorted((txns or {}).items())] or None,
+    )
+    try:
+        table.create_write_transaction(actions, "append", schema, commit_properties=props)
+    except CommitFailedError as exc:
+        raise CommitConflict(f"commit to {uri} conflicted with another writer: {brief(exc)}") from exc
+    except (DeltaError, OSError) as exc:
+        raise StorageError(f"cannot commit to {uri}: {_why(exc)}") from exc
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

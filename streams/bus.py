@@ -11,14 +11,20 @@ Contract every implementation keeps:
   refused line as a JSON object (``source``, ``reason_code``, ``reason``, ``raw``: made by
   :func:`streams.consumer.quarantine_envelope`);
 * ``key`` is the node name, so one node's messages stay in order in one partition;
-* a consumer's position moves only through :meth:`Consumer.commit`, which the consumer loop
-  calls after the batch is durably written; a consumer that restarts resumes at the last
-  commit and sees the uncommitted records again (at-least-once; the offsets stored with the
-  rows, ``streams.pipeline``, make it exactly-once);
-* the loop writes and commits each batch before it polls again, and ``on_revoke`` is told
-  which partitions left; a member whose batch outlasts ``max_poll_interval_ms`` can still lose
-  its partitions mid-batch (its commit is then refused, and storage's offsets keep the next
-  owner from storing the batch twice).
+* what storage committed is the truth, the bus's own position a hint: a consumer given a
+  :class:`RebalanceListener` (:meth:`Consumer.listen`) asks it, at start and on every
+  assignment, where each partition resumes (storage's stored offset + 1), seeks there,
+  commits that offset to the bus's group (so the bus's lag tools tell the truth), and names a
+  group position it overrode. A stored offset beyond the partition's log end (a topic
+  re-created, offsets restarted) raises :class:`~streams.errors.StoredOffsetBeyondLog`: never
+  a silent skip;
+* otherwise a consumer's position moves only through :meth:`Consumer.commit`, which the
+  consumer loop calls after the batch is durably written;
+* the loop writes and commits each batch before it polls again. Records of a partition
+  revoked while a batch is being polled are not handed out. A member that stops answering
+  mid-batch (a GC pause, a frozen VM, a write past the session timeout) can still lose its
+  partitions unseen: its Delta commit is then refused (``streams.checkpoint``), and its bus
+  commit too.
 """
 
 from __future__ import annotations
@@ -55,8 +61,27 @@ class Producer(Protocol):
         """Flush and release connections."""
 
 
+class RebalanceListener(Protocol):
+    """What a consumer tells about its partitions (the stream consumer implements it)."""
+
+    def on_assign(self, partitions: Sequence[int]) -> Mapping[int, int]:
+        """``partitions`` were just assigned (at start, or by a rebalance). Returns, per
+        partition, the next offset to read as storage says (its stored offset + 1); a
+        partition left out has nothing stored and starts at the beginning of its log."""
+
+    def on_revoke(self, partitions: Sequence[int]) -> None:
+        """``partitions`` left this member; nothing of them is handed out after this."""
+
+
 class Consumer(Protocol):
     """Reads one topic in a consumer group; position moves only on commit."""
+
+    topic: str
+
+    def listen(self, listener: RebalanceListener) -> None:
+        """Follow assignments with ``listener``: at once for what is assigned now (the local
+        bus: partition 0), then on every rebalance. Each partition is sought to the offset
+        ``on_assign`` returns and that offset is committed to the group."""
 
     def poll_batch(self, max_records: int, timeout_s: float) -> list[BusRecord]:
         """Up to ``max_records`` records after the current position; ``[]`` when idle."""
@@ -75,6 +100,16 @@ class Consumer(Protocol):
 
 
 RevokeCallback = Callable[[Sequence[int]], None]
+
+
+def offset_beyond_log(topic: str, partition: int, stored: int, log_end: int, bus: str) -> str:
+    """The one line that stops a partition whose stored offset the log does not reach."""
+    return (
+        f"partition {partition} of {topic}: storage holds it up to offset {stored}, but the {bus} bus's log "
+        f"ends at offset {log_end} (the topic was re-created or its offsets restarted); nothing of it is read. "
+        f"If so, re-base it deliberately (recorded in raw's history): gpuledger offsets rebase "
+        f"--topic {topic} --partition {partition} --to <first offset to read, e.g. 0> --reason '<why>'"
+    )
 
 
 class Bus(Protocol):

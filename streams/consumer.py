@@ -9,10 +9,17 @@ Order per batch, which is what makes a crash harmless:
 4. offsets are committed to the bus — advisory: a crash before this replays the batch, and
    the offsets stored with the rows make the replay a no-op.
 
-The loop never polls again while it holds unwritten records, and revocation happens inside
-``poll``. The group can still move a partition away mid-batch when the step outlasts
-``max_poll_interval_ms`` or the process stops answering for the session timeout: the batch is
-written, its commit refused, and the next owner reads it again.
+The consumer is the bus consumer's :class:`~streams.bus.RebalanceListener`: at start and on
+every assignment it answers, from storage (a fresh checkpoint of ``raw``), where each partition
+resumes, and forgets the ids it holds in memory (the partitions' history was written by another
+member). The bus seeks there and commits it to the group: storage's offsets win over the bus's.
+
+The loop never polls again while it holds unwritten records, and records of a partition
+revoked while a batch is polled are not handed out. The group can still move a partition away
+mid-batch unseen, when the process stops answering for the session timeout or the step
+outlasts ``max_poll_interval_ms``: the batch's Delta commit is then checked against the version
+its checkpoint pinned and refused if the new owner committed the partition meanwhile
+(:mod:`streams.checkpoint`), and the bus refuses its offset commit too.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from streams.bus import BusRecord, Consumer, Producer
 from streams.errors import BusUnavailable
@@ -83,8 +90,6 @@ class StreamConsumer:
         observer: ConsumerObserver | None = None,
     ):
         self._group = group
-        if hasattr(consumer, "on_assign"):  # a partitioned bus: resume where storage says
-            consumer.on_assign(self._resume_from_storage)
         self._observer = observer  # metrics and heartbeat (streams.metrics); never raises
         self._retry_s = retry_s
         self._retry_max_s = retry_max_s
@@ -94,19 +99,23 @@ class StreamConsumer:
         self._max = max_batch_records
         self._timeout = poll_timeout_s
         self._before_commit = before_commit  # test hook: a crash between write and commit
+        self._topic = consumer.topic
+        consumer.listen(self)  # last: the local bus assigns its partition at once
 
-    def _resume_from_storage(self, partitions: list[int]) -> dict[int, int]:
-        """On assignment: forget remembered ids (the new partitions' history was written by
-        another member) and return, per partition, the next offset storage does not hold."""
-        window = getattr(self._processor, "window", None)
-        if window is not None:
-            window.clear()
-        topic = getattr(self._consumer, "topic", None)
-        stored_offsets = getattr(self._processor, "stored_offsets", None)
-        if topic is None or stored_offsets is None:
-            return {}
-        streams = {f"{self._group}/{topic}/{p}": p for p in partitions}
-        return {streams[s]: offset + 1 for s, offset in stored_offsets(list(streams)).items()}
+    # -- streams.bus.RebalanceListener ----------------------------------------------------
+    def on_assign(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Partitions assigned: forget remembered ids (their history was written by another
+        member) and return, per partition, the next offset storage does not hold (read from a
+        fresh checkpoint: what storage committed is the truth)."""
+        self._processor.window.clear()
+        streams = {f"{self._group}/{self._topic}/{p}": p for p in partitions}
+        stored = self._processor.stored_offsets(list(streams))
+        return {streams[s]: offset + 1 for s, offset in stored.items()}
+
+    def on_revoke(self, partitions: Sequence[int]) -> None:
+        """Partitions left: nothing to hand back (no batch is held between polls; the bus
+        drops records of a partition revoked while a batch was polled)."""
+        log.info("partitions revoked: %s", list(partitions))
 
     def close(self) -> None:
         """Leave the group and flush the quarantine producer (a Kafka group member left behind
@@ -133,9 +142,8 @@ class StreamConsumer:
         messages = [(record_source(r), r.value) for r in records]
         positions = [Position(f"{self._group}/{r.topic}/{r.partition}", r.offset) for r in records]
         result = self._processor.process(messages, positions)
-        window = getattr(self._processor, "window", None)
-        if self._observer is not None and window is not None and hasattr(self._observer, "set_dedupe_window"):
-            self._observer.set_dedupe_window(window.ids_held)
+        if self._observer is not None and hasattr(self._observer, "set_dedupe_window"):
+            self._observer.set_dedupe_window(self._processor.window.ids_held)
         if self._quarantine is not None and result.refused_lines:
             for line in result.refused_lines:
                 self._quarantine.send(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -114,8 +115,19 @@ class HourIds:
         return self.lookup(hi, lo)[0]
 
 
+class StoredFiles(Protocol):
+    """Where lookups find ``raw``'s files: a batch's :class:`~streams.checkpoint.Checkpoint`
+    (one pinned version), or the store itself outside a batch."""
+
+    def files_overlapping(self, dataset: str, column: str, lo: object, hi: object) -> list[str]: ...
+
+
 class EventWindow:
-    """Stored event ids by UTC hour: recent hours in memory, older hours asked of storage."""
+    """Stored event ids by UTC hour: recent hours in memory, older hours asked of storage.
+
+    Storage is read through the ``files`` a lookup is given: the pipeline passes its batch's
+    checkpoint, so a lookup never reads (or moves) any version but the one the batch pinned.
+    """
 
     def __init__(self, store: Store, window_hours: int = 2):
         if window_hours < 1:
@@ -142,9 +154,13 @@ class EventWindow:
         frame = pl.DataFrame({"interval_start": interval_starts, "event_id": event_ids})
         return self.lookup(frame, pl.Series("fp", np.zeros(frame.height, dtype=np.uint64)))[0]
 
-    def lookup(self, rows: pl.DataFrame, fingerprints: pl.Series) -> tuple[pl.Series, pl.Series]:
+    def lookup(
+        self, rows: pl.DataFrame, fingerprints: pl.Series, files: StoredFiles | None = None
+    ) -> tuple[pl.Series, pl.Series]:
         """(stored, conflicting) per row of ``rows`` (``interval_start``, ``event_id``):
-        ``conflicting`` where the stored copy of the id has other values (a fingerprint differs)."""
+        ``conflicting`` where the stored copy of the id has other values (a fingerprint differs).
+        Hours not held are read from ``files`` (default: the store's newest version)."""
+        source: StoredFiles = files if files is not None else self._store
         n = rows.height
         seen = np.zeros(n, dtype=bool)
         conflict = np.zeros(n, dtype=bool)
@@ -162,9 +178,9 @@ class EventWindow:
             mine = part["fp"].to_numpy()
             if self._in_window(hour):
                 hi, lo = id_words(part["id"])
-                found, stored = self._hour(hour).lookup(hi, lo)
+                found, stored = self._hour(hour, source).lookup(hi, lo)
             else:
-                stored_rows = self._stored_among(hour, part["id"])
+                stored_rows = self._stored_among(hour, part["id"], source)
                 joined = part.select("id").join(stored_rows, left_on="id", right_on="event_id", how="left")
                 found = joined["fp"].is_not_null().to_numpy()
                 stored = joined["fp"].fill_null(0).to_numpy()
@@ -192,30 +208,30 @@ class EventWindow:
         for hour in [h for h in self._hours if not self._in_window(h)]:
             del self._hours[hour]
 
-    def _hour(self, hour: datetime) -> HourIds:
+    def _hour(self, hour: datetime, source: StoredFiles) -> HourIds:
         held = self._hours.get(hour)
         if held is None:
             held = HourIds()
-            stored = self._scan_hour(hour).select("event_id", fingerprint()).collect()
+            stored = self._scan_hour(hour, source).select("event_id", fingerprint()).collect()
             held.add(*id_words(stored["event_id"]), stored["fp"].to_numpy())
             self._hours[hour] = held
         return held
 
-    def _stored_among(self, hour: datetime, event_ids: pl.Series) -> pl.DataFrame:
+    def _stored_among(self, hour: datetime, event_ids: pl.Series, source: StoredFiles) -> pl.DataFrame:
         """(event_id, fp) of the stored rows among ``event_ids`` (only those are read)."""
         wanted = event_ids.unique().implode()
         return (
-            self._scan_hour(hour)
+            self._scan_hour(hour, source)
             .filter(pl.col("event_id").is_in(wanted))
             .select("event_id", fingerprint())
             .unique(subset="event_id", keep="first")
             .collect()
         )
 
-    def _scan_hour(self, hour: datetime) -> pl.LazyFrame:
+    def _scan_hour(self, hour: datetime, source: StoredFiles) -> pl.LazyFrame:
         """Rows of ``raw`` in one UTC hour: only files whose time range (from the log's
         statistics) touches the hour are opened, however many the day holds."""
-        files = self._store.files_overlapping(RAW, "interval_start", hour, hour + _HOUR)
+        files = source.files_overlapping(RAW, "interval_start", hour, hour + _HOUR)
         return self._store.scan_files(files, RAW_EVENTS).filter(
             (pl.col("interval_start") >= hour) & (pl.col("interval_start") < hour + _HOUR)
         )

@@ -28,3 +28,16 @@ class BusCorrupt(StreamError):
 
 class ConsumerGroupBusy(StreamError):
     """Another consumer of the same group already reads this local bus (it would double count)."""
+
+
+class StoredOffsetBeyondLog(StreamError):
+    """Storage holds a partition up to an offset the bus's log does not reach (the topic was
+    re-created, its offsets restarted): the records there now are not the ones stored.
+
+    The partition stops; an operator re-bases it deliberately (``gpuledger offsets rebase``),
+    which is recorded in the table's history. Never skipped as "already stored"."""
+
+
+class StoredOffsetBeforeLog(StreamError):
+    """Storage's next offset of a partition lies before the first record the bus still holds
+    (retention or a trim dropped records that were never stored): named, never skipped."""

@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import re
 import struct
@@ -48,8 +49,10 @@ import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from streams.bus import BusRecord, RevokeCallback
-from streams.errors import BusCorrupt, ConsumerGroupBusy, StreamError
+from streams.bus import BusRecord, RebalanceListener, RevokeCallback, offset_beyond_log
+from streams.errors import BusCorrupt, ConsumerGroupBusy, StoredOffsetBeforeLog, StoredOffsetBeyondLog, StreamError
+
+log = logging.getLogger(__name__)
 
 _MAGIC = b"GL"
 _HEADER = struct.Struct(">2sIII")  # magic, crc32, key_len, value_len
@@ -330,6 +333,8 @@ class LocalConsumer:
             raise StreamError(f"bad consumer group name {group!r}")
         self._dir = topic_dir
         self._topic = topic_dir.name
+        self.topic = self._topic
+        self.group = group
         groups = topic_dir / "groups"
         groups.mkdir(parents=True, exist_ok=True)
         self._group_file = groups / f"{group}.json"
@@ -391,6 +396,70 @@ class LocalConsumer:
                     f"boundary of {segment.path} ({exc}); restore the group file from a backup, or delete it to "
                     "re-read the whole log"
                 ) from exc
+
+    def listen(self, listener: RebalanceListener) -> None:
+        """The local bus has one partition, assigned to this consumer as it opens: ask
+        ``listener`` where it resumes (storage's stored offset + 1; nothing stored: the first
+        record kept), seek there and save that as the group's position. A saved position
+        storage disagrees with is named in the log and overridden (storage wins); a stored
+        offset past the log's end raises :class:`StoredOffsetBeyondLog`.
+
+        The byte position of an offset is found by walking the record headers of the log
+        from its first kept record (the saved byte position is not trusted to match its
+        offset): one read of the headers at start, none afterwards."""
+        wanted = listener.on_assign([0]).get(0)
+        saved = self._offset if self._group_file.exists() else None
+        self._seek(wanted)
+        if saved is not None and saved != self._offset:
+            if wanted is None:
+                why = "storage holds nothing of this partition"
+            else:
+                why = f"storage holds it up to offset {wanted - 1}"
+            # behind: a crash between a batch's commit and the bus's (normal); ahead: a position
+            # that storage cannot explain (a lost newest commit, a moved group file): named
+            log.log(
+                logging.WARNING if saved > self._offset else logging.INFO,
+                "local bus group %s of %s: saved position offset %d is %s storage; %s, so reading resumes at "
+                "offset %d (storage wins)", self.group, self._topic, saved,
+                "ahead of" if saved > self._offset else "behind", why, self._offset,
+            )
+        if saved != self._offset:
+            self.commit({0: self._offset})
+
+    def _seek(self, offset: int | None) -> None:
+        segment = current_segment(self._dir)
+        base = segment or Segment(self._dir / "log", 0, 0)
+        if offset is None:
+            offset = base.base_offset
+        if offset < base.base_offset:
+            raise StoredOffsetBeforeLog(
+                f"partition 0 of {self._topic} (local bus {self._dir.parent}): storage holds it up to offset "
+                f"{offset - 1}, but the log now starts at offset {base.base_offset} ({base.path}): records "
+                f"{offset}..{base.base_offset - 1} were trimmed before they were stored; restore the bus from a backup"
+            )
+        at, current = 0, base.base_offset
+        if segment is not None:
+            with open(segment.path, "rb") as handle:
+                end = handle.seek(0, os.SEEK_END)
+                while current < offset:
+                    handle.seek(at)
+                    header = handle.read(_HEADER.size)
+                    if len(header) < _HEADER.size:
+                        break
+                    magic, _crc, key_len, value_len = _HEADER.unpack(header)
+                    stop = at + _HEADER.size + key_len + value_len
+                    if magic != _MAGIC or stop > end:
+                        try:
+                            if _read_at(handle, at, end) is None:
+                                break  # a torn tail: the log ends here
+                        except _Damage as exc:
+                            self._offset = current
+                            raise self._corrupt(segment, at, exc) from exc
+                    at, current = stop, current + 1
+        if current < offset:
+            raise StoredOffsetBeyondLog(offset_beyond_log(self._topic, 0, offset - 1, current, "local"))
+        self._offset, self._position = offset, base.base_position + at
+        self._positions = {self._offset: self._position}
 
     def _read_committed(self) -> dict[str, int]:
         if not self._group_file.exists():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import re
 from collections.abc import Mapping, Sequence
 
@@ -33,12 +34,14 @@ import polars as pl
 
 from storage.dataset import CommitConflict, Store
 from streams.aggregate import KST_OFFSET, to_raw
+from streams.checkpoint import Checkpoints
 from streams.dedupe import EventWindow, fingerprint
 from streams.schema import RefusalReason
 from streams.validate import Accounts, Refused, check_rules, decode_messages, line_id
 
 RAW = "raw"
 QUARANTINE = "quarantine"
+log = logging.getLogger(__name__)
 _MESSAGE_OF_ROW = re.compile(r"#\d+$")
 
 
@@ -80,6 +83,7 @@ class BatchProcessor:
         self._accounts = accounts
         self._seen = seen or EventWindow(store)
         self._max_conflicts = max_conflicts
+        self._checkpoints = Checkpoints(store, (RAW, QUARANTINE))
         self.conflicts = 0  # commits that lost to another writer (a moved partition), for metrics
 
     @property
@@ -89,12 +93,7 @@ class BatchProcessor:
     def stored_offsets(self, streams: Sequence[str]) -> dict[str, int]:
         """Per stream, the last offset ``raw`` holds (absent: nothing stored yet): where a
         member that is assigned a partition resumes."""
-        out = {}
-        for stream in streams:
-            version = self._store.txn_version(RAW, stream)
-            if version is not None:
-                out[stream] = version
-        return out
+        return self._checkpoints.open().stored_offsets(streams)
 
     def process(
         self, messages: Sequence[tuple[str, bytes]], positions: Sequence[Position] | None = None
@@ -110,9 +109,14 @@ class BatchProcessor:
             try:
                 return self._process_once(messages, positions)
             except CommitConflict:
-                # someone else committed to a partition of this batch (it moved): what we
-                # remember may be stale; re-read offsets and ids and filter again
+                # someone else committed to a partition of this batch after the version it
+                # pinned (the partition moved): what we remember may be stale; filter again
+                # from a new checkpoint, with the in-memory ids forgotten
                 self.conflicts += 1
+                log.warning(
+                    "commit conflict: another member committed a partition of this batch after the version it "
+                    "read (the partition moved); filtering the batch again from storage's offsets"
+                )
                 self._seen.clear()
                 if attempt == self._max_conflicts:
                     raise
@@ -121,16 +125,17 @@ class BatchProcessor:
     def _process_once(
         self, messages: Sequence[tuple[str, bytes]], positions: Sequence[Position] | None
     ) -> BatchResult:
+        # one pinned version of raw and quarantine for the whole batch: the offsets, every
+        # dedupe lookup and both commits (docs/architecture.md, invariant 7)
+        checkpoint = self._checkpoints.open()
         txns: dict[str, int] = {}
         quarantine_done: dict[str, int] = {}
         by_source: dict[str, Position] = {}
         kept = list(messages)
         if positions is not None:
             streams = sorted({p.stream for p in positions})
-            raw_done = {s: self._store.txn_version(RAW, s) for s in streams}
-            quarantine_done = {
-                s: v for s in streams if (v := self._store.txn_version(QUARANTINE, s)) is not None
-            }
+            raw_done = checkpoint.stored_offsets(streams, RAW)
+            quarantine_done = checkpoint.stored_offsets(streams, QUARANTINE)
             kept = []
             for message, position in zip(messages, positions, strict=True):
                 txns[position.stream] = max(txns.get(position.stream, -1), position.offset)
@@ -156,7 +161,7 @@ class BatchProcessor:
                 raw.join(kept, on="event_id").filter(pl.col("fp") != pl.col("kept_fp")).drop("kept_fp")
                 .unique(subset=["event_id", "fp"], keep="first", maintain_order=True)
             )
-        seen, conflicting = self._seen.lookup(unique, unique["fp"])
+        seen, conflicting = self._seen.lookup(unique, unique["fp"], checkpoint)
         fresh = unique.filter(~seen)
         conflicts = pl.concat([unique.filter(seen & conflicting), conflicts_in_batch])
         fresh = fresh.sort(pl.col("interval_start"), _ID_PREFIX, maintain_order=True)
@@ -172,10 +177,10 @@ class BatchProcessor:
         batch_id = _batch_id(fresh["event_id"], quarantine["quarantine_id"])
         if quarantine.height:
             files = self._store.write_files(QUARANTINE, quarantine, batch_id or "empty")
-            self._store.commit_files(QUARANTINE, files, txns=txns)
+            checkpoint.commit(QUARANTINE, files, txns)
         if fresh.height or txns:
             files = self._store.write_files(RAW, fresh, batch_id or "empty")
-            self._store.commit_files(RAW, files, txns=txns)
+            checkpoint.commit(RAW, files, txns)
         self._seen.add(fresh["interval_start"], fresh["event_id"], fresh["fp"])
         refused_lines = tuple(
             Refused(s, r, c, m)

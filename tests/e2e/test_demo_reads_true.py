@@ -15,7 +15,7 @@ import json
 import re
 import tomllib
 from datetime import date
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import duckdb
@@ -56,7 +56,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
 def _rows(stdout: str, header_start: str) -> dict[str, list[str]]:
     """The printed table under the header line starting with ``header_start``: entity → cells."""
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == header_start.split())
     rows = {}
     for line in lines[start + 2 :]:
         cells = line.split()
@@ -66,6 +66,17 @@ def _rows(stdout: str, header_start: str) -> dict[str, list[str]]:
             break
         rows[cells[0]] = cells[1:]
     return rows
+
+
+def _billed_us(demo, entity: str | None) -> int:
+    where = f"where entity = '{entity}'" if entity else ""
+    return duckdb.sql(
+        f"select sum(gpu_microseconds)::BIGINT from read_parquet('{demo['data']}/ledgers/billing/**/*.parquet') {where}"
+    ).fetchall()[0][0]
+
+
+def _shown(us: int) -> str:
+    return str((Decimal(us) / Decimal(3_600_000_000)).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN))
 
 
 def _n(text: str) -> Decimal:
@@ -109,7 +120,7 @@ def test_the_summary_reads_like_a_real_month_of_its_registry(demo) -> None:
     # one breach worth reading, said as a sentence
     breaches = [line for line in demo["stdout"].splitlines() if line.startswith("  - ")]
     assert breaches == [
-        "  - 삼성전자 Samsung Electronics, NVIDIA B200: coverage 97.8% is below 98%: 384 GPU-hours "
+        "  - 삼성전자 Samsung Electronics, NVIDIA B200: coverage 97.8% is below 98%: 384.00 GPU-hours "
         "of its 24 allocated GPUs reported nothing (down, stopped, or no collector)."
     ]
     assert "SIMULATED DATA" in demo["stdout"]
@@ -155,10 +166,13 @@ def toml_rate(entity: str, model: str, project: str, day: date = date(2026, 10, 
 
 
 def test_summary_csv_and_manifest_agree_to_the_last_digit(demo) -> None:
-    rows = {r["entity"]: r for r in csv.DictReader((demo["finance"] / "summary.csv").read_text().splitlines())}
+    raw = (demo["finance"] / "summary.csv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")  # UTF-8 with a BOM: Excel opens the Korean names intact
+    rows = {r["entity"]: r for r in csv.DictReader(raw.decode("utf-8-sig").splitlines())}
     assert sorted(rows) == list(ENTITIES)
     for entity, row in rows.items():
-        assert row["billed_gpu_hours"] == demo["totals"][f"billed_gpu_hours.{entity}"]
+        # GPU-hours a person reads: the exact usage rounded once to 2 places (the manifest keeps 6)
+        assert row["billed_gpu_hours"] == _shown(_billed_us(demo, entity))
         assert row["total_krw"] == demo["totals"][f"amount_krw.{entity}"]
         assert Decimal(row["reported_gpu_hours"]) == Decimal(row["busy_gpu_hours"]) + Decimal(row["idle_gpu_hours"])
         assert Decimal(row["reported_gpu_hours"]) == Decimal(row["attributed_gpu_hours"]) + Decimal(
@@ -168,15 +182,16 @@ def test_summary_csv_and_manifest_agree_to_the_last_digit(demo) -> None:
         assert Decimal(row["vat_krw"]) == (Decimal(row["total_krw"]) / 10).quantize(Decimal(1), rounding=ROUND_DOWN)
     readme = (demo["data"] / "exports" / PERIOD / "auditor" / "README.md").read_text()
     gov = rows["gov"]
-    assert f"| gov | {gov['billed_gpu_hours']} | {gov['usage_krw']} | 0 | {gov['total_krw']} |" in readme
+    sealed = demo["totals"]["billed_gpu_hours.gov"]
+    assert f"| gov | {sealed} | {gov['usage_krw']} | 0 | {gov['total_krw']} |" in readme
 
 
 def test_the_statement_is_a_statement(demo) -> None:
     book = openpyxl.load_workbook(demo["finance"] / "statement-gov.xlsx")
     sheet = book.active
-    text = [c.value for row in sheet.iter_rows(max_row=8) for c in row if isinstance(c.value, str)]
+    text = [c.value for row in sheet.iter_rows(max_row=14) for c in row if isinstance(c.value, str)]
     # header: the entity's display name, the KST period, the number from the seal, the seal itself
-    assert "대한민국 정부 (state pool) (gov)" in text
+    assert any(t.startswith("대한민국 정부 (state pool) (gov) · 등록번호 305-82-00070") for t in text)
     assert "2026-10-01 00:00 – 2026-11-01 00:00 KST (2026년 10월)" in text
     assert f"GL-202610-GOV-{demo['content'][:8].upper()}" in text
     assert demo["sha"] in text
@@ -191,7 +206,7 @@ def test_the_statement_is_a_statement(demo) -> None:
     assert len(lines) == 12  # 4 projects × 3 models
     snu = next(r for r in lines if sheet.cell(r, col["Project"]).value == "snu-llm")
     assert sheet.cell(snu, col["Discount"]).value == 0.5 and sheet.cell(snu, col["Discount"]).number_format == "0%"
-    assert sheet.cell(snu, col["GPU-hours"]).number_format == "#,##0.000000"
+    assert sheet.cell(snu, col["GPU-hours"]).number_format == "#,##0.00"
     assert sheet.cell(snu, col["Amount (KRW)"]).number_format == "#,##0"
     # totals: formulas that a spreadsheet computes to the ledger, VAT by the registry rule
     ledger = Decimal(demo["totals"]["amount_krw.gov"])
@@ -200,9 +215,9 @@ def test_the_statement_is_a_statement(demo) -> None:
     assert evaluate(sheet, formula_right_of(sheet, "부가세 VAT")) == (ledger / 10).quantize(Decimal(1), rounding=ROUND_DOWN)
     total = evaluate(sheet, formula_right_of(sheet, "합계 Total"))
     assert total == ledger + (ledger / 10).quantize(Decimal(1), rounding=ROUND_DOWN)
-    # billed hours: the sealed figure, to the last digit
+    # billed hours: the exact usage rounded once to 2 places, as in summary.csv, the PDF and the CLI
     hours = sheet.cell(find_row(sheet, "청구 GPU·시간 합계"), col["GPU-hours"]).value
-    assert f"{hours:.6f}" == demo["totals"]["billed_gpu_hours.gov"]
+    assert f"{hours:.2f}" == _shown(_billed_us(demo, "gov"))
 
 
 def test_the_programme_workbook_consolidates_every_entity(demo) -> None:
@@ -216,7 +231,7 @@ def test_the_programme_workbook_consolidates_every_entity(demo) -> None:
     total = find_row(billing, "합계 Total")
     assert billing.cell(total, 7).value.startswith("=SUM(")
     assert evaluate(billing, billing.cell(total, 7).value) == Decimal(demo["totals"]["amount_krw.ALL"])
-    assert f"{billing.cell(total, 4).value:.6f}" == demo["totals"]["billed_gpu_hours.ALL"]
+    assert f"{billing.cell(total, 4).value:.2f}" == _shown(_billed_us(demo, None))
     usage = book["활용 Usage"]
     samsung = find_row(usage, "삼성전자")
     assert usage.cell(samsung, 9).value == 384.0  # unreported GPU-hours: the silent node

@@ -66,6 +66,9 @@ class WaitsForEviction:
     def __init__(self, inner: BatchProcessor, evicted: threading.Event):
         self._inner, self._evicted = inner, evicted
 
+    def __getattr__(self, name: str):  # window, stored_offsets: the real processor's
+        return getattr(self._inner, name)
+
     def process(self, messages, positions=None):
         assert self._evicted.wait(120), "the other member never got the partitions: max_poll_interval_ms not applied?"
         return self._inner.process(messages, positions)

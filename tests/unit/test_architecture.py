@@ -57,7 +57,7 @@ def test_imports_flow_one_way(room: str) -> None:
     ("vendor", "allowed"),
     [
         ("pynvml", ("collectors/nvml", "collectors/fakenvml")),
-        ("kafka", ("streams/kafka.py",)),
+        ("kafka", ("streams/kafka/",)),
         ("apscheduler", ("accounting/scheduler.py",)),
     ],
 )

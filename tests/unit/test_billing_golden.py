@@ -81,14 +81,30 @@ def test_mig_fractions_are_summed_exactly_and_rounded_once_per_line(tmp_path: Pa
     assert "gpu_oversubscribed" not in row["breaches"]  # 4/7 of the GPU-hour: within wall clock
 
 
-@pytest.mark.parametrize(("rule", "amount"), [("truncate", "2571"), ("half_up", "2571"), ("half_even", "2571")])
-def test_rounding_rule_of_the_registry_applies(tmp_path: Path, rule: str, amount: str) -> None:
-    # Given 2,057,142,900 µs at 4500 KRW/h (exact amount 2571.428625 KRW)
+@pytest.mark.parametrize(
+    ("rule", "amounts"),
+    [("truncate", ("2571", "2572")), ("half_up", ("2572", "2573")), ("half_even", ("2572", "2572"))],
+)
+def test_rounding_rule_of_the_registry_applies(tmp_path: Path, rule: str, amounts: tuple[str, str]) -> None:
+    # Given snu-llm (university, 50 % off) either side of gov's rate change on 16 November:
+    #   4,628,700,000 µs × 2,000 KRW/h = 2,571.5 KRW exactly (odd whole part)
+    #   4,410,000,000 µs × 2,100 KRW/h = 2,572.5 KRW exactly (even whole part)
+    # Then truncate 2571 + 2572 = 5143, half_up 2572 + 2573 = 5145, half_even 2572 + 2572 = 5144:
+    #   a different total for each rule, so a rule applied wrongly (or not at all) is caught
     store = Store(tmp_path)
-    write_usage(store, [usage("2026-11-10T03:00", "samsung", "samsung-foundry-ai", B200, "GPU-9", gpu_us=2_057_142_900)], "b1")
+    rows = [
+        usage("2026-11-10T03:00", "gov", "snu-llm", B200, "GPU-1"),
+        usage("2026-11-10T04:00", "gov", "snu-llm", B200, "GPU-1", gpu_us=1_028_700_000),
+        usage("2026-11-20T03:00", "gov", "snu-llm", B200, "GPU-1"),
+        usage("2026-11-20T04:00", "gov", "snu-llm", B200, "GPU-1", gpu_us=810_000_000),
+    ]
+    write_usage(store, rows, "b1")
     close_month(store, golden_registry(rule), "2026-11")
-    [line] = ledger(store, "billing", "2026-11")
-    assert line["amount_krw"] == Decimal(amount)
+    lines = sorted(ledger(store, "billing", "2026-11"), key=lambda line: line["rate_from"])
+    assert [(line["gpu_microseconds"], line["rate_krw_per_gpu_hour"]) for line in lines] == [
+        (4_628_700_000, Decimal("2000.00")), (4_410_000_000, Decimal("2100.00"))]
+    assert tuple(str(line["amount_krw"]) for line in lines) == amounts
+    assert total(lines, "amount_krw") == {"truncate": 5143, "half_up": 5145, "half_even": 5144}[rule]
 
 
 def test_half_a_won_is_where_the_rules_differ(tmp_path: Path) -> None:

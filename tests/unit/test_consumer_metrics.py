@@ -41,6 +41,9 @@ class SlowStep:
     def __init__(self, inner: BatchProcessor, clock: FakeClock, step_s: float):
         self._inner, self._clock, self._step_s = inner, clock, step_s
 
+    def __getattr__(self, name: str):  # window, stored_offsets: the real processor's
+        return getattr(self._inner, name)
+
     def process(self, messages, positions=None):
         result = self._inner.process(messages)
         self._clock.now += self._step_s
@@ -72,6 +75,13 @@ class CommitOutcome:
 
     def caught_up(self) -> bool:
         return self._inner.caught_up()
+
+    @property
+    def topic(self) -> str:
+        return self._inner.topic
+
+    def listen(self, listener) -> None:
+        self._inner.listen(listener)
 
     def close(self) -> None:
         self._inner.close()

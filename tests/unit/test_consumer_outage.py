@@ -39,6 +39,13 @@ class Flaky:
     def caught_up(self) -> bool:
         return self._inner.caught_up()
 
+    @property
+    def topic(self) -> str:
+        return self._inner.topic
+
+    def listen(self, listener) -> None:
+        self._inner.listen(listener)
+
     def close(self) -> None:
         self._inner.close()
 

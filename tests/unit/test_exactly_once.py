@@ -58,11 +58,11 @@ def test_a_zombie_member_cannot_commit_behind_the_new_owner(tmp_path: Path) -> N
     class _OwnerCommitsFirst(Store):
         raced = False
 
-        def commit_files(self, dataset, adds, **kwargs):
-            if dataset == "raw" and not self.raced:
+        def write_files(self, dataset, frame, batch_id, *args, **kwargs):
+            if dataset == "raw" and not self.raced:  # after the batch read, before its commit
                 self.raced = True
                 a.process(*messages(P0, 0, 8))  # the zombie commits 0..7 first
-            return super().commit_files(dataset, adds, **kwargs)
+            return super().write_files(dataset, frame, batch_id, *args, **kwargs)
 
     b = BatchProcessor(_OwnerCommitsFirst(tmp_path), ACCOUNTS)
     result = b.process(*messages(P0, 0, 12))
@@ -71,12 +71,66 @@ def test_a_zombie_member_cannot_commit_behind_the_new_owner(tmp_path: Path) -> N
     assert stored_us(tmp_path) == 12 * 60_000_000
 
 
+class _TakesOverAtTheLookup(EventWindow):
+    """A window whose first lookup lets another member (the partition's new owner) store
+    ``owner_batch`` first: the moment a GC pause or a frozen VM would give it."""
+
+    def __init__(self, store: Store, owner: BatchProcessor, owner_batch, **kwargs):
+        super().__init__(store, **kwargs)
+        self._owner, self._owner_batch = owner, owner_batch
+        self.lookups = 0
+
+    def lookup(self, rows, fingerprints, *args, **kwargs):
+        self.lookups += 1
+        if self.lookups == 1:
+            self._owner.process(*self._owner_batch)
+        return super().lookup(rows, fingerprints, *args, **kwargs)
+
+
+def test_a_zombie_whose_late_event_is_looked_up_in_storage_cannot_commit_behind_the_new_owner(tmp_path: Path) -> None:
+    """Issue 18 #1: the zombie's batch holds a late event (an hour outside the window), so its
+    dedupe lookup reads raw's log mid-batch. That read must not move the version the batch's
+    commit is checked against: the commit conflicts with the new owner's, and nothing is doubled."""
+    # given raw already holds an old hour, and the stream has moved on past the window
+    setup = BatchProcessor(Store(tmp_path), ACCOUNTS)
+    setup.process(*messages(P1, 0, 2, hour="2026-11-02T00", node="old"))
+    owner = BatchProcessor(Store(tmp_path), ACCOUNTS)
+    msgs, positions = messages(P0, 0, 16)
+    late = ("late", jsonl(event("2026-11-01T20:00:00Z", node="late")))
+    batch = ([*msgs, late], [*positions, Position(P0, 16)])
+    store = Store(tmp_path)
+    zombie = BatchProcessor(store, ACCOUNTS, _TakesOverAtTheLookup(store, owner, batch, window_hours=2))
+    # when the zombie processes the same 17 messages while the new owner stores them at its lookup
+    result = zombie.process(*batch)
+    # then its commit lost (it was checked against the version it read), and it stored nothing twice
+    assert zombie.conflicts == 1
+    assert (result.replayed, result.accepted) == (17, 0)
+    raw = pl.read_parquet(Store(tmp_path).files("raw"))
+    assert raw.height == raw["event_id"].n_unique() == 2 + 17
+
+
+def test_a_commit_conflict_forgets_the_ids_held_in_memory(tmp_path: Path) -> None:
+    """After a lost commit the window is cleared: the winner stored ids this process never saw.
+    (Mutation "do not clear the window after a conflict" stores the re-sent event twice.)"""
+    owner = BatchProcessor(Store(tmp_path), ACCOUNTS)
+    msgs, positions = messages(P0, 0, 2)  # the new owner stores offsets 0 and 1
+    store = Store(tmp_path)
+    zombie = BatchProcessor(store, ACCOUNTS, _TakesOverAtTheLookup(store, owner, (msgs, positions), window_hours=2))
+    # the zombie's batch: the same two messages, then a spool's re-send of offset 1's event
+    resend = ("spool", jsonl(event("2026-11-02T03:01:00Z", node="n0")))
+    result = zombie.process([*msgs, resend], [*positions, Position(P0, 2)])
+    assert zombie.conflicts == 1
+    assert (result.replayed, result.accepted, result.duplicates) == (2, 0, 1)
+    raw = pl.read_parquet(Store(tmp_path).files("raw"))
+    assert raw.height == raw["event_id"].n_unique() == 2
+
+
 def test_a_crash_between_the_quarantine_and_raw_commits(tmp_path: Path) -> None:
     class _DiesAtRaw(Store):
-        def commit_files(self, dataset, adds, **kwargs):
+        def write_files(self, dataset, *args, **kwargs):
             if dataset == "raw":
                 raise KeyboardInterrupt("killed")
-            return super().commit_files(dataset, adds, **kwargs)
+            return super().write_files(dataset, *args, **kwargs)
 
     bad = (f"{P0}@5", b'{"schema_version": 1, "event_id": "nope"}\n' + jsonl(event("2026-11-02T03:30:00Z")))
     batch = [*zip(*messages(P0, 0, 5), strict=True), (bad, Position(P0, 5))]
@@ -122,10 +176,10 @@ def test_a_member_assigned_partitions_forgets_its_ids_and_resumes_from_storage(t
 
     class _Partitioned:  # the in-memory twin of a partitioned bus consumer, as far as assignment goes
         topic = "gpu.usage.v1"
-        resume = None
+        listener = None
 
-        def on_assign(self, resume):
-            self.resume = resume
+        def listen(self, listener):
+            self.listener = listener
 
     processor = BatchProcessor(Store(tmp_path), ACCOUNTS)
     processor.process(*messages(P1, 0, 3, node="mine"))  # warms hour 03
@@ -133,7 +187,7 @@ def test_a_member_assigned_partitions_forgets_its_ids_and_resumes_from_storage(t
     bus = _Partitioned()
     StreamConsumer(bus, processor, group="g")  # type: ignore[arg-type]
     assert processor.window.hours_held == 1
-    assert bus.resume([0, 1]) == {0: 4, 1: 3}
+    assert bus.listener.on_assign([0, 1]) == {0: 4, 1: 3}
     assert processor.window.hours_held == 0
     # then a spool re-send of partition 0's event (a new message) is found as a duplicate
     resent = processor.process([("spool", jsonl(event("2026-11-02T03:02:00Z", node="n0")))])

@@ -95,11 +95,14 @@ def test_hours_totals_are_the_exact_usage_rounded_once_everywhere(tmp_path: Path
     # when it is exported
     export_month(store, PERIOD, tmp_path / "out")
     pack = tmp_path / "out" / PERIOD
-    # then summary.csv, the statement, the programme workbook and the README say 1.000000 h
-    summary = {r["entity"]: r for r in csv.DictReader((pack / "finance/summary.csv").read_text().splitlines())}
-    assert summary["gov"]["billed_gpu_hours"] == "1.000000"
+    # then summary.csv, the statement and the programme workbook say 1.00 h (GPU-hours a person reads:
+    # 2 places, rounded once from the exact µs), though each line shows 0.33 h; the README says 1.000000
+    summary = {r["entity"]: r for r in csv.DictReader((pack / "finance/summary.csv").read_text("utf-8-sig").splitlines())}
+    assert summary["gov"]["billed_gpu_hours"] == "1.00"
     statement = openpyxl.load_workbook(pack / "finance/statement-gov.xlsx").active
     assert statement.cell(find_row(statement, "청구 GPU·시간 합계"), 8).value == 1.0
+    first_line = find_row(statement, "사용 usage")
+    assert [statement.cell(first_line + i, 8).value for i in range(3)] == [0.33, 0.33, 0.33]
     programme = openpyxl.load_workbook(pack / f"finance/programme-{PERIOD}.xlsx")["청구 Billing"]
     assert programme.cell(find_row(programme, "gov"), 4).value == 1.0
     assert "| gov | 1.000000 | 1998 | 0 | 1998 |" in (pack / "auditor/README.md").read_text()
@@ -219,7 +222,8 @@ def test_vat_is_the_registry_setting_rounded_by_the_registry_rule(tmp_path: Path
     sheet = openpyxl.load_workbook(pack / "statement-gov.xlsx").active
     assert formula_right_of(sheet, "부가세 VAT").startswith("=ROUND(")
     assert evaluate(sheet, formula_right_of(sheet, "부가세 VAT")) == Decimal(500)
-    assert "대한민국 정부 (state pool) (gov)" in [c.value for row in sheet.iter_rows(max_row=4) for c in row]
+    bill_to = next(c.value for row in sheet.iter_rows(max_row=6) for c in row if str(c.value).startswith("대한민국 정부"))
+    assert bill_to.startswith("대한민국 정부 (state pool) (gov) · 등록번호 305-82-00070")
     # and an entity of the registry that used nothing still gets a (zero) statement
     assert summary["naver"]["total_krw"] == "0" and (pack / "statement-naver.xlsx").exists()
 

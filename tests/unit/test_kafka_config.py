@@ -12,7 +12,8 @@ import pytest
 
 from gpuledger.settings import KafkaSettings
 from streams.errors import BusConfigError, BusUnavailable
-from streams.kafka import KafkaBus, _translate, client_config
+from streams.kafka import KafkaBus, client_config
+from streams.kafka.connection import translate as _translate
 
 pytestmark = pytest.mark.unit
 

@@ -308,7 +308,7 @@ def test_a_demo_rerun_keeps_the_reports_and_exports_made_from_it(tmp_path: Path)
 def test_the_slim_install_leaves_out_exactly_the_server_packages() -> None:
     import tomllib
 
-    from gpuledger.cli_common import SERVER_MODULES
+    from gpuledger.cli_common import SERVER_DISTRIBUTIONS, SERVER_MODULES
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
@@ -316,7 +316,7 @@ def test_the_slim_install_leaves_out_exactly_the_server_packages() -> None:
         return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
 
     server = names(project["optional-dependencies"]["server"])
-    assert server == {m.replace("_", "-") for m in SERVER_MODULES}
+    assert server == {SERVER_DISTRIBUTIONS.get(m, m).replace("_", "-") for m in SERVER_MODULES}
     assert not server & names(project["dependencies"])
     assert "gpuledger[server]" in project["optional-dependencies"]["test"]
 

@@ -206,3 +206,40 @@ def test_rate_gap_inside_an_allocation_is_reported() -> None:
     )
     with pytest.raises(RegistryError, match=r"missing rate for allocated model 'NVIDIA B200' from 2026-11-01"):
         loads_registry(text)
+
+
+def test_the_statement_parties_are_read_from_the_sample() -> None:
+    registry = load_registry(SAMPLE)
+    supplier = registry.supplier
+    assert supplier is not None and supplier.party.business_number == "101-82-00013"
+    assert supplier.payment_due_days == 30 and supplier.payment_account.startswith("한국은행 국고")
+    gov = registry.entities["gov"].recipient
+    assert (gov.business_number, gov.address) == ("305-82-00070", "세종특별자치시 도움6로 11 (sample)")
+    kaist = registry.projects["kaist-vision"].recipient
+    assert (kaist.name, kaist.business_number) == ("한국과학기술원 (KAIST)", "314-82-00093")
+
+
+def test_a_registry_without_the_parties_is_still_valid() -> None:
+    # backward compatible: every new field is optional
+    text = "\n".join(
+        line for line in SAMPLE.read_text().splitlines()
+        if not line.startswith(("business_number", "address", "representative", "payment_", "name ="))
+    ).replace("[supplier]\n", "")
+    registry = loads_registry(text)
+    assert registry.supplier is None and registry.entities["gov"].recipient.business_number is None
+
+
+def test_every_problem_with_the_parties_is_reported_at_once() -> None:
+    text = SAMPLE.read_text()
+    text = text.replace('business_number = "101-82-00013"', 'business_number = "101-82-00014"')  # check digit
+    text = text.replace('business_number = "305-82-00070"', 'business_number = "3058200070"')  # no dashes
+    text = text.replace("payment_due_days = 30", "payment_due_days = -1\nbank = \"x\"")
+    text = text.replace('address = "서울특별시 관악구 관악로 1 (sample)"', "address = 7")
+    with pytest.raises(RegistryError) as caught:
+        loads_registry(text, source="edited.toml")
+    said = str(caught.value)
+    assert "supplier.business_number: '101-82-00014' fails the 사업자등록번호 check digit" in said
+    assert "entities.gov.business_number: must be a 사업자등록번호 written XXX-XX-XXXXX" in said
+    assert "supplier.payment_due_days: must be a whole number of days from 0 to 365, got -1" in said
+    assert "supplier: unknown key 'bank'" in said
+    assert "projects.snu-llm.address: must be a non-empty string, got 7" in said

@@ -37,18 +37,18 @@ def test_report_renders_korean_charts_and_a_self_contained_page(tmp_path: Path) 
     # when the report is drawn (any missing-glyph warning would fail: warnings are errors here)
     result = render_report(store, PERIOD, tmp_path / "reports")
     out = tmp_path / "reports" / PERIOD
-    # then three PNG charts of a readable size and one HTML page exist
+    # then four PNG charts of a readable size and one HTML page exist
     assert sorted(result.files) == sorted(
-        ["usage-by-entity.png", "utilisation-coverage.png", "top-projects.png", "report.html"]
+        ["usage-by-entity.png", "utilisation-coverage.png", "coverage-by-model.png", "top-projects.png", "report.html"]
     )
-    for name in result.files[:3]:
+    for name in result.files[:4]:
         width, height = _png_size((out / name).read_bytes())
         assert width > 500 and height > 200
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "<title>GPU 사용 보고서 — 2026-11</title>" in page
     # the page embeds every chart (no external file, no network)
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(embedded) == 3
+    assert len(embedded) == 4
     assert all(base64.b64decode(e)[:8] == PNG_MAGIC for e in embedded)
     assert not re.search(r'(src|href)="https?:|url\(https?:', page)
     # Hangul shows and prints without a Korean font installed: NanumGothic subset embedded
@@ -106,7 +106,7 @@ def test_figures_are_summed_exactly_from_the_ledgers(tmp_path: Path) -> None:
     assert figures["gov"].amount_krw == Decimal("9001")
     assert figures["ALL"].amount_krw == Decimal("9926")
     # top projects by billed GPU-hours: snu-llm 4.5 h (3.5 usage + 1 correction) first
-    assert top_projects(billing)[0] == ("gov", "snu-llm", Decimal("4.500000"), Decimal("9001"))
+    assert top_projects(billing)[0] == ("gov", "snu-llm", Decimal("4.50"), Decimal("9001"))
     # the one vocabulary: reported = attributed + unattributed; billed hours from exact µs
     assert (figures["gov"].attributed_gpu_hours, figures["gov"].unattributed_gpu_hours) == (Decimal("3.5"), Decimal("0.1"))
     assert figures["gov"].billed_gpu_hours == Decimal("4.500000")
@@ -134,7 +134,7 @@ def test_no_ledgers_no_report(tmp_path: Path) -> None:
 
 
 def test_a_breach_sentence_names_only_a_threshold_that_decided_it() -> None:
-    from accounting.report import breach_sentence
+    from accounting.breaches import breach_sentence
 
     # given a low-coverage breach judged at close under a 98 % rule (coverage 97.8 %)
     row = {"gpu_model": "NVIDIA GB200", "allocated_gpus": 24, "reported_gpu_hours": Decimal("17472"),
@@ -144,5 +144,72 @@ def test_a_breach_sentence_names_only_a_threshold_that_decided_it() -> None:
     national = load_registry(REPO / "examples" / "registry.toml")  # 90 %: did not decide it
     _, with_demo = breach_sentence("low_coverage", row, "삼성전자", demo.thresholds)
     _, with_national = breach_sentence("low_coverage", row, "삼성전자", national.thresholds)
-    assert "coverage 97.8% is below 98%: 384 GPU-hours of its 24 allocated GPUs" in with_demo
+    assert "coverage 97.8% is below 98%: 384.00 GPU-hours of its 24 allocated GPUs" in with_demo
     assert "below the threshold of the registry it was closed with" in with_national and "90%" not in with_national
+
+
+def test_a_models_breach_shows_where_its_entitys_total_hides_it(tmp_path: Path) -> None:
+    from accounting.report import model_rows
+
+    # given the hand-worked month with samsung's H100 below the coverage rule, and the demo's registry
+    store = build_month(tmp_path / "data")
+    registry = load_registry(REPO / "examples" / "registry.toml")
+    result = render_report(store, PERIOD, tmp_path / "reports", registry=registry)
+    page = (tmp_path / "reports" / PERIOD / "report.html").read_text(encoding="utf-8")
+    # then the page has a row per entity × model, breached rows marked and the breach in words
+    rows = model_rows(read_ledger(store, COMPLIANCE_DIR, PERIOD, COMPLIANCE), registry)
+    assert [(r.name, r.gpu_model, r.breaches) for r in rows][-1] == (
+        "삼성전자 Samsung Electronics", "NVIDIA H100 80GB HBM3", ("low_coverage",))
+    assert re.search(r'<tr class="breach"><td>삼성전자 Samsung Electronics</td><td class="text">NVIDIA H100 80GB HBM3</td>'
+                     r"<td>1</td><td>0.0%</td><td>10.0%</td><td class=\"text\">저보고 \(low coverage\)</td></tr>", page)
+    # and a chart of coverage per model is drawn (and embedded)
+    assert "coverage-by-model.png" in result.files and 'alt="coverage-by-model.png"' in page
+    # one word for breaches: the page says breaches (위반), never findings
+    assert "위반 사항 (breaches)" in page and "finding" not in page.lower()
+    # table headers never break inside a Korean word (미보/고)
+    assert re.search(r"th \{[^}]*word-break: keep-all", page)
+
+
+def test_charts_of_simulated_data_say_so_in_the_picture_and_the_file(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from accounting.report import SIMULATED_DESCRIPTION
+
+    store = build_month(tmp_path / "data")
+    real = render_report(store, PERIOD, tmp_path / "real")
+    (tmp_path / "data" / SIMULATED_MARKER).write_text("simulated data: made by gpuledger demo\n")
+    simulated = render_report(store, PERIOD, tmp_path / "sim")
+    for name in (n for n in simulated.files if n.endswith(".png")):
+        with Image.open(tmp_path / "sim" / PERIOD / name) as image:
+            assert image.info.get("Description") == SIMULATED_DESCRIPTION, name
+            marked = image.convert("RGB").tobytes()
+        with Image.open(tmp_path / "real" / PERIOD / name) as image:
+            assert "Description" not in image.info, name
+            plain = image.convert("RGB").tobytes()
+        # the watermark is drawn: the simulated picture's pixels differ from the real one's
+        assert marked != plain, name
+    assert real.files == simulated.files
+
+
+def test_a_minute_refused_is_said_in_seconds_not_as_zero_hours() -> None:
+    from accounting.breaches import breach_sentence
+
+    row = {"gpu_model": "NVIDIA B200", "allocated_gpus": 0, "reported_gpu_hours": None, "unreported_gpu_hours": None,
+           "busy_gpu_hours": None, "quarantined_gpu_hours": Decimal("0.016667"), "coverage": None, "utilisation": None}
+    korean, english = breach_sentence("unregistered_entity", row, "lg", None)
+    assert "(0.016667 GPU-hours (60 GPU-seconds) in quarantine)" in english
+    assert "0.016667 GPU·시간 (60 GPU·초)" in korean
+
+
+def test_the_pack_readme_and_the_auditors_guide_agree_on_verify_without_all(tmp_path: Path) -> None:
+    from accounting.export import export_month
+
+    store = build_month(tmp_path / "data")
+    export_month(store, PERIOD, tmp_path / "out")
+    readme = " ".join((tmp_path / "out" / PERIOD / "auditor" / "README.md").read_text().split())
+    guide = " ".join((REPO / "docs" / "auditors.md").read_text().split())
+    # without --all: the whole chain, every signature, the newest period's files; with --all: every file
+    for text in (readme, guide):
+        assert "re-hashes the newest period's" in text
+        assert "walks the whole chain" in text
+    assert "`gpuledger verify --public-key operator.pub.pem` re-hashes every sealed file" not in readme
