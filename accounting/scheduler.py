@@ -57,6 +57,7 @@ from storage.seal import ledger_periods, sealed_periods
 log = logging.getLogger(__name__)
 
 KST = ZoneInfo("Asia/Seoul")
+FULL_VACUUM_HOUR_KST = 3  # the hourly upkeep of this hour vacuums every period, the others the last two months
 JOB_STORE = "scheduler/jobs.sqlite"
 CLOSE_WAIT_S = 30 * 60  # the close job waits this long for an upkeep run to give the lease back
 MONTHLY_CLOSE_ID = "monthly-close"
@@ -179,7 +180,8 @@ class UpkeepRun:
 
 def run_compaction(store: Store, now: datetime, *, retention_hours: int = 24) -> UpkeepRun:
     """The hourly upkeep, under the store's lease: roll ``usage_hourly`` up from ``raw``,
-    compact ``raw`` and ``quarantine`` (today's partition too), delete replaced files older
+    compact ``raw`` and ``quarantine`` (closed days by target size; today's raw is left as
+    appended: :func:`storage.compaction.compact_dataset`), delete replaced files older
     than ``retention_hours`` (never a sealed one). Skips the hour if the lease is held."""
     try:
         with hold(store, "scheduler upkeep") as lease:
@@ -192,10 +194,15 @@ def run_compaction(store: Store, now: datetime, *, retention_hours: int = 24) ->
 def _upkeep(store: Store, now: datetime, lease: Lease, retention_hours: int) -> UpkeepRun:
     roll_up(store, lease=lease)
     results: list[CompactionResult] = []
+    today = now.astimezone(KST).date().isoformat()  # today's raw stays as appended until it closes
     for dataset in COMPACTABLE:
         lease.check()
-        results.extend(compact_dataset(store, dataset, lease=lease))
-    vacuumed = vacuum(store, retention_hours=retention_hours, lease=lease)
+        results.extend(compact_dataset(store, dataset, before_date=today, lease=lease))
+    kst = now.astimezone(KST)
+    last_month = (kst.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+    # every period once a day (the 03:00 KST run), this month and the last one every hour
+    periods = None if kst.hour == FULL_VACUUM_HOUR_KST else {kst.strftime("%Y-%m"), last_month}
+    vacuumed = vacuum(store, retention_hours=retention_hours, lease=lease, periods=periods)
     return UpkeepRun(now, tuple(results), vacuumed)
 
 

@@ -2,10 +2,11 @@
 
 260,000 Blackwell GPUs (gov 50k, samsung 50k, hyundai 50k, skt 50k, naver 60k; B200/GB200
 split as in ``examples/registry.toml``) × 720 hours of November 2026 = 187,200,000 rows,
-written as one Parquet file per KST day (the compacted layout) under
-``<out>/usage_hourly/period=2026-11/date=YYYY-MM-DD/part-bench.parquet`` with the columns and
-types of ``storage.schemas.USAGE_HOURLY``. Deterministic (seeded): the same arguments give
-the same data.
+written through the project's own storage (``storage.dataset.Store.write_files`` and one Delta
+commit per KST day, the compacted layout: one file per day) into the ``usage_hourly`` Delta
+table of ``<out>``, so the close reads it exactly as it reads a consumer's data. Deterministic
+(seeded): the same arguments give the same data. Refuses to write into a data dir that holds a
+``usage_hourly`` table already (remove it first).
 
     .venv/bin/python bench/gen_usage_month.py --out bench/out/close-data            # full month
     .venv/bin/python bench/gen_usage_month.py --out bench/out/close-small --scale 0.1
@@ -18,12 +19,17 @@ spread over its four projects); one node in twenty runs no job (``unattributed``
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from storage.dataset import Store  # noqa: E402
 
 # entity → (new GPUs, B200 share, projects)
 FLEET = {
@@ -110,6 +116,9 @@ def main() -> None:
 
     first = datetime(2026, 11, 1, tzinfo=UTC) - timedelta(hours=9)  # 2026-11-01 00:00 KST
     days = args.days or 30
+    if (args.out / "usage_hourly").exists():
+        raise SystemExit(f"{args.out / 'usage_hourly'} exists: remove it, or write into another --out")
+    store = Store(args.out)
     base = fleet(args.scale)
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
@@ -118,14 +127,14 @@ def main() -> None:
         day = first + timedelta(days=d)
         frame = day_frame(base, day, rng).select(COLUMNS)
         kst_date = (day + timedelta(hours=9)).strftime("%Y-%m-%d")
-        target = args.out / "usage_hourly" / "period=2026-11" / f"date={kst_date}" / "part-bench.parquet"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        frame.write_parquet(target, compression="zstd", statistics=True)
+        adds = store.write_files("usage_hourly", frame, f"bench-{kst_date}")
+        store.commit_files("usage_hourly", adds)
         rows += frame.height
         print(f"{kst_date}: {frame.height:,} rows ({time.perf_counter() - started:.1f} s)", flush=True)
-    size = sum(p.stat().st_size for p in (args.out / "usage_hourly").rglob("*.parquet"))
-    print(f"wrote {rows:,} rows, {size / 2**30:.2f} GiB, {len(base):,} GPUs, in {time.perf_counter() - started:.1f} s")
-
+    listed = store.files("usage_hourly")
+    size = sum(Path(p).stat().st_size for p in listed)
+    print(f"wrote {rows:,} rows in {len(listed)} committed files, {size / 2**30:.2f} GiB, {len(base):,} GPUs, "
+          f"in {time.perf_counter() - started:.1f} s")
 
 if __name__ == "__main__":
     main()

@@ -122,7 +122,7 @@ def disk_full(exc: BaseException) -> bool:
 # What the `server` extra of pyproject.toml adds to the slim install a GPU node gets.
 SERVER_MODULES = frozenset(
     {"polars", "polars_hash", "pyarrow", "apscheduler", "sqlalchemy", "cryptography", "xlsxwriter",
-     "matplotlib", "koreanize_matplotlib", "deltalake", "numpy", "jinja2", "fpdf"}
+     "matplotlib", "koreanize_matplotlib", "deltalake", "numpy", "jinja2", "fpdf", "msgspec"}
 )
 # import name → distribution name, where they differ (the `fpdf` module comes from `fpdf2`)
 SERVER_DISTRIBUTIONS = {"fpdf": "fpdf2"}

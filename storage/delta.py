@@ -70,6 +70,9 @@ class DeltaDataset:
         self.schema = schema
         self._options = dict(storage_options or {})
         self._table: DeltaTable | None = None
+        # the add actions (and sorted paths) of one version: a version never changes, so the
+        # table is built once per version, not on every listing (hourly jobs list many times)
+        self._actions: tuple[int, pa.Table, list[str]] | None = None
 
     # -- reading the log ------------------------------------------------------------------
     def table(self, *, refresh: bool = True) -> DeltaTable | None:
@@ -97,14 +100,56 @@ class DeltaDataset:
         table = self.table()
         if table is None:
             return []
-        actions = table.get_add_actions(flatten=True)
-        return sorted(str(p) for p in actions.column("path").to_pylist())
+        return list(self._add_actions(table)[1])
+
+    def file_sizes(self) -> dict[str, int]:
+        """Live files of the newest version → their size in bytes, from the log (nothing opened)."""
+        table = self.table()
+        if table is None:
+            return {}
+        actions = self._add_actions(table)[0]
+        return dict(zip((str(p) for p in actions.column("path").to_pylist()),
+                        actions.column("size_bytes").to_pylist(), strict=True))
+
+    def file_ranges(self, column: str) -> dict[str, tuple[int | None, object, object]]:
+        """Live files → (rows, min, max of ``column``) from the log's statistics (``None`` where
+        a file has none); nothing is opened."""
+        table = self.table()
+        if table is None:
+            return {}
+        actions = self._add_actions(table)[0]
+        paths = [str(p) for p in actions.column("path").to_pylist()]
+        rows = actions.column("num_records").to_pylist()
+        if f"min.{column}" not in actions.column_names:
+            return {p: (r, None, None) for p, r in zip(paths, rows, strict=True)}
+        mins = actions.column(f"min.{column}").to_pylist()
+        maxs = actions.column(f"max.{column}").to_pylist()
+        return {p: (r, a, b) for p, r, a, b in zip(paths, rows, mins, maxs, strict=True)}
+
+    def _add_actions(self, table: DeltaTable) -> tuple[pa.Table, list[str]]:
+        """The add actions of ``table``'s version and their sorted paths, built once per version."""
+        version = table.version()
+        if self._actions is None or self._actions[0] != version:
+            actions = pa.table(table.get_add_actions(flatten=True))
+            self._actions = (version, actions, sorted(str(p) for p in actions.column("path").to_pylist()))
+        return self._actions[1], self._actions[2]
 
     def files_overlapping(self, column: str, lo: object, hi: object) -> list[str]:
         """Live files whose ``column`` statistics may hold a value in ``[lo, hi)`` (a file
         without statistics is kept): pruning by the log, no file is opened."""
         table = self.table()
-        return [] if table is None else _files_overlapping(table, column, lo, hi)
+        if table is None:
+            return []
+        actions = self._add_actions(table)[0]
+        paths = actions.column("path").to_pylist()
+        if f"min.{column}" not in actions.column_names:
+            return sorted(paths)
+        mins = actions.column(f"min.{column}").to_pylist()
+        maxs = actions.column(f"max.{column}").to_pylist()
+        return sorted(
+            p for p, a, b in zip(paths, mins, maxs, strict=True)
+            if a is None or b is None or (a < hi and b >= lo)
+        )
 
     def transaction_version(self, app_id: str) -> int | None:
         """The version last committed for ``app_id`` (for a Kafka partition: its last offset).
@@ -173,8 +218,7 @@ class DeltaDataset:
         table = self.table()
         if table is None:
             return [], -1
-        actions = table.get_add_actions(flatten=True)
-        return sorted(str(p) for p in actions.column("path").to_pylist()), table.version()
+        return list(self._add_actions(table)[1]), table.version()
 
     def files_at(self, version: int) -> list[str]:
         """Paths (relative to the table root) of the files of an earlier ``version``."""

@@ -48,6 +48,7 @@ from storage.keys import SIGNATURE_SUFFIX, load_private_key
 MANIFEST_DIR = "manifests"
 MANIFEST_FORMAT = "gpuledger-manifest/1"
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_PERIOD_DIR = re.compile(r"(?:^|/)period=(\d{4}-\d{2})(?:/|$)")
 _CHUNK_BYTES = 8 * 1024 * 1024
 # Datasets a close reads (late data may land in a sealed partition of these and wait for the
 # next close) as opposed to the ledgers a close writes (an unsealed file there is a forgery).
@@ -156,19 +157,44 @@ _NEXT_STEP = (
 )
 
 
-def sealed_files(store: Store) -> dict[str, str]:
-    """Every file any manifest seals or lists as read (path relative to the root) → its period.
+def sealed_files(store: Store, periods: Iterable[str] | None = None) -> dict[str, str]:
+    """Every file a manifest seals or lists as read (path relative to the root) → its period.
 
-    Fails closed: an unreadable or altered manifest raises :class:`SealUnreadable`, so no
-    caller treats the files it may seal as free to replace or delete.
+    ``periods`` bounds the reading to what a job touches (the hourly jobs pass the periods of
+    the partitions they are about to replace or delete files in): only those periods'
+    manifests are read, plus the newest one (the head of the chain the next close builds on,
+    so a damaged head stops the upkeep within the hour, not at the month's end). A close of
+    period P seals only files under ``*/period=P/`` (:func:`seal_period` refuses others), so a
+    file of a period outside ``periods`` can never be in the other manifests: the set is exact
+    for every file of ``periods``, and the cost follows the period, not the history. ``None``
+    reads every manifest (verify, the close).
+
+    Fails closed: an unreadable or altered manifest it reads raises :class:`SealUnreadable`, so
+    no caller treats the files it may seal as free to replace or delete.
     """
+    listed = sealed_periods(store)
+    if periods is not None:
+        wanted = set(periods)
+        listed = [p for p in listed if p in wanted or p == listed[-1]]
     out: dict[str, str] = {}
-    for period in sealed_periods(store):
+    for period in listed:
         doc = read_manifest(store, period)
         for entry in doc["files"]:
             out[entry["path"]] = period
         for entry in read_files(doc):
             out[entry["path"]] = period
+    return out
+
+
+def periods_of(paths: Iterable[str]) -> set[str] | None:
+    """The ``period=…`` of each path (relative to the root or a table); ``None`` if a path has
+    none (then no manifest can be ruled out and callers read them all)."""
+    out: set[str] = set()
+    for path in paths:
+        match = _PERIOD_DIR.search(path)
+        if match is None:
+            return None
+        out.add(match[1])
     return out
 
 
@@ -231,6 +257,13 @@ def seal_period(
         raise IntegrityError(f"cannot seal {period}: later period {later[0]} is sealed already")
 
     rel_paths = sorted({relative_path(store, f) for f in files})
+    read_paths = [f["path"] for entry in (reads or {}).values() for f in entry.get("files", [])]  # type: ignore[union-attr]
+    foreign = [
+        p for p in [*rel_paths, *read_paths]
+        if p.split("/", 1)[0] in INPUT_DATASETS and periods_of([p]) != {period}
+    ]
+    if foreign:  # sealed_files(periods=…) relies on it: a period's table files are sealed by its own manifest only
+        raise StorageError(f"cannot seal {period}: table files of another period {', '.join(sorted(foreign)[:3])}")
     missing = [p for p in rel_paths if not store.exists(store.path(p))]
     if missing:
         raise StorageError(f"cannot seal {period}: missing files {', '.join(missing)}")

@@ -71,8 +71,15 @@ def id_words(event_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(slots=True)
 class HourIds:
-    """Sorted runs of (hi, lo) ids of one hour with each id's value fingerprint, O(log n) runs;
-    lookups are binary searches."""
+    """The (hi, lo) ids of one hour with each id's value fingerprint, as O(log n) runs, each
+    ordered by the high word (stable: ids that share a high word keep their arrival order).
+
+    Adding sorts the batch by ``hi`` and merges two runs already ordered by ``hi`` with one
+    ``searchsorted`` of the smaller into the larger and linear moves (no re-sort of the merged
+    run); a lookup is one ``searchsorted`` per run. Two ids that share their high 64 bits (odds
+    2^-64 per pair) are told apart by a scan of the few entries with that high word.
+    Invariant: every run's ``hi`` is non-decreasing; ``size`` is the number of entries held.
+    """
 
     runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     size: int = 0
@@ -81,38 +88,59 @@ class HourIds:
         if hi.size == 0:
             return
         fp = np.zeros(hi.size, dtype=np.uint64) if fp is None else fp
-        order = np.lexsort((lo, hi))
+        order = np.argsort(hi, kind="stable")
         self.runs.append((hi[order], lo[order], fp[order]))
         self.size += int(hi.size)
         # keep O(log n) runs, merging a run into the one before once it is half its size or
-        # more (log-structured: each id is re-sorted O(log n) times, not once per batch)
+        # more (log-structured: each id is merged O(log n) times, not once per batch)
         while len(self.runs) >= 2 and 2 * self.runs[-1][0].size >= self.runs[-2][0].size:
             (a_hi, a_lo, a_fp), (b_hi, b_lo, b_fp) = self.runs[-2], self.runs[-1]
-            all_hi, all_lo = np.concatenate([a_hi, b_hi]), np.concatenate([a_lo, b_lo])
-            all_fp = np.concatenate([a_fp, b_fp])
-            order = np.lexsort((all_lo, all_hi))
-            self.runs[-2:] = [(all_hi[order], all_lo[order], all_fp[order])]
+            self.runs[-2:] = [_merge_runs(a_hi, a_lo, a_fp, b_hi, b_lo, b_fp)]
 
     def lookup(self, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found, the stored fingerprint where found)."""
         found = np.zeros(hi.size, dtype=bool)
         stored = np.zeros(hi.size, dtype=np.uint64)
         for run_hi, run_lo, run_fp in self.runs:
+            last = run_hi.size - 1
             left = np.searchsorted(run_hi, hi, side="left")
-            right = np.searchsorted(run_hi, hi, side="right")
-            idx = np.minimum(left, run_hi.size - 1)
-            hit = ((right - left) == 1) & (run_lo[idx] == lo) & ~found
+            idx = np.minimum(left, last)
+            same_hi = run_hi[idx] == hi
+            hit = same_hi & (run_lo[idx] == lo) & ~found
             stored[hit] = run_fp[idx[hit]]
             found |= hit
-            for i in np.flatnonzero((right - left) > 1):  # equal high words: 2^-64 per pair
-                match = np.flatnonzero(run_lo[left[i] : right[i]] == lo[i])
-                if match.size and not found[i]:
-                    found[i] = True
-                    stored[i] = run_fp[left[i] + match[0]]
+            # the entry after the first with this high word shares it too: scan that group
+            nxt = np.minimum(idx + 1, last)
+            for i in np.flatnonzero(same_hi & ~found & (idx < last) & (run_hi[nxt] == hi)):
+                j = int(idx[i])
+                while j <= last and run_hi[j] == hi[i]:
+                    if run_lo[j] == lo[i]:
+                        found[i] = True
+                        stored[i] = run_fp[j]
+                        break
+                    j += 1
         return found, stored
 
     def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         return self.lookup(hi, lo)[0]
+
+
+def _merge_runs(
+    a_hi: np.ndarray, a_lo: np.ndarray, a_fp: np.ndarray, b_hi: np.ndarray, b_lo: np.ndarray, b_fp: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two runs ordered by ``hi`` as one, in linear memory moves: each entry of ``b`` goes after
+    every entry of ``a`` with a high word not above its own (stable: ``a`` first on ties)."""
+    n = a_hi.size + b_hi.size
+    at_b = np.searchsorted(a_hi, b_hi, side="right") + np.arange(b_hi.size)
+    from_a = np.ones(n, dtype=bool)
+    from_a[at_b] = False
+    merged = []
+    for a, b in ((a_hi, b_hi), (a_lo, b_lo), (a_fp, b_fp)):
+        out = np.empty(n, dtype=a.dtype)
+        out[at_b] = b
+        out[from_a] = a
+        merged.append(out)
+    return merged[0], merged[1], merged[2]
 
 
 class StoredFiles(Protocol):

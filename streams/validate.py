@@ -45,7 +45,7 @@ from streams.schema import (
     RefusalReason,
     event_ids_match,
 )
-from streams.jsonlines import JSON_WHITESPACE, decode_json_lines
+from streams.jsonlines import decode_json_messages
 from streams.wire import ARROW_WIRE_SCHEMA, ArrowBatchError, decode_arrow, is_arrow, raw_of_line, raw_of_unreadable
 
 # schema v1 as Polars types, from the same declaration as the Arrow wire schema
@@ -183,24 +183,16 @@ def _decode_json_guarded(messages: Sequence[tuple[str, bytes]]) -> tuple[pl.Data
 
 
 def _decode_json(messages: Sequence[tuple[str, bytes]]) -> tuple[pl.DataFrame, list[Refused]]:
-    lines: list[bytes] = []
-    sources: list[str] = []
-    numbers: list[int] = []
-    for source, payload in messages:
-        for number, line in enumerate(payload.split(b"\n"), start=1):
-            if line.strip(JSON_WHITESPACE):
-                lines.append(line)
-                sources.append(source)
-                numbers.append(number)
-    table, kept, bad = decode_json_lines(lines)
-    refused = [Refused(f"{sources[i]}#{numbers[i]}", raw_of_line(lines[i]), code, why) for i, code, why in bad]
+    table, message, number, bad = decode_json_messages([payload for _, payload in messages])
+    sources = [source for source, _ in messages]
+    refused = [Refused(f"{sources[m]}#{n}", raw_of_line(line), code, why) for m, n, line, code, why in bad]
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     frame = frame.with_columns(
         _source=pl.format(
             "{}#{}",
-            pl.Series([sources[i] for i in kept], dtype=pl.String()),
-            pl.Series([numbers[i] for i in kept], dtype=pl.Int64()),
+            pl.Series(sources, dtype=pl.String()).gather(pl.Series(message, dtype=pl.UInt32())),
+            pl.Series(number, dtype=pl.Int64()),
         )
     ).select(*FIELDS, "_source", "_raw")
     return frame, refused

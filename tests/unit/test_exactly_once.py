@@ -219,6 +219,28 @@ def test_the_window_answers_exactly_like_a_set_of_128_bit_ids() -> None:
     assert len(held.runs) <= 12  # O(log n) runs
 
 
+def test_ids_sharing_their_high_word_are_each_found_with_their_own_fingerprint() -> None:
+    """Runs are ordered by the high word only: ids that share it (2^-64 per pair, forced here)
+    sit side by side in arrival order, and each is found, with its own fingerprint, whichever
+    position of the group it holds and across merged runs; an absent low word is not found."""
+    import numpy as np
+
+    from streams.dedupe import HourIds
+
+    held = HourIds()
+    shared = np.array([7, 7, 7, 3, 9], dtype=np.uint64)
+    held.add(shared, np.array([30, 10, 20, 1, 2], dtype=np.uint64), np.array([1, 2, 3, 4, 5], dtype=np.uint64))
+    held.add(np.array([7, 3], dtype=np.uint64), np.array([5, 6], dtype=np.uint64), np.array([6, 7], dtype=np.uint64))
+    for step in range(1, 40):  # more runs, merged into the first ones
+        held.add(np.array([100 + step], dtype=np.uint64), np.array([step], dtype=np.uint64))
+    hi = np.array([7, 7, 7, 7, 3, 3, 9, 7, 3, 8], dtype=np.uint64)
+    lo = np.array([10, 20, 30, 5, 1, 6, 2, 40, 2, 10], dtype=np.uint64)
+    found, stored = held.lookup(hi, lo)
+    assert found.tolist() == [True] * 7 + [False] * 3
+    assert stored.tolist() == [2, 3, 1, 6, 4, 7, 5, 0, 0, 0]
+    assert held.size == 7 + 39
+
+
 def test_a_conflicting_resend_is_quarantined_beside_a_pointer_to_the_stored_copy(tmp_path: Path) -> None:
     """Same event_id, other values (a re-sent line with another project, another duration):
     not silently dropped as a duplicate, not billed, kept in quarantine with its reason;
