@@ -90,11 +90,13 @@ def test_no_command_makes_a_local_s3_directory_for_an_s3_data_dir(tmp_path: Path
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "GPULEDGER_CONFIG": "", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-           "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1"}
+           "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1",
+           "GPULEDGER_REGISTRY": str(REPO / "examples" / "registry.toml")}
     argv = [str(events) if a == "EVENTS" else a for a in args]
     proc = subprocess.run([sys.executable, "-m", "gpuledger", *argv, "--data-dir", "s3://bucket/prefix"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     # then it is refused in one line, and nothing named s3: appears where it ran
     assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "cannot use the data dir s3://bucket/prefix" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert list(cwd.iterdir()) == []

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.unit
 
 def consume_as(group: str, data: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "400", "GPULEDGER_CONFIG": "",
-           "GPULEDGER_KAFKA__CONSUMER_GROUP": group}
+           "GPULEDGER_REGISTRY": str(REPO / "examples" / "registry.toml"), "GPULEDGER_KAFKA__CONSUMER_GROUP": group}
     return subprocess.Popen(
         [sys.executable, "-m", "gpuledger", "consume", "--until-idle", "--data-dir", str(data)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -60,7 +60,8 @@ def test_a_group_added_on_purpose_is_let_in_and_the_change_is_recorded(tmp_path:
     assert cli("consume", "--until-idle", data=data).returncode == 0  # group gpuledger-consumer
     renamed = {**os.environ, "GPULEDGER_KAFKA__CONSUMER_GROUP": "billing-2027"}
     proc = subprocess.run([sys.executable, "-m", "gpuledger", "consume", "--until-idle", "--data-dir", str(data)],
-                          cwd=REPO, env={**renamed, "PYTHONPATH": str(REPO), "GPULEDGER_CONFIG": ""},
+                          cwd=REPO, env={**renamed, "PYTHONPATH": str(REPO), "GPULEDGER_CONFIG": "",
+                               "GPULEDGER_REGISTRY": str(REPO / "examples" / "registry.toml")},
                           capture_output=True, text=True, timeout=300)
     assert "is refused" in one_error_line(proc)
     # when the operator hands the store to the renamed group on purpose
@@ -69,7 +70,8 @@ def test_a_group_added_on_purpose_is_let_in_and_the_change_is_recorded(tmp_path:
     shown = cli("storage", "owner", data=data)
     assert "gpuledger-consumer, billing-2027" in shown.stdout and "group renamed for 2027" in shown.stdout
     proc = subprocess.run([sys.executable, "-m", "gpuledger", "consume", "--until-idle", "--data-dir", str(data)],
-                          cwd=REPO, env={**renamed, "PYTHONPATH": str(REPO), "GPULEDGER_CONFIG": ""},
+                          cwd=REPO, env={**renamed, "PYTHONPATH": str(REPO), "GPULEDGER_CONFIG": "",
+                               "GPULEDGER_REGISTRY": str(REPO / "examples" / "registry.toml")},
                           capture_output=True, text=True, timeout=300)
     # then it starts, and finds everything stored already
     assert proc.returncode == 0, proc.stderr
