@@ -42,8 +42,9 @@ Invariants:
   (:class:`ConsumerGroupBusy`); two would both store every batch.
 * :meth:`LocalBus.trim` drops the prefix that every group has committed past, by writing the
   rest to a new ``log.<offset>.<byte>`` file and removing the old one, under the log's lock
-  (producers wait) and the trim lock (commits wait). A group that never committed starts at
-  the first record kept, as a new Kafka group starts at the earliest retained offset.
+  (producers wait) and the trim lock (commits wait). A consumer whose store holds nothing of a
+  trimmed log stops and names the trimmed records (they are in some other store, or lost):
+  never a silent start at the first record kept.
 """
 
 from __future__ import annotations
@@ -521,6 +522,15 @@ class LocalConsumer:
         segment = current_segment(self._dir)
         base = segment or Segment(self._dir / "log", 0, 0)
         if offset is None:
+            if base.base_offset > 0:
+                # trimmed records are ones some store holds; this one holds none of them
+                raise StoredOffsetBeforeLog(
+                    f"partition 0 of {self._topic} (local bus {self._dir.parent}): storage holds nothing of it, but "
+                    f"the log now starts at offset {base.base_offset} ({base.path}): records 0..{base.base_offset - 1} "
+                    "were trimmed after another store took them (is --data-dir the store this bus fed?); point the "
+                    "consumer at that store, or, if they are accounted for, re-base deliberately: gpuledger offsets "
+                    f"rebase --topic {self._topic} --partition 0 --to {base.base_offset} --reason '<why>'"
+                )
             offset = base.base_offset
         if offset < base.base_offset:
             raise StoredOffsetBeforeLog(

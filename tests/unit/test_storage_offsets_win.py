@@ -88,3 +88,24 @@ def test_offsets_that_restarted_stop_the_consumer_until_a_deliberate_rebase(tmp_
     assert cli("consume", "--until-idle", data=data).returncode == 0
     ids = raw_ids(data)
     assert ids.len() == ids.n_unique() == 305
+
+
+def test_a_store_that_holds_nothing_of_a_trimmed_log_stops_and_names_the_trimmed_records(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    consumed(data, tmp_path, "a.jsonl", 200, day=2)
+    assert cli("bus", "trim", data=data).returncode == 0
+    # given the store's tables lost (restored empty) while the bus, trimmed past them, remains
+    for table in ("raw", "quarantine", "usage_hourly"):
+        shutil.rmtree(data / table, ignore_errors=True)
+    assert cli("ingest", str(events_file(tmp_path / "b.jsonl", 5, day=3)), data=data).returncode == 0
+    # then the consumer does not silently start at the first record kept: it names what was trimmed
+    line = one_error_line(cli("consume", "--until-idle", data=data))
+    assert "storage holds nothing of it, but the log now starts at offset 1" in line
+    assert "records 0..0 were trimmed" in line and "gpuledger offsets rebase --topic gpu.usage.v1" in line
+    assert raw_ids(data).len() == 0
+    # and a deliberate re-base (recorded in the tables' history) lets it go on with what is left
+    rebase = cli("offsets", "rebase", "--topic", "gpu.usage.v1", "--partition", "0", "--to", "1",
+                 "--reason", "the first message is accounted for in the old store", data=data)
+    assert rebase.returncode == 0, rebase.stderr
+    assert cli("consume", "--until-idle", data=data).returncode == 0
+    assert raw_ids(data).len() == 5
