@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from storage.errors import GpuledgerError
-from streams.bus import QUARANTINE_TOPIC, USAGE_TOPIC
+from streams.bus import DEFAULT_MAX_BATCH_BYTES, QUARANTINE_TOPIC, USAGE_TOPIC
 
 
 class SettingsError(GpuledgerError):
@@ -126,6 +126,9 @@ class CollectorSettings(_Section):
 
 class ConsumerSettings(_Section):
     max_batch_records: int = Field(default=50_000, ge=1)
+    # a batch also stops once its messages hold this many bytes (1 MiB to 64 MiB, Kafka's fetch):
+    # the batch step's memory is a multiple of it, so it sets the consumer's peak RSS
+    max_batch_bytes: int = Field(default=DEFAULT_MAX_BATCH_BYTES, ge=1024 * 1024, le=64 * 1024 * 1024)
     poll_timeout_s: float = Field(default=0.5, gt=0)
     idle_polls: int = Field(default=2, ge=1)  # --until-idle: empty polls in a row before exit
     # event-time hours of ids the dedupe holds in memory (24 bytes per id); re-sends of older

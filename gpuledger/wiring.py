@@ -95,6 +95,7 @@ def make_stream_consumer(
         BatchProcessor(store, accounts_of(registry), EventWindow(store, settings.consumer.dedupe_window_hours)),
         quarantine_producer=quarantine,
         max_batch_records=settings.consumer.max_batch_records,
+        max_batch_bytes=settings.consumer.max_batch_bytes,
         poll_timeout_s=settings.consumer.poll_timeout_s,
         group=settings.kafka.consumer_group,
         observer=metrics,

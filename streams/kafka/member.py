@@ -36,7 +36,7 @@ from kafka import KafkaConsumer as _KConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from streams.bus import BusRecord, RebalanceListener, RevokeCallback, offset_beyond_log
+from streams.bus import DEFAULT_MAX_BATCH_BYTES, BusRecord, RebalanceListener, RevokeCallback, offset_beyond_log
 from streams.errors import StoredOffsetBeforeLog, StoredOffsetBeyondLog
 from streams.kafka.connection import MAX_MESSAGE_BYTES, REBALANCE_ERRORS, client_config, translate
 
@@ -73,13 +73,11 @@ class KafkaConsumer:
         topic: str,
         group: str,
         on_revoke: RevokeCallback | None,
-        max_batch_bytes: int = 64 * 1024 * 1024,
     ):
         self._bus = bus
         self._sasl = bus._sasl
         self.topic = topic
         self.group = group
-        self.max_batch_bytes = max_batch_bytes
         self._on_revoke = on_revoke
         self._listener: RebalanceListener | None = None
         self._lock = threading.Lock()
@@ -254,11 +252,14 @@ class KafkaConsumer:
         except kerr.KafkaError as exc:
             raise translate(exc, f"looking up the positions of {self.topic}", sasl=self._sasl) from exc
 
-    def poll_batch(self, max_records: int, timeout_s: float) -> list[BusRecord]:
+    def poll_batch(
+        self, max_records: int, timeout_s: float, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    ) -> list[BusRecord]:
         """Up to ``max_records`` records: waits up to ``timeout_s`` for the first, then takes
         whatever else is already fetched, so batches are large when the topic has a backlog.
-        A batch also stops growing past ``max_batch_bytes`` of values (memory stays bounded
-        when messages carry thousands of events each), and holds no record of a partition
+        A batch also stops growing once it holds ``max_batch_bytes`` of values (memory stays
+        bounded when messages carry thousands of events each; records fetched past the bound
+        stay in kafka-python's buffer for the next poll), and holds no record of a partition
         revoked while it was polled."""
         records: list[BusRecord] = []
         if not self._joined:
@@ -268,8 +269,8 @@ class KafkaConsumer:
             # (hundreds of MB of Arrow batches on a backlog), the loop below stops at the cap
             records = self._drop_revoked(self._poll(timeout_s, min(max_records, _FIRST_POLL_RECORDS)))
         size = sum(len(r.value) for r in records)
-        while records and len(records) < max_records and size < self.max_batch_bytes:
-            room = (self.max_batch_bytes - size) * len(records) // max(size, 1)  # records that fit
+        while records and len(records) < max_records and size < max_batch_bytes:
+            room = (max_batch_bytes - size) * len(records) // max(size, 1)  # records that fit
             more = self._poll(0.0, max(1, min(max_records - len(records), 1000, room)))
             records = self._drop_revoked(records)  # a rebalance in that poll: keep only what is ours
             if not more:
