@@ -45,7 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_FIRST_POLL_RECORDS = 100
+# a batch's first poll: few enough that their values stay under the smallest byte bound (1 MiB)
+# for the programme's messages (a node's minute is ~35 KB, a bulk message ~300 KB); the loop
+# in ``poll_batch`` then sizes each further poll by the room left
+_FIRST_POLL_RECORDS = 3
 
 
 class _Rebalances(ConsumerRebalanceListener):
@@ -271,7 +274,9 @@ class KafkaConsumer:
         size = sum(len(r.value) for r in records)
         while records and len(records) < max_records and size < max_batch_bytes:
             room = (max_batch_bytes - size) * len(records) // max(size, 1)  # records that fit
-            more = self._poll(0.0, max(1, min(max_records - len(records), 1000, room)))
+            if room < 1:
+                break  # one more record of the batch's average size would pass the bound
+            more = self._poll(0.0, min(max_records - len(records), 1000, room))
             records = self._drop_revoked(records)  # a rebalance in that poll: keep only what is ours
             if not more:
                 break
