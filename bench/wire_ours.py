@@ -41,10 +41,10 @@ def main() -> None:
     from streams.kafka import KafkaBus
     from streams.pipeline import BatchProcessor
 
-    bus = KafkaBus(KafkaSettings(bootstrap=args.bootstrap, partitions=args.partitions))
-    consumer = bus.consumer(args.topic, args.group)
-    processor = BatchProcessor(Store(args.data_dir), accounts_of(load_registry(REPO / "examples" / "registry.toml")))
     bound = {} if args.max_batch_bytes is None else {"max_batch_bytes": args.max_batch_bytes}
+    bus = KafkaBus(KafkaSettings(bootstrap=args.bootstrap, partitions=args.partitions))
+    consumer = bus.consumer(args.topic, args.group, **bound)
+    processor = BatchProcessor(Store(args.data_dir), accounts_of(load_registry(REPO / "examples" / "registry.toml")))
     stream = StreamConsumer(consumer, processor, max_batch_records=args.max_batch_records, poll_timeout_s=0.5, **bound)
     totals = stream.run(until_idle=True, idle_polls=3)
     consumer.close()

@@ -84,7 +84,7 @@ def make_stream_consumer(
     """
     topic = settings.kafka.usage_topic
     quarantine = bus.producer(settings.kafka.quarantine_topic)
-    bus_consumer = bus.consumer(topic, settings.kafka.consumer_group)
+    bus_consumer = bus.consumer(topic, settings.kafka.consumer_group, max_batch_bytes=settings.consumer.max_batch_bytes)
     metrics = None
     if metrics_registry is not None:
         heartbeat = HeartbeatFile(settings.heartbeat_file)

@@ -129,6 +129,11 @@ class Bus(Protocol):
         """A producer for ``topic`` (created if missing where the bus can)."""
 
     def consumer(
-        self, topic: str, group: str, on_revoke: RevokeCallback | None = None
+        self,
+        topic: str,
+        group: str,
+        on_revoke: RevokeCallback | None = None,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     ) -> Consumer:
-        """A consumer of ``topic`` in consumer group ``group``."""
+        """A consumer of ``topic`` in consumer group ``group``. ``max_batch_bytes`` also bounds
+        what the bus fetches ahead of the polls (Kafka's fetch; the local bus reads per poll)."""

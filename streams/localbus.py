@@ -177,7 +177,11 @@ class LocalBus:
         return LocalProducer(self._topic_dir(topic))
 
     def consumer(
-        self, topic: str, group: str, on_revoke: RevokeCallback | None = None
+        self,
+        topic: str,
+        group: str,
+        on_revoke: RevokeCallback | None = None,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,  # nothing is read ahead of a poll here
     ) -> LocalConsumer:
         return LocalConsumer(self._topic_dir(topic), group)
 

@@ -76,6 +76,7 @@ class KafkaConsumer:
         topic: str,
         group: str,
         on_revoke: RevokeCallback | None,
+        fetch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     ):
         self._bus = bus
         self._sasl = bus._sasl
@@ -94,7 +95,9 @@ class KafkaConsumer:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-                fetch_max_bytes=64 * 1024 * 1024,
+                # what one fetch brings ahead of the polls (soft: a larger message still comes);
+                # it waits, compressed, in kafka-python's buffer next to the batch being processed
+                fetch_max_bytes=fetch_bytes,
                 session_timeout_ms=int(bus.session_timeout_s * 1000),
                 heartbeat_interval_ms=int(max(0.5, bus.session_timeout_s / 4) * 1000),
                 # the longest a batch step (write + commit) may take before the group evicts
