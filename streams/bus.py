@@ -39,7 +39,7 @@ QUARANTINE_TOPIC = "gpu.usage.quarantine.v1"
 # values per batch before a poll stops (`[consumer] max_batch_bytes`): the decoded columns and
 # the rules' frames of a batch are a multiple of this, so it, not the message count, sets the
 # consumer's peak memory (docs/BENCHMARKS.md, "Cost per event against peers", item 3)
-DEFAULT_MAX_BATCH_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

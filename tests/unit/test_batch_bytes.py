@@ -102,10 +102,10 @@ def test_the_byte_setting_is_validated(tmp_path, monkeypatch) -> None:
         if name.startswith("GPULEDGER_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("GPULEDGER_CONFIG", "")
-    assert load_settings().consumer.max_batch_bytes == DEFAULT_MAX_BATCH_BYTES == 16 * 1024 * 1024
+    assert load_settings().consumer.max_batch_bytes == DEFAULT_MAX_BATCH_BYTES == 8 * 1024 * 1024
     monkeypatch.setenv("GPULEDGER_CONSUMER__MAX_BATCH_BYTES", str(1024 * 1024))
     assert load_settings().consumer.max_batch_bytes == 1024 * 1024
-    for wrong in (1024 * 1024 - 1, 64 * 1024 * 1024 + 1):
+    for wrong in (1024 * 1024 - 1, 16 * 1024 * 1024 + 1):
         monkeypatch.setenv("GPULEDGER_CONSUMER__MAX_BATCH_BYTES", str(wrong))
         with pytest.raises(SettingsError, match="max_batch_bytes"):
             load_settings()
