@@ -31,7 +31,7 @@ passed in: every job function takes ``now`` (or a clock reference that gives it)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -324,7 +324,7 @@ def configure(
         "accounting.scheduler:compaction_job",
         chosen[COMPACTION_ID],
         id=COMPACTION_ID,
-        name="hourly compaction of raw/ and usage_hourly/",
+        name="hourly upkeep: roll usage_hourly up from raw/, compact raw/ and quarantine/, vacuum",
         kwargs={"data_dir": data_dir, "clock_ref": config.clock_ref},
         **common,
     )
@@ -365,14 +365,27 @@ def catch_up(config: ScheduleConfig) -> CloseRun:
     )
 
 
-def serve(config: ScheduleConfig, *, on_start: Callable[[CloseRun], None] | None = None) -> None:
-    """Catch up, then run the :class:`BlockingScheduler` until interrupted (``gpuledger schedule``)."""
+def serve(
+    config: ScheduleConfig,
+    *,
+    on_start: Callable[[CloseRun], None] | None = None,
+    on_job_end: Callable[[str, bool, object], None] | None = None,
+) -> None:
+    """Catch up, then run the :class:`BlockingScheduler` until interrupted (``gpuledger schedule``).
+
+    ``on_job_end(job_id, ok, result)`` hears every job run end (the scheduler's metrics).
+    """
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     run = catch_up(config)
     if on_start is not None:
         on_start(run)
     scheduler = configure(BlockingScheduler(), config)
+    if on_job_end is not None:
+        scheduler.add_listener(
+            lambda e: on_job_end(e.job_id, e.exception is None, e.retval), EVENT_JOB_EXECUTED | EVENT_JOB_ERROR
+        )
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
@@ -380,17 +393,6 @@ def serve(config: ScheduleConfig, *, on_start: Callable[[CloseRun], None] | None
     finally:
         if scheduler.running:
             scheduler.shutdown(wait=True)
-
-
-def next_runs(scheduler: BaseScheduler) -> Sequence[tuple[str, datetime | None]]:
-    """(job id, next fire time) of each job, for the CLI to print."""
-    return [(job.id, job.next_run_time) for job in scheduler.get_jobs()]
-
-
-def month_start_kst(period: str) -> datetime:
-    """First instant of a KST month (handy for clocks in tests and docs)."""
-    year, month = (int(x) for x in period.split("-"))
-    return datetime(year, month, 1, tzinfo=KST)
 
 
 __all__ = [
@@ -402,7 +404,6 @@ __all__ = [
     "compliance_snapshot",
     "UpkeepRun",
     "configure",
-    "month_start_kst",
     "run_compaction",
     "run_due_closes",
     "serve",

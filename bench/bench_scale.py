@@ -141,7 +141,8 @@ def kafka(args: argparse.Namespace) -> int:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         procs = [subprocess.Popen([sys.executable, "-m", "gpuledger", "consume", "--bus", "kafka", "--until-idle",
-                                   "--data-dir", data_dir], env=env | {"GPULEDGER_KAFKA__CONSUMER_GROUP": group},
+                                   "--data-dir", data_dir, "--registry", str(REPO / "examples" / "registry.toml")],
+                                  env=env | {"GPULEDGER_KAFKA__CONSUMER_GROUP": group},
                                   cwd=REPO, stdout=subprocess.PIPE, text=True)
                  for _ in range(members)]
         outs = [p.communicate()[0] for p in procs]

@@ -42,6 +42,10 @@ class DirectPublisher:
         for start in range(0, len(events), self._max):
             self._producer.send(node, encode_batch(events[start : start + self._max]))
 
+    def publish_raw(self, node: str, payload: bytes) -> None:
+        """One message of bytes as they are (the demo's line that is not JSON)."""
+        self._producer.send(node, payload)
+
     def flush(self) -> None:
         self._producer.flush()
 

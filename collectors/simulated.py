@@ -17,7 +17,7 @@ import random
 from collections.abc import Mapping, Sequence
 
 from collectors.device import DeviceInfo, DeviceSample, Owner
-from streams.schema import UNATTRIBUTED
+from streams.schema import UNATTRIBUTED, Flag
 
 # (profile, slices) over a maximum of 7 slices: one B200 split 3 + 2 + 1 + 1
 MIG_LAYOUT: tuple[tuple[str, int], ...] = (("3g.90gb", 3), ("2g.45gb", 2), ("1g.23gb", 1), ("1g.23gb", 1))
@@ -49,6 +49,7 @@ class NodeSpec:
     mig_gpus: int = 0  # how many of its GPUs are split with MIG_LAYOUT
     silent_from_s: float | None = None
     silent_to_s: float | None = None
+    lost_gpu_from_s: float | None = None  # from then its first GPU is off the bus (Xid 79): gpu_lost samples
 
 
 class SimulatedNode:
@@ -108,8 +109,11 @@ class SimulatedNode:
             util_by_gpu[device.gpu_uuid] = util_by_gpu.get(device.gpu_uuid, 0.0) + util * device.gpu_fraction
         for gpu, util in util_by_gpu.items():
             self._energy_mj[gpu] += (idle + (peak - idle) * util / 100.0) * period_s * 1000.0
+        lost = self._lost_gpu(timestamp_s)
         return [
-            DeviceSample(
+            DeviceSample(device=device, timestamp_s=timestamp_s, flags=frozenset({Flag.GPU_LOST}))
+            if device.gpu_uuid == lost
+            else DeviceSample(
                 device=device,
                 timestamp_s=timestamp_s,
                 utilisation_percent=job.utilisation_percent if job else 0.0,
@@ -118,6 +122,11 @@ class SimulatedNode:
             )
             for device, job in jobs
         ]
+
+    def _lost_gpu(self, timestamp_s: float) -> str | None:
+        """The UUID of the GPU that fell off the bus, once it has (NVML answers GpuIsLost for it)."""
+        lost_from = self.spec.lost_gpu_from_s
+        return self.devices[0].gpu_uuid if lost_from is not None and timestamp_s >= lost_from else None
 
     def owner(self, sample: DeviceSample) -> Owner:
         job = self._job_at(sample.device, sample.timestamp_s)

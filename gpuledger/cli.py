@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -77,7 +77,10 @@ def demo(
     month: Annotated[
         str | None, typer.Option("--month", help="KST month to simulate (default: the last complete month).")
     ] = None,
-    nodes_per_entity: Annotated[int, typer.Option(help="8-GPU nodes per entity in the simulated fleet.")] = 8,
+    nodes_per_entity: Annotated[
+        int | None,
+        typer.Option(help="At most this many 8-GPU nodes per entity (default: the whole scaled fleet, 33 nodes).", show_default=False),
+    ] = None,
 ) -> None:
     """Simulate a month of a GPU fleet through the whole pipeline, close it, print the summary.
 
@@ -87,56 +90,67 @@ def demo(
 
     def body() -> None:
         from gpuledger import demo as demo_mod
-        from gpuledger.summary import print_close_summary
-        from gpuledger.wiring import make_bus, make_store, make_stream_consumer, registry_from
 
         settings = settings_from(data_dir or Path("gpuledger-data/demo"), registry or demo_mod.demo_registry_path(), bus)
-        reg = registry_from(settings)
-        demo_mod.prepare_data_dir(Path(settings.data_dir))
-        period = month or demo_mod.previous_month(datetime.now(UTC))
-        plan = demo_mod.plan(reg, period, nodes_per_entity)
-        store = make_store(settings)
-        the_bus = make_bus(settings)
-        from collectors.publish import DirectPublisher
-
-        publisher = DirectPublisher(the_bus.producer(settings.kafka.usage_topic))
-        consumer = make_stream_consumer(settings, reg, the_bus, store)
-        devices = sum(s.gpus + s.mig_gpus * 3 for s in plan.nodes)
-        console.print(
-            f"Simulating {period} (KST): {len(plan.nodes)} nodes, {devices} devices, "
-            f"{plan.interval_s // 60}-minute events, bus={settings.bus}, data in {settings.data_dir}"
-        )
-        started = time.perf_counter()
-        with _progress() as progress, consumer:
-            task = progress.add_task("collect → bus → consume", total=(plan.end_s - plan.start_s) // 86400)
-            published, totals = demo_mod.simulate(
-                plan,
-                reg,
-                publisher,
-                lambda: consumer.run(until_idle=True, idle_polls=1),
-                on_day=lambda day, days, n: progress.update(task, completed=day, description=f"day {day}/{days}: {n:,} events"),
-            )
-        console.print(
-            f"Published {published:,} events; consumer accepted {totals.accepted:,}, "
-            f"refused {totals.refused:,}, duplicates dropped {totals.duplicates:,}."
-        )
-        if settings.bus == "local":  # everything is consumed: keep only what a group has not read
-            from streams.localbus import LocalBus
-
-            LocalBus(Path(settings.data_dir) / "bus").trim(settings.kafka.usage_topic)
-        from accounting.close import close_month
-        from storage.lease import hold
-        from storage.rollup import roll_up
-
-        with hold(store, "gpuledger demo close", wait_s=120) as lease:  # the one lease of close and upkeep
-            roll_up(store, lease=lease)  # usage_hourly: one row per hour × device × owner, from raw
-            result = close_month(store, reg, period, lease=lease)
-        print_close_summary(store, period, result, registry=reg)
-        for label, path in demo_mod.report_and_export(store, reg, period, Path(settings.registry)):
-            out.print(f"{label} {path}", soft_wrap=True, highlight=False)
-        console.print(f"Done in {time.perf_counter() - started:.1f} s. Data under {Path(settings.data_dir).absolute()}")
+        _demo(settings, month or demo_mod.previous_month(datetime.now(UTC)), nodes_per_entity)
 
     run_command(body)
+
+
+def _demo(settings: Settings, period: str, nodes_per_entity: int | None) -> None:
+    from accounting.close import close_month
+    from gpuledger import demo as demo_mod
+    from gpuledger.summary import print_close_summary
+    from gpuledger.wiring import make_store, registry_from
+    from storage.lease import hold
+    from storage.rollup import roll_up
+
+    reg = registry_from(settings)
+    demo_mod.prepare_data_dir(Path(settings.data_dir))
+    plan = demo_mod.plan(reg, period, nodes_per_entity)
+    store = make_store(settings)
+    started = time.perf_counter()
+    _simulate_month(settings, reg, plan, store)
+    if settings.bus == "local":  # everything is consumed: keep only what a group has not read
+        from streams.localbus import LocalBus
+
+        LocalBus(Path(settings.data_dir) / "bus").trim(settings.kafka.usage_topic)
+    with hold(store, "gpuledger demo close", wait_s=120) as lease:  # the one lease of close and upkeep
+        roll_up(store, lease=lease)  # usage_hourly: one row per hour × device × owner, from raw
+        result = close_month(store, reg, period, lease=lease)
+    print_close_summary(store, period, result, registry=reg)
+    for label, path in demo_mod.report_and_export(store, reg, period, Path(settings.registry_file())):
+        out.print(f"{label} {path}", soft_wrap=True, highlight=False)
+    console.print(f"Done in {time.perf_counter() - started:.1f} s. Data under {Path(settings.data_dir).absolute()}")
+
+
+def _simulate_month(settings: Settings, reg, plan, store) -> None:  # noqa: ANN001 - server-side types imported on use
+    """The simulated fleet → bus → consumer, day by day, with a progress bar; prints the counts."""
+    from collectors.publish import DirectPublisher
+    from gpuledger import demo as demo_mod
+    from gpuledger.wiring import make_bus, make_stream_consumer
+
+    the_bus = make_bus(settings)
+    publisher = DirectPublisher(the_bus.producer(settings.kafka.usage_topic))
+    consumer = make_stream_consumer(settings, reg, the_bus, store)
+    devices = sum(s.gpus + s.mig_gpus * 3 for s in plan.nodes)
+    console.print(
+        f"Simulating {plan.period} (KST): {len(plan.nodes)} nodes, {devices} devices, "
+        f"{plan.interval_s // 60}-minute events, bus={settings.bus}, data in {settings.data_dir}"
+    )
+    with _progress() as progress, consumer:
+        task = progress.add_task("collect → bus → consume", total=(plan.end_s - plan.start_s) // 86400)
+        published, totals = demo_mod.simulate(
+            plan,
+            reg,
+            publisher,
+            lambda: consumer.run(until_idle=True, idle_polls=1),
+            on_day=lambda day, days, n: progress.update(task, completed=day, description=f"day {day}/{days}: {n:,} events"),
+        )
+    console.print(
+        f"Published {published:,} events; consumer accepted {totals.accepted:,}, "
+        f"refused {totals.refused:,}, duplicates dropped {totals.duplicates:,}."
+    )
 
 
 class Wire(StrEnum):
@@ -208,64 +222,71 @@ def consume(
     It writes its progress to a heartbeat file that `gpuledger health` checks. Logs are JSON
     lines on stderr, as the collector's; the final count goes to stdout.
     """
-
-    def body() -> None:
-        import logging
-
-        from prometheus_client import CollectorRegistry
-
-        from collectors.metrics import serve
-        from gpuledger.wiring import make_bus, make_store, make_stream_consumer, registry_from
-
-        settings = settings_from(data_dir, registry, bus)
-        logging.getLogger("gpuledger.consumer").info("consumer starting", extra={
-            "bus": settings.bus, "topic": settings.kafka.usage_topic, "group": settings.kafka.consumer_group,
-            "data_dir": str(settings.data_dir), "registry": str(settings.registry),
-            **({"bootstrap": settings.kafka.bootstrap} if settings.bus == "kafka" else {}),
-        })
-        reg = registry_from(settings)
-        # one /metrics for the whole run; a consumer rebuilt after a full disk reports into a
-        # fresh registry (metrics cannot be registered twice) that the served one delegates to
-        served = CollectorRegistry()
-        current: list[CollectorRegistry] = [CollectorRegistry()]
-
-        class _Current:
-            def collect(self):  # noqa: ANN202 - prometheus_client's collector protocol
-                yield from current[0].collect()
-
-        served.register(_Current())
-        port = metrics_port if metrics_port is not None else settings.consumer.metrics_port
-        server = None
-        if port is not None:
-            server, bound = serve(served, port)
-            console.print(f"consume: metrics on http://0.0.0.0:{bound}/metrics", highlight=False)
-
-        def build():  # noqa: ANN202
-            current[0] = CollectorRegistry()
-            return make_stream_consumer(settings, reg, make_bus(settings), make_store(settings), metrics_registry=current[0])
-
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        try:
-            totals = run_riding_out_full_disk(
-                build,
-                data_dir=Path(settings.data_dir),
-                until_idle=until_idle,
-                idle_polls=settings.consumer.idle_polls,
-                stop=stop,
-            )
-        finally:
-            if server is not None:
-                server.shutdown()
-        out.print(
-            f"consume: {totals.accepted:,} events accepted, {totals.refused:,} refused (kept in quarantine/), "
-            f"{totals.duplicates:,} duplicates dropped, {totals.replayed:,} messages already stored "
-            f"(skipped by offset), in {totals.batches} batches"
-        )
-
     with cli_collect.json_logs(log_level):
-        run_command(body)
+        run_command(lambda: _consume(settings_from(data_dir, registry, bus), until_idle, metrics_port))
+
+
+def _consume(settings: Settings, until_idle: bool, metrics_port: int | None) -> None:
+    from gpuledger.wiring import make_bus, make_store, make_stream_consumer, registry_from
+
+    logging.getLogger("gpuledger.consumer").info("consumer starting", extra={
+        "bus": settings.bus, "topic": settings.kafka.usage_topic, "group": settings.kafka.consumer_group,
+        "data_dir": str(settings.data_dir), "registry": str(settings.registry_file()),
+        **({"bootstrap": settings.kafka.bootstrap} if settings.bus == "kafka" else {}),
+    })
+    reg = registry_from(settings)
+    port = metrics_port if metrics_port is not None else settings.consumer.metrics_port
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with _served_metrics(port) as fresh_registry:
+        totals = run_riding_out_full_disk(
+            lambda: make_stream_consumer(
+                settings, reg, make_bus(settings), make_store(settings), metrics_registry=fresh_registry()
+            ),
+            data_dir=Path(settings.data_dir),
+            until_idle=until_idle,
+            idle_polls=settings.consumer.idle_polls,
+            stop=stop,
+        )
+    out.print(
+        f"consume: {totals.accepted:,} events accepted, {totals.refused:,} refused (kept in quarantine/), "
+        f"{totals.duplicates:,} duplicates dropped, {totals.replayed:,} messages already stored "
+        f"(skipped by offset), in {totals.batches} batches"
+    )
+
+
+@contextlib.contextmanager
+def _served_metrics(port: int | None) -> Iterator[Callable[[], object]]:
+    """One /metrics for the whole run (``port`` None: not served); yields a function that gives
+    a fresh registry for each consumer built. A consumer rebuilt after a full disk reports into
+    a fresh registry (metrics cannot be registered twice), which the served one delegates to."""
+    from prometheus_client import CollectorRegistry
+
+    from collectors.metrics import serve
+
+    served = CollectorRegistry()
+    current: list[CollectorRegistry] = [CollectorRegistry()]
+
+    class _Current:
+        def collect(self):  # noqa: ANN202 - prometheus_client's collector protocol
+            yield from current[0].collect()
+
+    served.register(_Current())
+    server = None
+    if port is not None:
+        server, bound = serve(served, port)
+        console.print(f"consume: metrics on http://0.0.0.0:{bound}/metrics", highlight=False)
+
+    def fresh() -> CollectorRegistry:
+        current[0] = CollectorRegistry()
+        return current[0]
+
+    try:
+        yield fresh
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 @app.command()
@@ -335,41 +356,17 @@ def quarantine_list(
 ) -> None:
     """Count refused lines per period and reason (the lines themselves are in quarantine/).
 
-    Lines that ``quarantine replay`` re-admitted (their event is in raw/ now) are not counted as
-    refused: they show in their own column, as compliance counts them.
+    Lines that ``quarantine replay`` re-admitted (a registry refusal whose event is in raw/ now,
+    as the line carried it) are not counted as refused: they show in their own column.
     """
 
     def body() -> None:
-        import polars as pl
         from rich.table import Table
 
         from gpuledger.wiring import make_store
-        from storage.schemas import QUARANTINE, RAW_EVENTS
 
         settings = settings_from(data_dir, registry)
-        store = make_store(settings)
-        where_dir = f"/period={month}" if month else ""  # a month reads only its own partitions
-        files = store.files(f"quarantine{where_dir}")
-        counts = None
-        if files:
-            frame = store.scan_files(files, QUARANTINE)
-            raw_files = store.files(f"raw{where_dir}")
-            stored = (
-                store.scan_files(raw_files, RAW_EVENTS).select("event_id").unique().with_columns(pl.lit(True).alias("readmitted"))
-                if raw_files
-                else pl.LazyFrame(schema={"event_id": pl.String, "readmitted": pl.Boolean})
-            )
-            frame = frame.join(stored, on="event_id", how="left").with_columns(pl.col("readmitted").fill_null(False))
-            counts = (
-                frame.group_by("period", "reason_code")
-                .agg(
-                    (~pl.col("readmitted")).sum().alias("lines"),
-                    pl.col("readmitted").sum().alias("readmitted"),
-                    pl.col("gpu_microseconds").filter(~pl.col("readmitted")).sum().alias("us"),
-                )
-                .sort("period", "reason_code")
-                .collect()
-            )
+        counts = _quarantine_counts(make_store(settings), month)
         where = f" for {month}" if month else ""
         if counts is None or counts.height == 0:
             out.print(f"quarantine: no refused lines{where} under {settings.data_dir}", markup=False, highlight=False)
@@ -380,14 +377,40 @@ def quarantine_list(
         for period, reason, lines, readmitted, micros in counts.iter_rows():
             table.add_row(period, reason, f"{lines:,}", f"{readmitted:,}", f"{(micros or 0) / 3.6e9:,.3f}")
         out.print(table)
-        still = int(counts["lines"].sum())
-        back = int(counts["readmitted"].sum())
         out.print(
-            f"{still:,} line(s) still refused{where}; {back:,} re-admitted by `quarantine replay` (counted as usage now)",
+            f"{int(counts['lines'].sum()):,} line(s) still refused{where}; {int(counts['readmitted'].sum()):,} "
+            "re-admitted by `quarantine replay` (counted as usage now)",
             markup=False, highlight=False,
         )
 
     run_command(body)
+
+
+def _quarantine_counts(store, month: str | None):  # noqa: ANN001, ANN202 - Polars is imported on use
+    """Per period × reason: lines still refused, lines a replay re-admitted, refused GPU-µs; None if none."""
+    import polars as pl
+
+    from storage.schemas import QUARANTINE, RAW_EVENTS
+    from streams.replay import with_readmitted
+
+    where_dir = f"/period={month}" if month else ""  # a month reads only its own partitions
+    files = store.files(f"quarantine{where_dir}")
+    if not files:
+        return None
+    raw_files = store.files(f"raw{where_dir}")
+    frame = with_readmitted(
+        store.scan_files(files, QUARANTINE), store.scan_files(raw_files, RAW_EVENTS) if raw_files else None
+    )
+    return (
+        frame.group_by("period", "reason_code")
+        .agg(
+            (~pl.col("readmitted")).sum().alias("lines"),
+            pl.col("readmitted").sum().alias("readmitted"),
+            pl.col("gpu_microseconds").filter(~pl.col("readmitted")).sum().alias("us"),
+        )
+        .sort("period", "reason_code")
+        .collect()
+    )
 
 
 def run_riding_out_full_disk(

@@ -51,7 +51,7 @@ def close(
 
         _refuse_unfinished(month, early)
         settings = settings_from(data_dir, registry)
-        reg = load_registry(settings.registry)
+        reg = load_registry(settings.registry_file())
         store = store_of(settings)
         with console.status(f"closing {month}") as status:
             status.update(f"{month}: taking the store's upkeep lease (an hourly upkeep may be running)")

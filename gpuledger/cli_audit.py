@@ -104,7 +104,9 @@ def export(
 
     def body() -> None:
         settings = settings_from(data_dir, registry)
-        reg = load_registry(settings.registry) if registry is not None or Path(settings.registry).exists() else None
+        # a sealed month speaks with the registry sealed with it; the one named here (option,
+        # gpuledger.toml, GPULEDGER_REGISTRY) only where none was sealed; never a packaged sample
+        reg = load_registry(settings.registry) if settings.registry is not None else None
         result = export_month(
             store_of(settings), month, out_dir, registry=reg, registry_file=settings.registry,
             registry_explicit=registry is not None, raw_events=raw_events,
@@ -129,7 +131,7 @@ def report(
 
     def body() -> None:
         settings = settings_from(data_dir, registry)
-        reg = load_registry(settings.registry) if Path(settings.registry).exists() else None
+        reg = load_registry(settings.registry) if settings.registry is not None else None
         result = render_report(store_of(settings), month, out_dir, registry=reg, registry_explicit=registry is not None)
         for name in result.files:
             out.print(str(result.out_dir / name), markup=False, highlight=False)
@@ -142,6 +144,10 @@ def schedule(
     registry: RegistryOpt = None,
     signing_key: SigningKeyOpt = None,
     close_hour: Annotated[int, typer.Option("--close-hour", min=0, max=23, help="KST hour of the monthly close on the 1st.")] = 1,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port (0: any free port; default: not served).", show_default=False),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the scheduled jobs (hourly compaction, daily compliance snapshot, monthly close) until stopped.
@@ -149,32 +155,47 @@ def schedule(
     At start it closes every month that is due and not closed yet (exactly once), then keeps
     its jobs in <data-dir>/scheduler/jobs.sqlite. Logs are JSON lines on stderr, as the collector's.
     """
-    import logging
-
-    from accounting.scheduler import ScheduleConfig, serve
     from gpuledger.cli_collect import json_logs
 
-    log = logging.getLogger("gpuledger.scheduler")
+    with json_logs(log_level):
+        run_command(lambda: _schedule(settings_from(data_dir, registry), signing_key, close_hour, metrics_port))
 
-    def body() -> None:
-        settings = settings_from(data_dir, registry)
-        config = ScheduleConfig(
-            data_dir=settings.data_dir, registry=settings.registry, signing_key=signing_key, close_hour=close_hour
+
+def _schedule(settings, signing_key: Path | None, close_hour: int, metrics_port: int | None) -> None:  # noqa: ANN001
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from accounting.scheduler import ScheduleConfig, serve
+    from accounting.scheduler_metrics import SchedulerMetrics
+    from collectors.metrics import serve as serve_metrics
+
+    log = logging.getLogger("gpuledger.scheduler")
+    config = ScheduleConfig(
+        data_dir=settings.data_dir, registry=settings.registry_file(), signing_key=signing_key, close_hour=close_hour
+    )
+    metrics_registry = CollectorRegistry()
+    metrics = SchedulerMetrics(metrics_registry, store_of(settings))
+    server = None
+    if metrics_port is not None:
+        server, bound = serve_metrics(metrics_registry, metrics_port)
+        log.info("metrics served", extra={"url": f"http://0.0.0.0:{bound}/metrics"})
+
+    def started(run) -> None:  # noqa: ANN001
+        metrics.observe_close_run(run)
+        log.info(
+            "scheduler started",
+            extra={
+                "data_dir": str(settings.data_dir), "registry": str(config.registry), "close_hour_kst": close_hour,
+                "catch_up_closed": list(run.closed), "signing": signing_key is not None,
+            },
         )
 
-        def started(run) -> None:
-            log.info(
-                "scheduler started",
-                extra={
-                    "data_dir": str(settings.data_dir), "registry": str(settings.registry), "close_hour_kst": close_hour,
-                    "catch_up_closed": list(run.closed), "signing": signing_key is not None,
-                },
-            )
-
-        serve(config, on_start=started)
-
-    with json_logs(log_level):
-        run_command(body)
+    try:
+        serve(config, on_start=started, on_job_end=metrics.job_ended)
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 def generate(

@@ -60,11 +60,13 @@ def _nvml(simulate: bool, node: str) -> Iterator[None]:
 
 
 def _static_owner(settings: Settings, project_entity: dict[str, str], simulate: bool) -> StaticOwner | None:
+    """The configured owner of job-less GPUs; a simulated node without one puts them in the
+    first registry entity as ``unattributed`` (counted, never billed): no job, no invoice."""
     owner = settings.collector.static_owner
     if owner is None and simulate and project_entity:
-        project = sorted(project_entity)[0]
-        owner = StaticOwner(entity=project_entity[project], project=project)
-        log.info("simulate: usage without a job goes to the first registry project",
+        entity = sorted(set(project_entity.values()))[0]
+        owner = StaticOwner(entity=entity, project="unattributed")
+        log.info("simulate: usage without a job is unattributed (never billed)",
                  extra={"entity": owner.entity, "project": owner.project})
     return owner
 
@@ -105,11 +107,20 @@ def log_bus(settings: Settings, simulate: bool) -> None:
     )
 
 
+def _registry_file(settings: Settings, simulate: bool) -> Path:
+    """The registry given; a simulated node alone may fall back to the packaged sample."""
+    if settings.registry is None and simulate:
+        from gpuledger.settings import packaged_example
+
+        return packaged_example("registry.toml")
+    return settings.registry_file()
+
+
 def run_collect(settings: Settings, options: CollectOptions) -> RunStats:
     """Wire the collector from ``settings`` and run it; returns the run's statistics."""
     c = settings.collector
     log_bus(settings, options.simulate)
-    registry = load_registry(settings.registry)
+    registry = load_registry(_registry_file(settings, options.simulate))
     project_entity = {name: p.entity for name, p in registry.projects.items()}
     attributor = ProcAttributor(
         c.proc_root,

@@ -26,7 +26,7 @@ DataDirOpt = Annotated[
 ]
 RegistryOpt = Annotated[
     Path | None,
-    typer.Option("--registry", help="registry.toml (default examples/registry.toml).", show_default=False),
+    typer.Option("--registry", help="registry.toml (or registry = in gpuledger.toml, GPULEDGER_REGISTRY; no default).", show_default=False),
 ]
 BusOpt = Annotated[
     Literal["local", "kafka"] | None,

@@ -29,6 +29,7 @@ from collectors.publish import DirectPublisher
 from collectors.simulated import NodeSpec, SimulatedNode
 from storage.errors import GpuledgerError
 from streams.consumer import RunTotals
+from streams.schema import UsageEvent
 
 DEMO_MARKER = SIMULATED_MARKER
 DEMO_REGISTRY = "registry-demo.toml"
@@ -43,6 +44,24 @@ class DemoPlan:
     nodes: tuple[NodeSpec, ...]
     interval_s: int = 3600
     sample_period_s: int = 1200
+    # (node, from_s, to_s, released_s): that node's events of [from_s, to_s) reach the bus only
+    # at released_s, as a spool drains after an outage: late events, stored once, not refused
+    late: tuple[str, int, int, int] | None = None
+
+
+B200, GB200, H100 = "NVIDIA B200", "NVIDIA GB200", "NVIDIA H100 80GB HBM3"
+# The programme scaled down: one 8-GPU node per about 10,000 GPUs of the national sample
+# (examples/registry.toml): new Blackwell GPUs Naver 60k (6 nodes) : the state, Samsung,
+# Hyundai, SK Telecom 50k each (5 nodes), on top of each one's existing H100s.
+# examples/registry-demo.toml allocates exactly these GPUs (nodes × 8).
+FLEET: dict[str, tuple[tuple[str, int], ...]] = {
+    "gov": ((B200, 3), (GB200, 2), (H100, 1)),  # 30k, 20k, 10k
+    "hyundai": ((B200, 4), (GB200, 1), (H100, 1)),  # 35k, 15k, 8k
+    "naver": ((B200, 2), (GB200, 4), (H100, 2)),  # 20k, 40k, 20k
+    "samsung": ((B200, 3), (GB200, 2), (H100, 2)),  # 30k, 20k, 15k
+    "skt": ((B200, 3), (GB200, 2), (H100, 1)),  # 25k, 25k, 12k
+}
+GPUS_PER_NODE = 8
 
 
 def previous_month(now: datetime) -> str:
@@ -59,30 +78,38 @@ def month_bounds_s(period: str) -> tuple[int, int]:
     return int(month.start_utc.timestamp()), int(month.end_utc.timestamp())
 
 
-def plan(registry: Registry, period: str, nodes_per_entity: int = 8) -> DemoPlan:
-    """A fleet of ``nodes_per_entity`` 8-GPU nodes per entity over the models it is allocated.
+def plan(registry: Registry, period: str, nodes_per_entity: int | None = None) -> DemoPlan:
+    """The demo fleet (:data:`FLEET`) of the entities in ``registry``, at most
+    ``nodes_per_entity`` nodes each (None: all), and what goes wrong in its month:
 
-    The first gov node splits two GPUs into MIG instances; the second node of samsung goes
-    silent for two days in the middle of the month.
+    * the first gov node splits two GPUs into MIG instances;
+    * the second samsung node goes silent for two days (unreported capacity);
+    * the first GPU of the first hyundai node falls off the bus on day 20 (``gpu_lost``);
+    * the second skt node's events of days 9 and 10 arrive on day 13 (late, stored once).
     """
     start_s, end_s = month_bounds_s(period)
+    day = 86400
     specs = []
     for entity in sorted(registry.entities):
-        models = sorted({a.gpu_model for a in registry.entities[entity].allocations})
-        for i in range(nodes_per_entity):
-            name = f"{entity}-n{i:02d}"
-            silent = (start_s + 12 * 86400, start_s + 14 * 86400) if (entity, i) == ("samsung", 1) else (None, None)
+        models = [m for m, count in FLEET.get(entity, ()) for _ in range(count)]
+        if not models:  # an entity the demo fleet does not know: one node of each model it holds
+            models = sorted({a.gpu_model for a in registry.entities[entity].allocations})
+        for i, model in enumerate(models[:nodes_per_entity]):
+            silent = (start_s + 12 * day, start_s + 14 * day) if (entity, i) == ("samsung", 1) else (None, None)
             specs.append(
                 NodeSpec(
-                    name=name,
+                    name=f"{entity}-n{i:02d}",
                     entity=entity,
-                    gpu_model=models[i % len(models)],
+                    gpu_model=model,
                     mig_gpus=2 if (entity, i) == ("gov", 0) else 0,
                     silent_from_s=silent[0],
                     silent_to_s=silent[1],
+                    lost_gpu_from_s=start_s + 19 * day if (entity, i) == ("hyundai", 0) else None,
                 )
             )
-    return DemoPlan(period, start_s, end_s, tuple(specs))
+    late = ("skt-n01", start_s + 8 * day, start_s + 10 * day, start_s + 12 * day)
+    has_late = any(spec.name == late[0] for spec in specs)
+    return DemoPlan(period, start_s, end_s, tuple(specs), late=late if has_late else None)
 
 
 KEPT_ON_RERUN = ("reports", "exports")  # what a person made from a demo month survives a re-run
@@ -129,7 +156,13 @@ def simulate(
     drain: Callable[[], RunTotals],
     on_day: Callable[[int, int, int], None] | None = None,
 ) -> tuple[int, RunTotals]:
-    """Run the fleet over the month; returns (events published, consumer totals)."""
+    """Run the fleet over the month; returns (events published, consumer totals).
+
+    After the month, a few lines a real bus also carries are sent, so the quarantine holds
+    something to read: an event of a project the registry does not know (replayable once it
+    is registered), a re-send of a stored event with other values (a conflicting duplicate)
+    and a line that is not JSON.
+    """
     projects_of: dict[str, list[str]] = {}
     for name, project in registry.projects.items():
         projects_of.setdefault(project.entity, []).append(name)
@@ -141,17 +174,33 @@ def simulate(
         IntervalIntegrator("demo-dc", node.spec.name, demo.interval_s, demo.sample_period_s, node) for node in nodes
     ]
     totals = RunTotals()
+    held: list[tuple[str, list]] = []  # the late node's events, waiting for its spool to drain
     published = 0
+    sample_event = None
+
+    def publish(node: str, events: list, ts: int) -> int:
+        nonlocal sample_event
+        if demo.late is not None and node == demo.late[0] and demo.late[1] <= ts < demo.late[2]:
+            held.append((node, events))
+            return 0
+        publisher.publish(node, events)
+        sample_event = sample_event or next((e for e in events if e.busy_gpu_seconds > 0), None)
+        return len(events)
+
     days = (demo.end_s - demo.start_s) // 86400
-    day_s = 86400
     for day in range(days):
-        for ts in range(demo.start_s + day * day_s, demo.start_s + (day + 1) * day_s, demo.sample_period_s):
+        day_start = demo.start_s + day * 86400
+        if demo.late is not None and held and day_start >= demo.late[3]:
+            for node, events in held:
+                publisher.publish(node, events)
+                published += len(events)
+            held.clear()
+        for ts in range(day_start, day_start + 86400, demo.sample_period_s):
             for node, integrator in zip(nodes, integrators, strict=True):
                 samples = node.sample(ts, demo.sample_period_s)
                 events = integrator.add(samples) if samples else integrator.advance(ts)
                 if events:
-                    publisher.publish(node.spec.name, events)
-                    published += len(events)
+                    published += publish(node.spec.name, events, ts)
         publisher.flush()
         _merge(totals, drain())
         if on_day is not None:
@@ -159,11 +208,21 @@ def simulate(
     for node, integrator in zip(nodes, integrators, strict=True):
         events = integrator.advance(demo.end_s)
         if events:
-            publisher.publish(node.spec.name, events)
-            published += len(events)
+            published += publish(node.spec.name, events, demo.end_s)
+    if sample_event is not None:
+        published += _send_refused(publisher, sample_event)
     publisher.flush()
     _merge(totals, drain())
     return published, totals
+
+
+def _send_refused(publisher: DirectPublisher, stored: UsageEvent) -> int:
+    """Three lines the consumer refuses and keeps in quarantine; returns how many were sent."""
+    unregistered = dataclasses.replace(stored, project="kisti-climate", job_id="slurm:4242")
+    conflicting = dataclasses.replace(stored, busy_gpu_seconds=stored.busy_gpu_seconds / 2)
+    publisher.publish(stored.node, [unregistered, conflicting])
+    publisher.publish_raw(stored.node, b'{"schema_version": 1, "event_id": "cut off in transit')
+    return 3
 
 
 def _merge(totals: RunTotals, more: RunTotals) -> None:

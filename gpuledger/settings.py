@@ -9,9 +9,10 @@ short form of ``GPULEDGER_KAFKA__BOOTSTRAP``. Secrets are ``SecretStr``: they pr
 No trap is silent: a ``GPULEDGER_CONFIG`` that names a missing file is an error (an empty
 ``GPULEDGER_CONFIG=`` means "no file at all"), and an unknown key anywhere, top level or
 inside a section (``intervall_s = 30``), is an error naming every such key at once. A
-registry path ``examples/NAME.toml`` that does not exist where the command runs is the
-sample of that name shipped inside the package, so ``collect --simulate --once`` works from
-any directory.
+registry is never a silent default: a command that prices, attributes or validates asks
+:meth:`Settings.registry_file`, which refuses with one line when no registry was given (option,
+``registry =`` in gpuledger.toml, or ``GPULEDGER_REGISTRY``). Only ``gpuledger demo`` and
+``collect --simulate`` fall back to the sample shipped inside the package (:func:`packaged_example`).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("gpuledger-data")
-    registry: Path = Path("examples/registry.toml")
+    registry: Path | None = None  # no default: see registry_file()
     bus: Literal["local", "kafka"] = "local"
     kafka: KafkaSettings = KafkaSettings()
     collector: CollectorSettings = CollectorSettings()
@@ -190,6 +191,16 @@ class Settings(BaseSettings):
             return sources
         return (*sources, TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
 
+    def registry_file(self) -> Path:
+        """The registry to price, attribute and validate with; raises when none was given.
+
+        A ledger host that silently used the sample registry shipped in the package would
+        price with sample rates and quarantine every real project (issue 17).
+        """
+        if self.registry is None:
+            raise SettingsError(NO_REGISTRY)
+        return self.registry
+
     @property
     def spool_dir(self) -> Path:
         return self.collector.spool_dir or self.data_dir / "spool"
@@ -200,7 +211,10 @@ class Settings(BaseSettings):
 
 
 DEFAULT_CONFIG = Path("gpuledger.toml")
-EXAMPLES_DIR = Path("examples")
+NO_REGISTRY = (
+    "no registry given: pass --registry FILE, set registry = \"/etc/gpuledger/registry.toml\" in gpuledger.toml, "
+    "or GPULEDGER_REGISTRY=FILE (only `gpuledger demo` uses the sample registry)"
+)
 
 
 def config_file() -> Path | None:
@@ -233,17 +247,6 @@ def packaged_example(name: str) -> Path:
     return Path(str(resources.files("gpuledger") / "examples" / name))
 
 
-def resolve_example(path: Path) -> Path:
-    """``examples/NAME`` relative to a directory that has no such file: the packaged sample.
-
-    Any other path is returned unchanged (a missing registry is then reported where it is read).
-    """
-    if path.exists() or path.is_absolute() or path.parent != EXAMPLES_DIR:
-        return path
-    shipped = packaged_example(path.name)
-    return shipped if shipped.is_file() else path
-
-
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings; ``overrides`` are command-line values (``None`` means not given).
 
@@ -256,9 +259,6 @@ def load_settings(**overrides: Any) -> Settings:
         if short_bootstrap and "GPULEDGER_KAFKA__BOOTSTRAP" not in os.environ:
             kafka = settings.kafka.model_copy(update={"bootstrap": short_bootstrap})
             settings = settings.model_copy(update={"kafka": kafka})
-        registry = resolve_example(Path(settings.registry))
-        if registry != settings.registry:
-            settings = settings.model_copy(update={"registry": registry})
         return settings
     except ValidationError as exc:
         errors = exc.errors()

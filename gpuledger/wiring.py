@@ -50,7 +50,7 @@ def make_bus(settings: Settings) -> Bus:
 
 
 def registry_from(settings: Settings) -> Registry:
-    return load_registry(settings.registry)
+    return load_registry(settings.registry_file())
 
 
 def accounts_of(registry: Registry, clock: Callable[[], datetime] | None = None) -> Accounts:

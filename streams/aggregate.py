@@ -1,4 +1,5 @@
-"""Column-wise shaping of accepted events: raw rows and hourly usage per device.
+"""Column-wise shaping of accepted events into ``raw/`` rows (the hourly aggregation into
+``usage_hourly/`` is :mod:`storage.rollup`, run over stored ``raw``).
 
 Intervals divide the hour and are aligned (validation guarantees it), so every event lies in
 exactly one UTC hour, which is also exactly one KST hour (UTC+9, no daylight saving).
@@ -10,13 +11,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from storage.rollup import HOURLY_KEYS as ROLLUP_KEYS
-from storage.rollup import hourly_rows
 from streams.schema import MICROSECONDS_PER_SECOND
 
 KST_OFFSET = pl.duration(hours=9)
-
-HOURLY_KEYS = ROLLUP_KEYS
 
 
 def _micro(column: str) -> pl.Expr:
@@ -37,9 +34,3 @@ def to_raw(accepted: pl.DataFrame) -> pl.DataFrame:
         flags=pl.col("flags").fill_null([]),
     )
 
-
-def hourly(raw: pl.DataFrame) -> pl.DataFrame:
-    """Raw rows summed per KST hour × device × owner (``usage_hourly/`` rows), sorted.
-
-    The same aggregation the roll-up job runs over stored ``raw`` (:mod:`storage.rollup`)."""
-    return hourly_rows(raw.lazy()).collect()

@@ -8,7 +8,8 @@ Contract every implementation keeps:
 
 * a message is opaque bytes; on ``gpu.usage.v1`` it holds one or more usage events as JSON
   Lines (a node's batch for an interval), on ``gpu.usage.quarantine.v1`` one
-  :class:`QuarantineEnvelope` as JSON;
+  refused line as a JSON object (``source``, ``reason_code``, ``reason``, ``raw``: made by
+  :func:`streams.consumer.quarantine_envelope`);
 * ``key`` is the node name, so one node's messages stay in order in one partition;
 * what storage committed is the truth, the bus's own position a hint: a consumer given a
   :class:`RebalanceListener` (:meth:`Consumer.listen`) asks it, at start and on every

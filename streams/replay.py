@@ -53,3 +53,34 @@ def replay_quarantine(
         messages = [(f"replay:{source}", payload_of_raw(raw)) for source, raw in chunk.iter_rows()]
         results.append(processor.process(messages))
     return results
+
+
+def with_readmitted(quarantine: pl.LazyFrame, raw: pl.LazyFrame | None) -> pl.LazyFrame:
+    """The quarantine rows with a boolean ``readmitted``: a replay admitted that very line.
+
+    Only a line refused for a registry reason (:data:`REPLAYABLE`) can be re-admitted, and its
+    event is then in ``raw/`` under its ``event_id`` with the entity, project and GPU-time the
+    line carried. An ``event_id`` in ``raw/`` alone proves nothing: a ``conflicting_duplicate``
+    is refused *because* another event with its id is stored, before any replay.
+    """
+    if raw is None:
+        return quarantine.with_columns(readmitted=pl.lit(False))
+    stored = raw.select(
+        "event_id",
+        pl.col("entity").alias("_stored_entity"),
+        pl.col("project").alias("_stored_project"),
+        pl.col("gpu_microseconds").alias("_stored_us"),
+    ).unique(subset="event_id")
+    same = (
+        pl.col("reason_code").is_in(list(REPLAYABLE))
+        & pl.col("_stored_entity").eq_missing(pl.col("entity"))
+        & pl.col("_stored_project").eq_missing(pl.col("project"))
+        & pl.col("_stored_us").eq_missing(pl.col("gpu_microseconds"))
+        & pl.col("_stored_us").is_not_null()
+    )
+    return (
+        quarantine.join(stored, on="event_id", how="left")
+        .with_columns(readmitted=same.fill_null(False))
+        .drop("_stored_entity", "_stored_project", "_stored_us")
+    )
+

@@ -51,7 +51,13 @@ from streams.wire import ARROW_WIRE_SCHEMA, ArrowBatchError, decode_arrow, is_ar
 # schema v1 as Polars types, from the same declaration as the Arrow wire schema
 WIRE_SCHEMA: dict[str, pl.DataType] = dict(pl.from_arrow(ARROW_WIRE_SCHEMA.empty_table()).schema)
 
-EPSILON_SECONDS = 1e-6  # float slack when comparing seconds
+EPSILON_SECONDS = 1e-6  # float slack when comparing seconds: gpu_seconds may be rounded to the microsecond
+# A MIG instance is k of a GPU's n slices; n is 1..8 on every GPU that has MIG (7 on A100/H100/
+# B200, 4 on A30; some profiles count 6 or 8). A fraction is read as the k/n within this of it,
+# so 0.142857 (1/7 printed to six places, as gpuledger's own exports print it) is 1/7, and the
+# k/n is what is stored: the same verdict and the same stored value however it was printed.
+MIG_SLICE_COUNTS = range(1, 9)
+FRACTION_TOLERANCE = 1e-6  # six decimal places, rounded, truncated or rounded up
 
 
 def utc_now() -> datetime:
@@ -292,6 +298,19 @@ def _parse_ts(column: str) -> pl.Expr:
     return pl.when(text.str.contains(_TS_PATTERN)).then(parsed).dt.replace_time_zone("UTC")
 
 
+def canonical_fraction(column: str) -> pl.Expr:
+    """The k/n (n in :data:`MIG_SLICE_COUNTS`, 1 ≤ k ≤ n) within :data:`FRACTION_TOLERANCE` of
+    ``column``, as the float64 nearest k/n; null when there is none (refused: bad_fraction).
+    Fractions of distinct k/n are over 0.017 apart, so at most one k/n is that close."""
+    value = pl.col(column)
+    candidates = []
+    for n in MIG_SLICE_COUNTS:
+        k = (value * n).round(0)
+        close = ((value - k / n).abs() <= FRACTION_TOLERANCE) & (k >= 1) & (k <= n)
+        candidates.append(pl.when(close.fill_null(False)).then(k / n))
+    return pl.coalesce(candidates)
+
+
 def _not_finite(column: str) -> pl.Expr:
     return ~pl.col(column).is_finite()
 
@@ -300,7 +319,7 @@ def _rules(accounts: Accounts, now: datetime) -> list[Rule]:
     """Every rule of schema v1, in the order a row is judged: the first broken one is its verdict."""
     length_s = (pl.col("_interval_end") - pl.col("_interval_start")).dt.total_seconds()
     start_epoch = pl.col("_interval_start").dt.epoch("s")
-    limit = length_s * pl.col("gpu_fraction") + EPSILON_SECONDS
+    limit = length_s * pl.col("_fraction") + EPSILON_SECONDS  # the k/n the fraction stands for
     required = [name for name, (_, nullable) in FIELDS.items() if not nullable]
     any_missing = pl.any_horizontal([pl.col(n).is_null() for n in required])
     missing_names = pl.concat_str(
@@ -358,12 +377,13 @@ def _rules(accounts: Accounts, now: datetime) -> list[Rule]:
             ),
         ),
         (
-            _not_finite("gpu_fraction")
-            | (pl.col("gpu_fraction") <= 0)
-            | (pl.col("gpu_fraction") > 1)
-            | ((pl.col("device_uuid") == pl.col("gpu_uuid")) & (pl.col("gpu_fraction") != 1)),
+            pl.col("_fraction").is_null()
+            | ((pl.col("device_uuid") == pl.col("gpu_uuid")) & (pl.col("_fraction") != 1)),
             RefusalReason.BAD_FRACTION,
-            pl.format("gpu_fraction {} must be in (0, 1], and 1 for a whole GPU", pl.col("gpu_fraction")),
+            pl.format(
+                f"gpu_fraction {{}} must be slices/max slices (k/n, n ≤ 8, within {FRACTION_TOLERANCE:g}), and 1 for a whole GPU",
+                pl.col("gpu_fraction"),
+            ),
         ),
         (
             _not_finite("gpu_seconds") | (pl.col("gpu_seconds") < 0) | (pl.col("gpu_seconds") > limit),
@@ -471,14 +491,15 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
             _interval_start=_parse_ts("interval_start"),
             _interval_end=_parse_ts("interval_end"),
             _id_ok=event_ids_ok(frame),
+            _fraction=canonical_fraction("gpu_fraction"),
         )
         .join(projects, on="project", how="left", maintain_order="left")
         .with_columns(_rule=first_broken(cheap))
     )
     if checked["_rule"].null_count() == checked.height:  # the common case: nothing wrong
         return checked.with_columns(
-            reason_code=pl.lit(None, dtype=pl.String()), reason=pl.lit(None, dtype=pl.String())
-        ).drop("_owner", "_id_ok", "_rule")
+            reason_code=pl.lit(None, dtype=pl.String()), reason=pl.lit(None, dtype=pl.String()), gpu_fraction=_STORED_FRACTION
+        ).drop("_owner", "_id_ok", "_rule", "_fraction")
     first = pl.lit(PROGRAMME_START, dtype=pl.Datetime("us", "UTC"))
     last = pl.lit(now + MAX_AHEAD, dtype=pl.Datetime("us", "UTC"))
     # sentences are built only for the refused rows (building them for all rows costs more
@@ -499,4 +520,14 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
         column: pl.when(pl.col(column).is_between(first, last)).then(pl.col(column))
         for column in ("_interval_start", "_interval_end")
     }
-    return pl.concat([good, bad]).sort("_row").drop("_row", "_owner", "_id_ok", "_rule").with_columns(**in_window)
+    return (
+        pl.concat([good, bad])
+        .sort("_row")
+        .with_columns(gpu_fraction=_STORED_FRACTION)
+        .drop("_row", "_owner", "_id_ok", "_rule", "_fraction")
+        .with_columns(**in_window)
+    )
+
+
+# what is stored: the k/n a valid fraction stands for (a refused row keeps what it said)
+_STORED_FRACTION = pl.coalesce(pl.col("_fraction"), pl.col("gpu_fraction"))

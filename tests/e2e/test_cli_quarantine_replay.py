@@ -35,6 +35,8 @@ def test_replay_after_the_registry_is_amended_counts_once(tmp_path: Path, cli) -
     new = ["--data-dir", str(data), "--registry", str(amended)]
     first = cli("quarantine", "replay", *new)
     second = cli("quarantine", "replay", *new)
+    after = cli("quarantine", "list", *new)
+    assert quarantine_rows(after.stdout) == [("2026-10", "unknown_project", "0", "20")]
     cli("close", "--month", "2026-10", *new)
 
     # then the events are billed exactly once and no longer counted as quarantined
@@ -50,3 +52,30 @@ def test_replay_after_the_registry_is_amended_counts_once(tmp_path: Path, cli) -
         f"where entity = 'gov'"
     ).fetchone()[0]
     assert quarantined == 0
+
+
+def quarantine_rows(stdout: str) -> list[tuple[str, ...]]:
+    """(period, reason, lines, re-admitted) of each row of the `quarantine list` table, as printed."""
+    rows = []
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
+        if len(cells) == 5 and cells[0][:4].isdigit():
+            rows.append(tuple(cells[:4]))
+    return rows
+
+
+def test_a_conflicting_duplicate_is_not_readmitted_before_any_replay(tmp_path: Path, cli) -> None:
+    # given an event stored, then a second event with its id and other values (a conflicting duplicate)
+    first = event("2026-10-05T03:00:00Z")
+    conflicting = {**first, "busy_gpu_seconds": 59.0}
+    for name, ev in (("a.jsonl", first), ("b.jsonl", conflicting)):
+        (tmp_path / name).write_text(json.dumps(ev))
+    common = ["--data-dir", str(tmp_path / "data"), "--registry", "examples/registry.toml"]
+    for name in ("a.jsonl", "b.jsonl"):
+        cli("ingest", str(tmp_path / name), *common)
+        cli("consume", "--until-idle", *common)
+    # when the quarantine is listed, no replay having run
+    listed = cli("quarantine", "list", *common)
+    # then the refused line is still refused: its id in raw/ is the *other* event's
+    assert quarantine_rows(listed.stdout) == [("2026-10", "conflicting_duplicate", "1", "0")], listed.stdout
+    assert "1 line(s) still refused; 0 re-admitted" in listed.stdout

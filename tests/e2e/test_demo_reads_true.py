@@ -1,6 +1,7 @@
 """What a person reads after ``gpuledger demo``: the summary, the statements, the report.
 
-One demo month (October 2026: 31 days, 744 hours) of the default fleet (40 nodes × 8 GPUs)
+One demo month (October 2026: 31 days, 744 hours) of the default fleet (the programme scaled
+down: 33 nodes × 8 GPUs, gpuledger/demo.py FLEET)
 against the default demo programme registry, then each human-facing output is read the way
 its reader would — the printed tables, the XLSX cells and formulas (openpyxl), the HTML —
 and checked against the registry, the ledgers and the sealed manifest.
@@ -12,6 +13,7 @@ import csv
 import hashlib
 import json
 import re
+import tomllib
 from datetime import date
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -42,6 +44,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     return {
         "data": data,
         "stdout": result.stdout,
+        "stderr": result.stderr,
         "sha": hashlib.sha256(manifest_bytes).hexdigest(),
         "content": json.loads(manifest_bytes)["content_sha256"],  # statement numbers derive from it
         "totals": json.loads(manifest_bytes)["totals"],
@@ -84,26 +87,46 @@ def test_the_summary_reads_like_a_real_month_of_its_registry(demo) -> None:
     registry = load_registry(DEMO_REGISTRY)
     usage = _rows(demo["stdout"], "entity   capacity")
     # capacity is the demo registry's allocation × 744 h: the fleet matches the programme
+    # in the programme's proportions: new Blackwell GPUs Naver 6 : the others 5 (nodes of 8)
+    blackwell = {
+        e: sum(a.count for a in registry.entities[e].allocations if a.gpu_model != "NVIDIA H100 80GB HBM3") for e in ENTITIES
+    }
+    assert blackwell == {"gov": 40, "hyundai": 40, "naver": 48, "samsung": 40, "skt": 40}
     for entity in ENTITIES:
         gpus = sum(a.count for a in registry.entities[entity].allocations)
-        assert _n(usage[entity][0]) == gpus * HOURS == 64 * HOURS
-    # coverage ~100 % except samsung (its silent node: 8 GPUs × 48 h unreported)
-    assert [usage[e][2] for e in ENTITIES] == ["100.0%", "100.0%", "100.0%", "99.2%", "100.0%"]
-    assert _n(usage["samsung"][6]) == 8 * 48 and _n(usage["total"][6]) == 8 * 48
-    # some under-use: idle hours everywhere, utilisation well below 100 % but above the rule
-    for entity in ENTITIES:
-        assert Decimal(40) < _n(usage[entity][5]) < Decimal(70)
+        assert _n(usage[entity][0]) == gpus * HOURS
+    # unreported: samsung's silent node (8 GPUs × 48 h) and hyundai's GPU lost from day 20 (1 × 12 days × 24 h)
+    assert {e: _n(usage[e][6]) for e in ENTITIES} == {"gov": 0, "hyundai": 288, "naver": 0, "samsung": 384, "skt": 0}
+    assert [usage[e][2] for e in ENTITIES] == ["100.0%", "99.2%", "100.0%", "99.1%", "100.0%"]
+    # several projects per entity run jobs (plus the unattributed idle gaps)
+    projects = dict(duckdb.sql(
+        f"select entity, count(distinct project) from read_parquet('{demo['data']}/raw/**/*.parquet') "
+        "where project <> 'unattributed' group by entity"
+    ).fetchall())
+    assert projects == {"gov": 4, "hyundai": 2, "naver": 2, "samsung": 2, "skt": 2}
+    # the failure modes are in the month: gpu_lost events, three refused lines kept in quarantine
+    (lost,) = duckdb.sql(
+        f"select count(*) from read_parquet('{demo['data']}/raw/**/*.parquet') where list_contains(flags, 'gpu_lost')"
+    ).fetchall()[0]
+    assert lost == 12 * 24
+    assert "refused 3," in demo["stdout"] + demo.get("stderr", "")
+    # utilisation as printed = busy ÷ reported GPU-time of the raw events, derived here from raw/
+    # (the demo is deterministic: the printed figure must be this one, to its printed 0.1 %)
+    raw = dict(duckdb.sql(
+        f"select entity, round(100 * sum(busy_gpu_microseconds) / sum(gpu_microseconds), 1)::VARCHAR "
+        f"from read_parquet('{demo['data']}/raw/**/*.parquet') group by entity"
+    ).fetchall())
+    assert {e: usage[e][5] for e in ENTITIES} == {e: f"{raw[e]}%" for e in ENTITIES}
     # one breach worth reading, said as a sentence
     breaches = [line for line in demo["stdout"].splitlines() if line.startswith("  - ")]
     assert breaches == [
-        "  - 삼성전자 Samsung Electronics, NVIDIA GB200: coverage 97.8% is below 98%: 384.00 GPU-hours "
+        "  - 삼성전자 Samsung Electronics, NVIDIA B200: coverage 97.8% is below 98%: 384.00 GPU-hours "
         "of its 24 allocated GPUs reported nothing (down, stopped, or no collector)."
     ]
     assert "SIMULATED DATA" in demo["stdout"]
 
 
 def test_the_printed_amount_is_the_billed_hours_at_the_registry_rates(demo) -> None:
-    registry = load_registry(DEMO_REGISTRY)
     billing = _rows(demo["stdout"], "entity   reported")
     lines = duckdb.sql(
         f"select entity, project, project_class, gpu_model, gpu_microseconds "
@@ -114,18 +137,32 @@ def test_the_printed_amount_is_the_billed_hours_at_the_registry_rates(demo) -> N
         # reported = attributed + unattributed (±1 for the printed whole hours); billed = attributed
         assert abs(reported - attributed - unattributed) <= 1
         assert billed == attributed and unattributed > 0
-        # the amount is each line's usage × the registry's rate (after the class discount), truncated
+        # the amount is each line's usage × the rate card of the registry file (read here with
+        # tomllib, not through gpuledger), less the project's class discount, truncated
         expected = sum(
             (
-                (Decimal(us) * registry.rate_on(e, model, date(2026, 10, 15)).applied_rate(klass) / Decimal(3_600_000_000))
-                .quantize(Decimal(1), rounding=ROUND_DOWN)
-                for e, _, klass, model, us in lines
+                (Decimal(us) * toml_rate(e, model, project) / Decimal(3_600_000_000)).quantize(Decimal(1), rounding=ROUND_DOWN)
+                for e, project, _, model, us in lines
                 if e == entity
             ),
             Decimal(0),
         )
         assert amount == expected == Decimal(demo["totals"][f"amount_krw.{entity}"])
     assert _n(billing["total"][4]) == Decimal(demo["totals"]["amount_krw.ALL"])
+
+
+def toml_rate(entity: str, model: str, project: str, day: date = date(2026, 10, 15)) -> Decimal:
+    """KRW per GPU-hour for a project on ``day``, straight from the registry file."""
+    with DEMO_REGISTRY.open("rb") as f:
+        doc = tomllib.load(f, parse_float=Decimal)
+    klass = doc["projects"][project].get("class")
+    (card,) = [
+        r for r in doc["rates"]
+        if r["entity"] == entity and r["gpu_model"] == model
+        and r["effective_from"] <= day <= r.get("effective_to", date.max)
+    ]
+    discount = Decimal(str(card.get("discounts", {}).get(klass, 0))) if klass else Decimal(0)
+    return Decimal(str(card["krw_per_gpu_hour"])) * (100 - discount) / 100
 
 
 def test_summary_csv_and_manifest_agree_to_the_last_digit(demo) -> None:
@@ -214,7 +251,7 @@ def test_the_report_says_what_a_ministry_official_needs(demo) -> None:
         assert f"<td>{entity}</td>" not in page
     assert "모의 데이터 — SIMULATED DATA" in page
     assert demo["sha"] in page and "Verified:" in page
-    assert "삼성전자 Samsung Electronics · NVIDIA GB200: 보고율 97.8%로 기준 98% 미만입니다." in page
+    assert "삼성전자 Samsung Electronics · NVIDIA B200: 보고율 97.8%로 기준 98% 미만입니다." in page
     assert re.search(r"<tr><td>samsung-n01</td>.*?<td>48</td><td class=\"text\">10-13 00:00 → 10-15 00:00 \(48 h\)", page)
     assert "가동 ÷ 보고 (busy ÷ reported)" in page and "보고 ÷ 할당 용량 (reported ÷ capacity)" in page
     assert "@media print" in page

@@ -34,8 +34,8 @@ def ingest_month(cli, tmp_path: Path, data: Path, *, project: str = "snu-llm", m
     events = [event(f"2026-10-05T03:{m:02d}:00Z", project=project) for m in range(minutes)]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(json.dumps(e) for e in events))
-    cli("ingest", str(path), "--data-dir", str(data))
-    cli("consume", "--until-idle", "--data-dir", str(data))
+    cli("ingest", str(path), "--registry", "examples/registry.toml", "--data-dir", str(data))
+    cli("consume", "--until-idle", "--registry", "examples/registry.toml", "--data-dir", str(data))
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -77,11 +77,11 @@ def test_collect_simulate_once_works_outside_the_repository(tmp_path: Path, cli)
 # -- close, verify, sign ----------------------------------------------------------------------
 def test_close_refuses_a_month_without_usage_unless_told(tmp_path: Path, cli) -> None:
     data = tmp_path / "empty"
-    refused = cli("close", "--month", "2026-10", "--data-dir", str(data), check=False)
+    refused = cli("close", "--month", "2026-10", "--registry", "examples/registry.toml", "--data-dir", str(data), check=False)
     assert refused.returncode == 1
     assert "holds no usage for 2026-10" in refused.stderr.replace("\n", "")
     assert not (data / "manifests").exists()
-    allowed = cli("close", "--month", "2026-10", "--allow-empty", "--data-dir", str(data))
+    allowed = cli("close", "--month", "2026-10", "--allow-empty", "--registry", "examples/registry.toml", "--data-dir", str(data))
     assert allowed.returncode == 0
     assert (data / "manifests" / "2026-10.json").exists()
 
@@ -96,11 +96,11 @@ def test_verify_on_an_empty_directory_fails_saying_nothing_is_sealed(tmp_path: P
 def test_a_month_closed_without_a_key_can_be_signed_later(tmp_path: Path, cli) -> None:
     data = tmp_path / "data"
     ingest_month(cli, tmp_path, data)
-    cli("close", "--month", "2026-10", "--data-dir", str(data))
+    cli("close", "--month", "2026-10", "--registry", "examples/registry.toml", "--data-dir", str(data))
     keys = tmp_path / "keys"
     cli("keys", "generate", "--private", str(keys / "k.pem"), "--public", str(keys / "k.pub"))
     # when the close is repeated with a key, it writes nothing and says how to sign
-    again = cli("close", "--month", "2026-10", "--signing-key", str(keys / "k.pem"), "--data-dir", str(data), check=False)
+    again = cli("close", "--month", "2026-10", "--signing-key", str(keys / "k.pem"), "--registry", "examples/registry.toml", "--data-dir", str(data), check=False)
     assert again.returncode == 1
     assert "gpuledger sign --month 2026-10" in again.stderr.replace("\n", "")
     assert not (data / "manifests" / "2026-10.json.sig").exists()
@@ -111,13 +111,13 @@ def test_a_month_closed_without_a_key_can_be_signed_later(tmp_path: Path, cli) -
     verified = cli("verify", "--public-key", str(keys / "k.pub"), "--data-dir", str(data))
     assert "1 signature(s) checked" in verified.stdout
     # and a second close with the key is content: the signature exists
-    cli("close", "--month", "2026-10", "--signing-key", str(keys / "k.pem"), "--data-dir", str(data))
+    cli("close", "--month", "2026-10", "--signing-key", str(keys / "k.pem"), "--registry", "examples/registry.toml", "--data-dir", str(data))
 
 
 def test_sign_refuses_a_manifest_that_does_not_verify(tmp_path: Path, cli) -> None:
     data = tmp_path / "data"
     ingest_month(cli, tmp_path, data)
-    cli("close", "--month", "2026-10", "--data-dir", str(data))
+    cli("close", "--month", "2026-10", "--registry", "examples/registry.toml", "--data-dir", str(data))
     cli("keys", "generate", "--private", str(tmp_path / "k.pem"), "--public", str(tmp_path / "k.pub"))
     ledger = data / "ledgers/billing/period=2026-10/billing.parquet"
     raw = bytearray(ledger.read_bytes())
@@ -151,7 +151,7 @@ def test_quarantine_list_stops_counting_what_replay_readmitted(tmp_path: Path, c
 
 # -- logs of the long-running commands --------------------------------------------------------
 def test_consume_logs_json_lines_naming_its_bus(tmp_path: Path, cli) -> None:
-    done = cli("consume", "--until-idle", "--data-dir", str(tmp_path / "data"))
+    done = cli("consume", "--until-idle", "--registry", "examples/registry.toml", "--data-dir", str(tmp_path / "data"))
     starting = [line for line in json_lines(done.stderr) if line["msg"] == "consumer starting"]
     assert starting and starting[0]["bus"] == "local" and starting[0]["logger"] == "gpuledger.consumer"
 
@@ -160,7 +160,7 @@ def test_schedule_logs_json_lines(tmp_path: Path) -> None:
     env = {**os.environ, "GPULEDGER_CONFIG": "", "COLUMNS": "120"}
     started = None
     with subprocess.Popen(
-        [sys.executable, "-m", "gpuledger", "schedule", "--data-dir", str(tmp_path / "data")],
+        [sys.executable, "-m", "gpuledger", "schedule", "--data-dir", str(tmp_path / "data"), "--registry", "examples/registry.toml"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     ) as proc:
         try:
@@ -218,11 +218,13 @@ def test_the_readme_typical_day_runs_on_the_shipped_events(tmp_path: Path, cli) 
     readme = (REPO / "README.md").read_text()
     block = readme.split("A typical day on one machine", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     steps = [line.split("#", 1)[0].split() for line in block.strip().splitlines()]
-    assert [s[:2] for s in steps][0] == ["gpuledger", "ingest"]
+    env = dict(s[1].split("=", 1) for s in steps if s[0] == "export")  # the registry it names
+    steps = [s for s in steps if s[0] != "export"]
+    assert [s[:2] for s in steps][0] == ["gpuledger", "ingest"] and "GPULEDGER_REGISTRY" in env
     outputs = {}
     for argv in steps:
         args = [a.replace("./packs", str(tmp_path / "packs")) for a in argv[1:]]
-        outputs[argv[1]] = cli(*args, "--data-dir", str(tmp_path / "data"))
+        outputs[argv[1]] = cli(*args, "--data-dir", str(tmp_path / "data"), env=env)
     assert "48 lines published" in outputs["ingest"].stdout and "0 will be refused" in outputs["ingest"].stdout
     assert "48 events accepted, 0 refused" in outputs["consume"].stdout.replace("\n", " ")
     assert "verify ok: 1 period(s)" in outputs["verify"].stdout

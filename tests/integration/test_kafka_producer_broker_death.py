@@ -49,7 +49,8 @@ def test_ingest_ends_with_one_line_when_the_broker_dies_mid_send(
     }
     ingest = subprocess.Popen(
         [sys.executable, "-m", "gpuledger", "ingest", str(events_file(tmp_path / "events.jsonl")), "--bus", "kafka",
-         "--wire", "json", "--lines-per-message", "1", "--data-dir", str(tmp_path / "data")],
+         "--wire", "json", "--lines-per-message", "1", "--data-dir", str(tmp_path / "data"),
+         "--registry", str(REPO / "examples" / "registry.toml")],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -82,7 +82,8 @@ def test_events_published_with_kcat_are_accepted_by_the_consumer(
         "GPULEDGER_CONSUMER__IDLE_POLLS": "4",
     }
     consumed = subprocess.run(
-        [sys.executable, "-m", "gpuledger", "consume", "--bus", "kafka", "--until-idle", "--data-dir", str(data)],
+        [sys.executable, "-m", "gpuledger", "consume", "--bus", "kafka", "--until-idle", "--data-dir", str(data),
+         "--registry", str(Path(__file__).resolve().parents[2] / "examples" / "registry.toml")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert consumed.returncode == 0, consumed.stderr

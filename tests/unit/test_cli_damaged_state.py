@@ -33,7 +33,9 @@ def cli(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "400", "GPULEDGER_CONFIG": ""}
+    # the sample registry, named as an operator names theirs (no command falls back to it)
+    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "400", "GPULEDGER_CONFIG": "",
+            "GPULEDGER_REGISTRY": str(REPO / "examples" / "registry.toml")}
 
 
 def events_file(path: Path, count: int, day: int = 2) -> Path:

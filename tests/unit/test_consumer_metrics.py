@@ -17,6 +17,7 @@ from spine_events import ACCOUNTS, event, jsonl
 from gpuledger.health import HealthError, HeartbeatFile, assess
 from storage.dataset import Store
 from streams.consumer import StreamConsumer
+from streams.dedupe import EventWindow
 from streams.errors import BusUnavailable
 from streams.localbus import LocalBus
 from streams.metrics import ConsumerMetrics, ConsumerProgress
@@ -198,11 +199,21 @@ def test_progress_is_reported_at_most_every_interval_and_lag_follows_the_assignm
     assert value(registry, "gpuledger_consumer_lag_records", partition="1") == 7
 
 
-def test_the_dedupe_window_can_be_set_by_the_dedupe_code() -> None:
+def test_the_dedupe_window_gauge_counts_the_ids_the_loop_holds(tmp_path: Path) -> None:
+    # given 5 distinct events in one hour and 2 re-sends, through the consumer loop and its dedupe window
+    bus = LocalBus(tmp_path / "bus")
+    events = [event(f"2026-11-02T00:{m:02d}:00Z") for m in range(5)]
+    publish(bus, jsonl(*events), jsonl(*events[:2]))
     registry = CollectorRegistry()
-    metrics = ConsumerMetrics(registry, clock=FakeClock())
-    metrics.set_dedupe_window(1234)
-    assert value(registry, "gpuledger_consumer_dedupe_window_ids") == 1234
+    source = bus.consumer(TOPIC, "g")
+    metrics = ConsumerMetrics(registry, lag=source, clock=FakeClock())
+    store = Store(tmp_path / "data")
+    stream = StreamConsumer(source, BatchProcessor(store, ACCOUNTS, EventWindow(store, 2)), observer=metrics)
+    # when the loop drains the bus
+    stream.run(until_idle=True, idle_polls=1)
+    # then the gauge says the 5 ids held, not 7 lines and not 0
+    assert value(registry, "gpuledger_consumer_dedupe_window_ids") == 5
+    assert value(registry, "gpuledger_consumer_events_total", outcome="duplicate") == 2
 
 
 # -- the health verdict ---------------------------------------------------------------------

@@ -272,7 +272,9 @@ def test_consume_and_ingest_exit_non_zero_on_a_damaged_bus(tmp_path) -> None:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "400", "GPULEDGER_CONFIG": ""}
+    # the sample registry, named as an operator names theirs (no command falls back to it)
+    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "400", "GPULEDGER_CONFIG": "",
+            "GPULEDGER_REGISTRY": str(REPO / "examples" / "registry.toml")}
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from collectors.metrics import CollectorMetrics
 from gpuledger.cli import app
 from gpuledger.cli_collect import log_bus
-from gpuledger.settings import SettingsError, load_settings, packaged_example, resolve_example
+from gpuledger.settings import SettingsError, load_settings, packaged_example
 from tests.unit.test_docs import commands
 
 pytestmark = pytest.mark.unit
@@ -36,6 +36,7 @@ FOREIGN_METRICS = {"up", "node_timex_sync_status", "node_timex_offset_seconds"}
 PROMQL_WORDS = {
     "rate", "increase", "delta", "sum", "max", "min", "count", "by", "abs", "time", "vector", "or", "and",
     "histogram_quantile", "le", "instance", "job", "kind", "changes", "deriv", "outcome", "partition",
+    "without", "on", "year", "month", "day_of_month", "job_id",
 }
 
 
@@ -48,16 +49,20 @@ def clean_env(monkeypatch):
 
 
 def exported_metrics() -> set[str]:
+    from accounting.scheduler_metrics import SchedulerMetrics
+    from storage.dataset import Store
     from streams.metrics import ConsumerMetrics
 
     registry = CollectorRegistry()
     CollectorMetrics(registry)
     ConsumerMetrics(registry)
+    SchedulerMetrics(registry, Store(Path("/nonexistent-data-dir")))
     families = list(registry.collect())
-    # a labelled gauge (lag per partition) has no sample until a partition reports: its family counts
+    # a labelled gauge (lag per partition) or counter (runs per job) has no sample until a label
+    # value reports: its family counts
     return {sample.name for family in families for sample in family.samples} | {
         family.name for family in families if family.type == "gauge"
-    }
+    } | {f"{family.name}_total" for family in families if family.type == "counter"}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -232,16 +237,17 @@ def test_an_empty_config_variable_reads_no_file(monkeypatch, tmp_path: Path) -> 
     assert load_settings().bus == "kafka"  # unset: ./gpuledger.toml
 
 
-def test_the_default_registry_is_found_outside_the_repository(monkeypatch, tmp_path: Path) -> None:
+def test_no_registry_given_is_refused_with_how_to_give_one(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    registry = load_settings().registry
-    assert registry == packaged_example("registry.toml")
-    assert registry.read_bytes() == (REPO / "examples" / "registry.toml").read_bytes()
-    # a file of that name where the command runs wins; other paths are left alone
-    (tmp_path / "examples").mkdir()
-    (tmp_path / "examples" / "registry.toml").write_text("# local\n")
-    assert resolve_example(Path("examples/registry.toml")) == Path("examples/registry.toml")
-    assert resolve_example(Path("elsewhere/registry.toml")) == Path("elsewhere/registry.toml")
+    settings = load_settings()
+    assert settings.registry is None
+    with pytest.raises(SettingsError) as caught:
+        settings.registry_file()
+    assert "--registry" in str(caught.value) and "GPULEDGER_REGISTRY" in str(caught.value)
+    # an examples/ path that does not exist here is not quietly swapped for the packaged sample
+    assert load_settings(registry=Path("examples/registry.toml")).registry_file() == Path("examples/registry.toml")
+    monkeypatch.setenv("GPULEDGER_REGISTRY", "/etc/gpuledger/registry.toml")
+    assert load_settings().registry_file() == Path("/etc/gpuledger/registry.toml")
 
 
 def test_every_example_file_ships_in_the_package() -> None:
