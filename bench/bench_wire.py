@@ -2,6 +2,7 @@
 gpuledger against its peers in the same run, on both wires; peak RSS of each consumer.
 
     .venv/bin/python bench/bench_wire.py --peers PEERS_VENV [--gpus 16000 --minutes 60] [--runs 3]
+    .venv/bin/python bench/bench_wire.py --gpus 29000 --runs 1 --max-batch-bytes 67108864 16777216   # the byte bound, before/after
 
 ``PEERS_VENV`` is a virtual environment outside the project with the peers' libraries
 (``confluent-kafka orjson msgspec kafka-python crc32c pyarrow``). Starts its own single-node
@@ -56,11 +57,13 @@ def run_child(command: list[str]) -> tuple[dict, float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peers", type=Path, required=True, help="virtual environment of the peers")
+    parser.add_argument("--peers", type=Path, help="virtual environment of the peers (left out: gpuledger only)")
     parser.add_argument("--gpus", type=int, default=16_000)
     parser.add_argument("--minutes", type=int, default=60)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-batch-records", type=int, default=50_000, help="gpuledger's setting (default: the settings' default)")
+    parser.add_argument("--max-batch-bytes", type=int, nargs="+", default=[None],
+                        help="gpuledger's byte bound per batch, one gpuledger variant each (default: the settings' default)")
     parser.add_argument("--wires", nargs="*", default=["json", "arrow"])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "wire.json")
     args = parser.parse_args()
@@ -87,8 +90,9 @@ def main() -> None:
                 producer.flush()
                 producer.close()
                 print(f"{wire}: {payload_bytes / counts.events:.0f} bytes per event on the wire", flush=True)
-                consumers = [("gpuledger", None), *((peer, peer) for peer in PEERS[wire])]
-                for name, peer in consumers:
+                ours = [(f"gpuledger-{b >> 20}MiB" if b else "gpuledger", None, b) for b in args.max_batch_bytes]
+                consumers = [*ours, *((peer, peer, None) for peer in (PEERS[wire] if args.peers else ()))]
+                for name, peer, bound in consumers:
                     measured = []
                     for run in range(args.runs):
                         group = f"g-{uuid.uuid4().hex[:8]}"
@@ -97,12 +101,13 @@ def main() -> None:
                             command = [sys.executable, "bench/wire_ours.py", "--bootstrap", bootstrap, "--topic", topic,
                                        "--group", group, "--data-dir", str(target),
                                        "--max-batch-records", str(args.max_batch_records)]
+                            command += ["--max-batch-bytes", str(bound)] if bound else []
                         else:
                             command = [str(args.peers / "bin" / "python"), "bench/wire_peers.py", peer, "--bootstrap",
                                        bootstrap, "--topic", topic, "--group", group, "--out", str(target),
                                        "--expect", str(counts.events)]
                         got, cpu_s, rss_mib, wall_s = run_child(command)
-                        if got["stored"] != counts.distinct:
+                        if got["stored"] != counts.distinct or got["stored"] <= 0:
                             raise SystemExit(f"{name} on {wire} stored {got['stored']:,}, not the {counts.distinct:,} distinct events")
                         measured.append({"cpu_s": cpu_s, "rss_mib": rss_mib, "wall_s": wall_s})
                         print(f"  {wire:5s} {name:18s} run {run}: {cpu_s * 1e6 / counts.events:6.2f} CPU-s/M  "

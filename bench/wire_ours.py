@@ -2,7 +2,7 @@
 strict decode, rules, event-id check, dedupe window, Delta commit of raw + quarantine,
 offsets) draining a topic into a fresh data directory. Prints one JSON line of its totals.
 
-    .venv/bin/python bench/wire_ours.py --bootstrap HOST:PORT --topic T --group G --data-dir DIR [--max-batch-records N]
+    .venv/bin/python bench/wire_ours.py --bootstrap HOST:PORT --topic T --group G --data-dir DIR [--max-batch-records N] [--max-batch-bytes B]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--max-batch-records", type=int, default=50_000)
+    parser.add_argument("--max-batch-bytes", type=int, default=None, help="default: the settings' default")
     args = parser.parse_args()
     from accounting.registry import load_registry
     from gpuledger.settings import KafkaSettings
@@ -40,10 +41,11 @@ def main() -> None:
     from streams.kafka import KafkaBus
     from streams.pipeline import BatchProcessor
 
+    bound = {} if args.max_batch_bytes is None else {"max_batch_bytes": args.max_batch_bytes}
     bus = KafkaBus(KafkaSettings(bootstrap=args.bootstrap, partitions=args.partitions))
-    consumer = bus.consumer(args.topic, args.group)
+    consumer = bus.consumer(args.topic, args.group, **bound)
     processor = BatchProcessor(Store(args.data_dir), accounts_of(load_registry(REPO / "examples" / "registry.toml")))
-    stream = StreamConsumer(consumer, processor, max_batch_records=args.max_batch_records, poll_timeout_s=0.5)
+    stream = StreamConsumer(consumer, processor, max_batch_records=args.max_batch_records, poll_timeout_s=0.5, **bound)
     totals = stream.run(until_idle=True, idle_polls=3)
     consumer.close()
     print(json.dumps({"stored": totals.accepted, "dropped": totals.duplicates, "refused": totals.refused, "batches": totals.batches,

@@ -34,7 +34,7 @@ from pydantic_settings import (
 
 from storage.errors import GpuledgerError
 from storage.location import Location
-from streams.bus import QUARANTINE_TOPIC, USAGE_TOPIC
+from streams.bus import DEFAULT_MAX_BATCH_BYTES, QUARANTINE_TOPIC, USAGE_TOPIC
 
 
 class SettingsError(GpuledgerError):
@@ -128,6 +128,10 @@ class CollectorSettings(_Section):
 
 class ConsumerSettings(_Section):
     max_batch_records: int = Field(default=50_000, ge=1)
+    # a batch also stops once its messages hold this many bytes (default 8 MiB): the batch step's
+    # memory is a multiple of it, so it sets the consumer's peak RSS; 16 MiB is the most that was
+    # measured under 1 GiB (docs/BENCHMARKS.md, "Cost per event against peers", item 3)
+    max_batch_bytes: int = Field(default=DEFAULT_MAX_BATCH_BYTES, ge=1024 * 1024, le=16 * 1024 * 1024)
     poll_timeout_s: float = Field(default=0.5, gt=0)
     idle_polls: int = Field(default=2, ge=1)  # --until-idle: empty polls in a row before exit
     # event-time hours of ids the dedupe holds in memory (24 bytes per id); re-sends of older

@@ -77,7 +77,7 @@ def make_stream_consumer(
     topic = settings.kafka.usage_topic
     claim(store, settings.kafka.consumer_group, topic)  # one store, one owner (storage/owner.py)
     quarantine = bus.producer(settings.kafka.quarantine_topic)
-    bus_consumer = bus.consumer(topic, settings.kafka.consumer_group)
+    bus_consumer = bus.consumer(topic, settings.kafka.consumer_group, max_batch_bytes=settings.consumer.max_batch_bytes)
     metrics = None
     if metrics_registry is not None:
         heartbeat = HeartbeatFile(settings.heartbeat_file, s3_options=settings.storage.s3_options())
@@ -88,6 +88,7 @@ def make_stream_consumer(
         BatchProcessor(store, accounts_of(registry), EventWindow(store, settings.consumer.dedupe_window_hours)),
         quarantine_producer=quarantine,
         max_batch_records=settings.consumer.max_batch_records,
+        max_batch_bytes=settings.consumer.max_batch_bytes,
         poll_timeout_s=settings.consumer.poll_timeout_s,
         group=settings.kafka.consumer_group,
         observer=metrics,

@@ -37,6 +37,12 @@ USAGE_TOPIC = "gpu.usage.v1"
 QUARANTINE_TOPIC = "gpu.usage.quarantine.v1"
 
 
+# values per batch before a poll stops (`[consumer] max_batch_bytes`): the decoded columns and
+# the rules' frames of a batch are a multiple of this, so it, not the message count, sets the
+# consumer's peak memory (docs/BENCHMARKS.md, "Cost per event against peers", item 3)
+DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class BusRecord:
     """One message as the consumer sees it."""
@@ -83,8 +89,13 @@ class Consumer(Protocol):
         bus: partition 0), then on every rebalance. Each partition is sought to the offset
         ``on_assign`` returns and that offset is committed to the group."""
 
-    def poll_batch(self, max_records: int, timeout_s: float) -> list[BusRecord]:
-        """Up to ``max_records`` records after the current position; ``[]`` when idle."""
+    def poll_batch(
+        self, max_records: int, timeout_s: float, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    ) -> list[BusRecord]:
+        """Up to ``max_records`` records after the current position; ``[]`` when idle. A batch
+        stops growing once its values reach ``max_batch_bytes`` (its first record is always
+        taken, so one message larger than the bound still moves), which bounds the consumer's
+        memory by bytes, not by messages of any size."""
 
     def commit(self, next_offsets: Mapping[int, int]) -> bool | None:
         """Record, per partition, the offset of the next record to read. ``False``: the bus
@@ -119,6 +130,11 @@ class Bus(Protocol):
         """A producer for ``topic`` (created if missing where the bus can)."""
 
     def consumer(
-        self, topic: str, group: str, on_revoke: RevokeCallback | None = None
+        self,
+        topic: str,
+        group: str,
+        on_revoke: RevokeCallback | None = None,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     ) -> Consumer:
-        """A consumer of ``topic`` in consumer group ``group``."""
+        """A consumer of ``topic`` in consumer group ``group``. ``max_batch_bytes`` also bounds
+        what the bus fetches ahead of the polls (Kafka's fetch; the local bus reads per poll)."""

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from streams.bus import BusRecord, Consumer, Producer
+from streams.bus import DEFAULT_MAX_BATCH_BYTES, BusRecord, Consumer, Producer
 from streams.errors import BusUnavailable
 from streams.metrics import COMMIT_REFUSED, COMMIT_UNAVAILABLE, ConsumerObserver
 from streams.pipeline import BatchProcessor, BatchResult, Position
@@ -82,6 +82,7 @@ class StreamConsumer:
         *,
         quarantine_producer: Producer | None = None,
         max_batch_records: int = 50_000,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         poll_timeout_s: float = 0.5,
         before_commit: Callable[[BatchResult], None] | None = None,
         retry_s: float = 1.0,
@@ -97,6 +98,7 @@ class StreamConsumer:
         self._processor = processor
         self._quarantine = quarantine_producer
         self._max = max_batch_records
+        self._max_bytes = max_batch_bytes
         self._timeout = poll_timeout_s
         self._before_commit = before_commit  # test hook: a crash between write and commit
         self._topic = consumer.topic
@@ -134,7 +136,7 @@ class StreamConsumer:
 
     def run_once(self) -> BatchResult | None:
         """Process one batch; ``None`` when the poll returned nothing."""
-        records = self._consumer.poll_batch(self._max, self._timeout)
+        records = self._consumer.poll_batch(self._max, self._timeout, self._max_bytes)
         if self._observer is not None:
             self._observer.polled(len(records))
         if not records:

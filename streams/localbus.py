@@ -62,7 +62,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from streams.bus import BusRecord, RebalanceListener, RevokeCallback, offset_beyond_log
+from streams.bus import DEFAULT_MAX_BATCH_BYTES, BusRecord, RebalanceListener, RevokeCallback, offset_beyond_log
 from streams.errors import BusCorrupt, ConsumerGroupBusy, StoredOffsetBeforeLog, StoredOffsetBeyondLog, StreamError
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,11 @@ class LocalBus:
         return LocalProducer(self._topic_dir(topic))
 
     def consumer(
-        self, topic: str, group: str, on_revoke: RevokeCallback | None = None
+        self,
+        topic: str,
+        group: str,
+        on_revoke: RevokeCallback | None = None,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,  # nothing is read ahead of a poll here
     ) -> LocalConsumer:
         return LocalConsumer(self._topic_dir(topic), group)
 
@@ -578,7 +582,7 @@ class LocalConsumer:
         return segment
 
     def poll_batch(
-        self, max_records: int, timeout_s: float, max_batch_bytes: int = 64 * 1024 * 1024
+        self, max_records: int, timeout_s: float, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     ) -> list[BusRecord]:
         segment = self._segment_for_read()
         if segment is None:
@@ -600,6 +604,8 @@ class LocalConsumer:
                         self._check_not_cut(segment, at)
                     break  # end, or a torn tail: not yet (or never) complete
                 key, value, stop = record
+                if records and size + len(value) > max_batch_bytes:
+                    break  # the byte bound: this record starts the next batch (not consumed)
                 records.append(BusRecord(self._topic, 0, self._offset, key or None, value))
                 size += len(value)
                 self._offset += 1

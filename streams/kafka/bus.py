@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from streams.bus import RevokeCallback
+from streams.bus import DEFAULT_MAX_BATCH_BYTES, RevokeCallback
 from streams.errors import BusConfigError
 from streams.kafka.connection import KafkaSettings, client_config
 from streams.kafka.logfilters import redact_in_logs, watch_auth_failures
@@ -72,9 +72,14 @@ class KafkaBus:
         return KafkaProducer(self, topic)
 
     def consumer(
-        self, topic: str, group: str, on_revoke: RevokeCallback | None = None
+        self,
+        topic: str,
+        group: str,
+        on_revoke: RevokeCallback | None = None,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     ) -> KafkaConsumer:
         """A member of ``group`` reading ``topic``, from the earliest offset when none is
-        committed (:class:`streams.kafka.member.KafkaConsumer`)."""
+        committed (:class:`streams.kafka.member.KafkaConsumer`); it fetches about
+        ``max_batch_bytes`` at a time, so what waits in its buffer is one batch's worth."""
         self.ensure_topics([topic])
-        return KafkaConsumer(self, topic, group, on_revoke)
+        return KafkaConsumer(self, topic, group, on_revoke, fetch_bytes=max_batch_bytes)

@@ -36,7 +36,7 @@ from kafka import KafkaConsumer as _KConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from streams.bus import BusRecord, RebalanceListener, RevokeCallback, offset_beyond_log
+from streams.bus import DEFAULT_MAX_BATCH_BYTES, BusRecord, RebalanceListener, RevokeCallback, offset_beyond_log
 from streams.errors import StoredOffsetBeforeLog, StoredOffsetBeyondLog
 from streams.kafka.connection import MAX_MESSAGE_BYTES, REBALANCE_ERRORS, client_config, translate
 
@@ -45,7 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_FIRST_POLL_RECORDS = 100
+# a batch's first poll: few enough that their values stay under the smallest byte bound (1 MiB)
+# for the programme's messages (a node's minute is ~35 KB, a bulk message ~300 KB); the loop
+# in ``poll_batch`` then sizes each further poll by the room left
+_FIRST_POLL_RECORDS = 3
 
 
 class _Rebalances(ConsumerRebalanceListener):
@@ -73,13 +76,12 @@ class KafkaConsumer:
         topic: str,
         group: str,
         on_revoke: RevokeCallback | None,
-        max_batch_bytes: int = 64 * 1024 * 1024,
+        fetch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     ):
         self._bus = bus
         self._sasl = bus._sasl
         self.topic = topic
         self.group = group
-        self.max_batch_bytes = max_batch_bytes
         self._on_revoke = on_revoke
         self._listener: RebalanceListener | None = None
         self._lock = threading.Lock()
@@ -93,7 +95,9 @@ class KafkaConsumer:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-                fetch_max_bytes=64 * 1024 * 1024,
+                # what one fetch brings ahead of the polls (soft: a larger message still comes);
+                # it waits, compressed, in kafka-python's buffer next to the batch being processed
+                fetch_max_bytes=fetch_bytes,
                 session_timeout_ms=int(bus.session_timeout_s * 1000),
                 heartbeat_interval_ms=int(max(0.5, bus.session_timeout_s / 4) * 1000),
                 # the longest a batch step (write + commit) may take before the group evicts
@@ -254,11 +258,14 @@ class KafkaConsumer:
         except kerr.KafkaError as exc:
             raise translate(exc, f"looking up the positions of {self.topic}", sasl=self._sasl) from exc
 
-    def poll_batch(self, max_records: int, timeout_s: float) -> list[BusRecord]:
+    def poll_batch(
+        self, max_records: int, timeout_s: float, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    ) -> list[BusRecord]:
         """Up to ``max_records`` records: waits up to ``timeout_s`` for the first, then takes
         whatever else is already fetched, so batches are large when the topic has a backlog.
-        A batch also stops growing past ``max_batch_bytes`` of values (memory stays bounded
-        when messages carry thousands of events each), and holds no record of a partition
+        A batch also stops growing once it holds ``max_batch_bytes`` of values (memory stays
+        bounded when messages carry thousands of events each; records fetched past the bound
+        stay in kafka-python's buffer for the next poll), and holds no record of a partition
         revoked while it was polled."""
         records: list[BusRecord] = []
         if not self._joined:
@@ -268,9 +275,11 @@ class KafkaConsumer:
             # (hundreds of MB of Arrow batches on a backlog), the loop below stops at the cap
             records = self._drop_revoked(self._poll(timeout_s, min(max_records, _FIRST_POLL_RECORDS)))
         size = sum(len(r.value) for r in records)
-        while records and len(records) < max_records and size < self.max_batch_bytes:
-            room = (self.max_batch_bytes - size) * len(records) // max(size, 1)  # records that fit
-            more = self._poll(0.0, max(1, min(max_records - len(records), 1000, room)))
+        while records and len(records) < max_records and size < max_batch_bytes:
+            room = (max_batch_bytes - size) * len(records) // max(size, 1)  # records that fit
+            if room < 1:
+                break  # one more record of the batch's average size would pass the bound
+            more = self._poll(0.0, min(max_records - len(records), 1000, room))
             records = self._drop_revoked(records)  # a rebalance in that poll: keep only what is ours
             if not more:
                 break

@@ -173,3 +173,34 @@ def test_the_sasl_password_is_never_printed_or_logged(
     assert all(secret not in r.getMessage() for r in caplog.records)
     assert secret not in str(failure.value)
     assert secret not in repr(bus) + repr(settings)
+
+
+def test_a_batch_stops_at_the_byte_bound_and_loses_nothing_at_the_cut(
+    kafka_bootstrap: str, kafka_topic: str, kafka_group: str
+) -> None:
+    # given 40 messages of 100 kB on one partition
+    bus = _bus(kafka_bootstrap, partitions=1)
+    producer = bus.producer(kafka_topic)
+    values = [bytes([65 + i % 26]) * 100_000 + str(i).encode() for i in range(40)]
+    for value in values:
+        producer.send("node", value)
+    producer.flush()
+    producer.close()
+    bound = 1024 * 1024  # ten of them and a half
+    consumer = bus.consumer(kafka_topic, kafka_group)
+    try:
+        # when the topic is drained in batches bounded at 1 MiB of values
+        batches: list[list[bytes]] = []
+        for _ in range(60):
+            batch = consumer.poll_batch(max_records=10_000, timeout_s=0.5, max_batch_bytes=bound)
+            if batch:
+                batches.append([r.value for r in batch])
+                consumer.commit({0: batch[-1].offset + 1})
+            if sum(map(len, batches)) >= len(values):
+                break
+    finally:
+        consumer.close()
+    # then no batch passed the bound, the bound was reached, and every message came once, in order
+    assert all(sum(map(len, b)) <= bound for b in batches)
+    assert max(len(b) for b in batches) == 10
+    assert [v for b in batches for v in b] == values

@@ -16,6 +16,7 @@ from spine_events import ACCOUNTS, event, jsonl
 
 from gpuledger.health import HealthError, HeartbeatFile, assess
 from storage.dataset import Store
+from streams.bus import DEFAULT_MAX_BATCH_BYTES
 from streams.consumer import StreamConsumer
 from streams.dedupe import EventWindow
 from streams.errors import BusUnavailable
@@ -58,8 +59,8 @@ class CommitOutcome:
         self._inner, self.refused, self.unavailable = inner, refused, unavailable
         self.lag_unit = inner.lag_unit
 
-    def poll_batch(self, max_records: int, timeout_s: float):
-        return self._inner.poll_batch(max_records, timeout_s)
+    def poll_batch(self, max_records: int, timeout_s: float, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES):
+        return self._inner.poll_batch(max_records, timeout_s, max_batch_bytes)
 
     def commit(self, next_offsets):
         if self.unavailable:

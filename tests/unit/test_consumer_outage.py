@@ -10,6 +10,7 @@ import pytest
 from spine_events import ACCOUNTS, event, jsonl
 
 from storage.dataset import Store
+from streams.bus import DEFAULT_MAX_BATCH_BYTES
 from streams.consumer import StreamConsumer
 from streams.errors import BusUnavailable
 from streams.localbus import LocalBus
@@ -24,11 +25,11 @@ class Flaky:
     def __init__(self, inner, polls: int = 0, commits: int = 0):
         self._inner, self.polls, self.commits = inner, polls, commits
 
-    def poll_batch(self, max_records: int, timeout_s: float):
+    def poll_batch(self, max_records: int, timeout_s: float, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES):
         if self.polls:
             self.polls -= 1
             raise BusUnavailable("broker unreachable (test)")
-        return self._inner.poll_batch(max_records, timeout_s)
+        return self._inner.poll_batch(max_records, timeout_s, max_batch_bytes)
 
     def commit(self, next_offsets) -> None:
         if self.commits:
