@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -501,7 +503,19 @@ cli_storage.register(app)
 
 
 def main() -> None:
-    app()
+    """The console script. A command that failed has printed its one line: it exits at once,
+    without the interpreter's teardown, where delta-rs's native threads were seen to abort the
+    process (``terminate called without an active exception``, exit -6) after the right line."""
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 0:
+            raise
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":
