@@ -140,16 +140,7 @@ class DeltaDataset:
         table = self.table()
         if table is None:
             return []
-        actions = self._add_actions(table)[0]
-        paths = actions.column("path").to_pylist()
-        if f"min.{column}" not in actions.column_names:
-            return sorted(paths)
-        mins = actions.column(f"min.{column}").to_pylist()
-        maxs = actions.column(f"max.{column}").to_pylist()
-        return sorted(
-            p for p, a, b in zip(paths, mins, maxs, strict=True)
-            if a is None or b is None or (a < hi and b >= lo)
-        )
+        return _overlapping(self._add_actions(table)[0], column, lo, hi)
 
     def transaction_version(self, app_id: str) -> int | None:
         """The version last committed for ``app_id`` (for a Kafka partition: its last offset).
@@ -331,7 +322,12 @@ class PinnedTable:
 
 
 def _files_overlapping(table: DeltaTable, column: str, lo: object, hi: object) -> list[str]:
-    actions = pa.table(table.get_add_actions(flatten=True))
+    return _overlapping(pa.table(table.get_add_actions(flatten=True)), column, lo, hi)
+
+
+def _overlapping(actions: pa.Table, column: str, lo: object, hi: object) -> list[str]:
+    """The files whose logged ``column`` range touches ``[lo, hi)``; a file without
+    statistics is always included (never skipped on a guess)."""
     paths = actions.column("path").to_pylist()
     if f"min.{column}" not in actions.column_names:
         return sorted(paths)
