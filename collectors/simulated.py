@@ -1,8 +1,9 @@
 """A simulated fleet: the twin of NVML for the demo and the tests.
 
 Deterministic for a seed. Each node has 8 GPUs of one model and belongs to one entity's pool;
-some GPUs are split into MIG instances; every GPU runs a schedule of jobs (projects of its
-entity) separated by idle gaps with no owner. One node can go silent for a window (no samples
+some GPUs are split into MIG instances, for the whole window or from an instant on (a MIG
+reconfiguration: the GPU runs whole until then, as its MIG instances after); every device runs
+a schedule of jobs (projects of its entity) separated by idle gaps with no owner. One node can go silent for a window (no samples
 at all: it shows up as unreported capacity, never as zero-filled usage).
 
 :class:`SimulatedNode` implements ``DeviceReader`` and ``Attributor`` at once: it knows which
@@ -47,6 +48,9 @@ class NodeSpec:
     gpu_model: str
     gpus: int = 8
     mig_gpus: int = 0  # how many of its GPUs are split with MIG_LAYOUT
+    # None: split for the whole window; else they run whole before this instant and split from
+    # it on (a reconfiguration: the whole GPU's jobs end by then, the instances' start after)
+    mig_from_s: float | None = None
     silent_from_s: float | None = None
     silent_to_s: float | None = None
     lost_gpu_from_s: float | None = None  # from then its first GPU is off the bus (Xid 79): gpu_lost samples
@@ -65,22 +69,40 @@ class SimulatedNode:
     ):
         self.spec = spec
         rng = random.Random(f"{seed}/{spec.name}")
-        self.devices: list[DeviceInfo] = []
+        self._whole: list[DeviceInfo] = []  # the layout before mig_from_s
+        self._split: list[DeviceInfo] = []  # the layout from mig_from_s on (or always)
+        self.devices: list[DeviceInfo] = []  # every device of the window, in GPU order
+        windows: dict[str, tuple[float, float]] = {}  # device → when it exists
         self._jobs: dict[str, list[Job]] = {}
         self._energy_mj: dict[str, float] = {}
+        mig_from = spec.mig_from_s if spec.mig_from_s is not None else start_s
         for index in range(spec.gpus):
             gpu_uuid = _uuid("GPU", spec.name, index)
+            whole = DeviceInfo(gpu_uuid, gpu_uuid, spec.gpu_model)
             if index < spec.mig_gpus:
+                if mig_from > start_s:
+                    self._whole.append(whole)
+                    self.devices.append(whole)
+                    windows[whole.device_uuid] = (start_s, mig_from)
                 for slot, (profile, slices) in enumerate(MIG_LAYOUT):
-                    self.devices.append(
-                        DeviceInfo(gpu_uuid, _uuid("MIG", spec.name, index, slot), spec.gpu_model,
-                                   profile, slices / MIG_MAX_SLICES)
-                    )
+                    instance = DeviceInfo(gpu_uuid, _uuid("MIG", spec.name, index, slot), spec.gpu_model,
+                                          profile, slices / MIG_MAX_SLICES)
+                    self._split.append(instance)
+                    self.devices.append(instance)
+                    windows[instance.device_uuid] = (mig_from, end_s)
             else:
-                self.devices.append(DeviceInfo(gpu_uuid, gpu_uuid, spec.gpu_model))
+                self._whole.append(whole)
+                self._split.append(whole)
+                self.devices.append(whole)
+                windows[whole.device_uuid] = (start_s, end_s)
             self._energy_mj[gpu_uuid] = rng.uniform(1e9, 5e9)
+        self._mig_from_s = mig_from
         for device in self.devices:
-            self._jobs[device.device_uuid] = _schedule(rng, projects, start_s, end_s, spec.name)
+            self._jobs[device.device_uuid] = _schedule(rng, projects, *windows[device.device_uuid], spec.name)
+
+    def devices_at(self, timestamp_s: float) -> list[DeviceInfo]:
+        """The devices NVML lists at ``timestamp_s``: the split layout from the reconfiguration on."""
+        return self._split if timestamp_s >= self._mig_from_s else self._whole
 
     def _job_at(self, device: DeviceInfo, timestamp_s: float) -> Job | None:
         for job in self._jobs[device.device_uuid]:
@@ -102,7 +124,7 @@ class SimulatedNode:
             return []
         model = self.spec.gpu_model
         idle, peak = IDLE_WATTS.get(model, 100.0), PEAK_WATTS.get(model, 700.0)
-        jobs = [(device, self._job_at(device, timestamp_s)) for device in self.devices]
+        jobs = [(device, self._job_at(device, timestamp_s)) for device in self.devices_at(timestamp_s)]
         util_by_gpu: dict[str, float] = {}
         for device, job in jobs:
             util = job.utilisation_percent if job else 0.0
@@ -126,7 +148,7 @@ class SimulatedNode:
     def _lost_gpu(self, timestamp_s: float) -> str | None:
         """The UUID of the GPU that fell off the bus, once it has (NVML answers GpuIsLost for it)."""
         lost_from = self.spec.lost_gpu_from_s
-        return self.devices[0].gpu_uuid if lost_from is not None and timestamp_s >= lost_from else None
+        return self._split[0].gpu_uuid if lost_from is not None and timestamp_s >= lost_from else None
 
     def owner(self, sample: DeviceSample) -> Owner:
         job = self._job_at(sample.device, sample.timestamp_s)

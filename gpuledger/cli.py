@@ -17,7 +17,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -77,7 +76,8 @@ def demo(
     registry: RegistryOpt = None,
     bus: BusOpt = None,
     month: Annotated[
-        str | None, typer.Option("--month", help="KST month to simulate (default: the last complete month).")
+        str | None,
+        typer.Option("--month", help="KST month to simulate (default: 2026-10, the month the demo registry's rate change falls in)."),
     ] = None,
     nodes_per_entity: Annotated[
         int | None,
@@ -94,18 +94,15 @@ def demo(
         from gpuledger import demo as demo_mod
 
         settings = settings_from(data_dir or Path("gpuledger-data/demo"), registry or demo_mod.demo_registry_path(), bus)
-        _demo(settings, month or demo_mod.previous_month(datetime.now(UTC)), nodes_per_entity)
+        _demo(settings, month or demo_mod.DEMO_MONTH, nodes_per_entity)
 
     run_command(body)
 
 
 def _demo(settings: Settings, period: str, nodes_per_entity: int | None) -> None:
-    from accounting.close import close_month
     from gpuledger import demo as demo_mod
     from gpuledger.summary import print_close_summary
     from gpuledger.wiring import make_store, registry_from
-    from storage.lease import hold
-    from storage.rollup import roll_up
 
     reg = registry_from(settings)
     demo_mod.prepare_data_dir(settings.local_data_dir("the demo"))
@@ -117,9 +114,7 @@ def _demo(settings: Settings, period: str, nodes_per_entity: int | None) -> None
         from streams.localbus import LocalBus
 
         LocalBus(Path(settings.data_dir) / "bus").trim(settings.kafka.usage_topic)
-    with hold(store, "gpuledger demo close", wait_s=120) as lease:  # the one lease of close and upkeep
-        roll_up(store, lease=lease)  # usage_hourly: one row per hour × device × owner, from raw
-        result = close_month(store, reg, period, lease=lease)
+    result = demo_mod.close_period(store, reg, period)
     print_close_summary(store, period, result, registry=reg)
     for label, path in demo_mod.report_and_export(store, reg, period, Path(settings.registry_file())):
         out.print(f"{label} {path}", soft_wrap=True, highlight=False)
@@ -135,19 +130,26 @@ def _simulate_month(settings: Settings, reg, plan, store) -> None:  # noqa: ANN0
     the_bus = make_bus(settings)
     publisher = DirectPublisher(the_bus.producer(settings.kafka.usage_topic))
     consumer = make_stream_consumer(settings, reg, the_bus, store)
-    devices = sum(s.gpus + s.mig_gpus * 3 for s in plan.nodes)
+    gpus = sum(s.gpus for s in plan.nodes)
+    lead_in = f" and the last day of {plan.previous}" if plan.lead_in_s else ""
     console.print(
-        f"Simulating {plan.period} (KST): {len(plan.nodes)} nodes, {devices} devices, "
+        f"Simulating {plan.period}{lead_in} (KST): {len(plan.nodes)} nodes, {gpus} GPUs, "
         f"{plan.interval_s // 60}-minute events, bus={settings.bus}, data in {settings.data_dir}"
     )
+
+    def close_previous(previous: str) -> None:
+        closed = demo_mod.close_period(store, reg, previous)
+        progress.console.print(f"{closed.message} (on the 1st, as scheduled; events still in spools arrive later)")
+
     with _progress() as progress, consumer:
-        task = progress.add_task("collect → bus → consume", total=(plan.end_s - plan.start_s) // 86400)
+        task = progress.add_task("collect → bus → consume", total=(plan.end_s - plan.first_s) // 86400)
         published, totals = demo_mod.simulate(
             plan,
             reg,
             publisher,
             lambda: consumer.run(until_idle=True, idle_polls=1),
             on_day=lambda day, days, n: progress.update(task, completed=day, description=f"day {day}/{days}: {n:,} events"),
+            close_previous=close_previous,
         )
     console.print(
         f"Published {published:,} events; consumer accepted {totals.accepted:,}, "
