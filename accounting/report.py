@@ -52,7 +52,7 @@ from accounting.export import BILLING_DIR, COMPLIANCE_DIR, read_ledger
 from accounting.figures import EntityFigures, display_name, entity_figures, hours_text, is_simulated, shown_billed_hours, won_text
 from accounting.figures import pct
 from accounting.breaches import Breach, breaches
-from accounting.report_page import ModelRow, NodeGap, Page, SealStatus, render_html
+from accounting.report_page import ChargeRow, ModelRow, NodeGap, Page, SealStatus, render_html
 from accounting.registry import NATIONAL, Registry, Thresholds
 from accounting.schemas import BILLING, COMPLIANCE
 from accounting.usage import parse_month
@@ -92,6 +92,42 @@ def top_projects(billing: pl.DataFrame, limit: int = TOP_PROJECTS) -> list[tuple
         pair[1] += amount
     ranked = sorted(acc.items(), key=lambda item: (-item[1][0], item[0]))
     return [(e, p, shown_billed_hours(us), a) for (e, p), (us, a) in ranked[:limit]]
+
+
+def correction_rows(billing: pl.DataFrame, registry: Registry | None = None) -> list[ChargeRow]:
+    """The month's correction lines (usage of closed months that arrived after their close)."""
+    rows = billing.filter(pl.col("charge_class") == "correction").sort(
+        "entity", "corrects_period", "project", "gpu_model", "rate_from"
+    )
+    return [
+        ChargeRow(display_name(registry, r["entity"]), r["project"], r["gpu_model"], r["corrects_period"],
+                  r["rate_from"], r["rate_to"], r["list_rate_krw_per_gpu_hour"], r["rate_krw_per_gpu_hour"],
+                  shown_billed_hours(int(r["gpu_microseconds"])), r["amount_krw"])
+        for r in rows.iter_rows(named=True)
+    ]
+
+
+def rate_change_rows(billing: pl.DataFrame, registry: Registry | None = None) -> list[ChargeRow]:
+    """Per entity × model whose usage lines fall in more than one rate segment of the month:
+    one row per segment (its KST days and list rate), GPU-hours and KRW summed over projects."""
+    usage = billing.filter(pl.col("charge_class") == "usage")
+    changed = (
+        usage.group_by("entity", "gpu_model").agg(pl.col("rate_from").n_unique().alias("segments"))
+        .filter(pl.col("segments") > 1).select("entity", "gpu_model")
+    )
+    segments = (
+        usage.join(changed, on=["entity", "gpu_model"])
+        .group_by("entity", "gpu_model", "rate_from", "rate_to", "list_rate_krw_per_gpu_hour")
+        .agg(pl.col("gpu_microseconds").sum(), pl.col("amount_krw").sum(), pl.col("rate_krw_per_gpu_hour").unique())
+        .sort("entity", "gpu_model", "rate_from")
+    )
+    return [
+        ChargeRow(display_name(registry, r["entity"]), "", r["gpu_model"], None, r["rate_from"], r["rate_to"],
+                  r["list_rate_krw_per_gpu_hour"],
+                  r["rate_krw_per_gpu_hour"][0] if len(r["rate_krw_per_gpu_hour"]) == 1 else None,
+                  shown_billed_hours(int(r["gpu_microseconds"])), r["amount_krw"])
+        for r in segments.iter_rows(named=True)
+    ]
 
 
 def model_rows(compliance: pl.DataFrame, registry: Registry | None = None) -> list[ModelRow]:
@@ -213,7 +249,8 @@ def render_report(
         files.append(name)
     page = render_html(
         Page(period, figures, projects, charts, said, gaps, seal, simulated, registry.thresholds if registry else None,
-             {f.entity: f.display_name for f in figures}, model_rows(compliance, registry))
+             {f.entity: f.display_name for f in figures}, model_rows(compliance, registry),
+             correction_rows(billing, registry), rate_change_rows(billing, registry))
     )
     from matplotlib import font_manager
 

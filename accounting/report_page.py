@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from accounting.breaches import Breach
@@ -49,6 +49,27 @@ class SealStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ChargeRow:
+    """Billing-ledger lines as the report lists them: a correction of an earlier month, or the
+    usage of one rate segment of an entity × model whose rate card changed within the month."""
+
+    name: str  # the entity's display name
+    project: str  # "" where the row sums every project of the segment
+    gpu_model: str
+    corrects_period: str | None
+    rate_from: date
+    rate_to: date
+    list_rate_krw_per_gpu_hour: Decimal
+    rate_krw_per_gpu_hour: Decimal | None  # after the class discount; None where projects' classes differ
+    billed_gpu_hours: Decimal  # exact microseconds rounded once to 2 places
+    amount_krw: Decimal
+
+    @property
+    def rate_days(self) -> str:
+        return f"{self.rate_from:%Y-%m-%d} – {self.rate_to:%m-%d}"
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     period: str
     figures: Sequence[EntityFigures]
@@ -61,6 +82,8 @@ class Page:
     thresholds: Thresholds | None
     names: dict[str, str]
     models: Sequence[ModelRow] = ()
+    corrections: Sequence[ChargeRow] = ()
+    rate_changes: Sequence[ChargeRow] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,5 +119,8 @@ def render_html(page: Page) -> str:
         terms=TERMS,
         thresholds=page.thresholds,
         projects=page.projects,
+        corrections=page.corrections,
+        corrections_krw=sum((row.amount_krw for row in page.corrections), Decimal(0)),
+        rate_changes=page.rate_changes,
         charts=[(name, base64.b64encode(data).decode()) for name, data in page.charts.items()],
     )
