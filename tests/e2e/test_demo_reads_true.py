@@ -1,20 +1,27 @@
 """What a person reads after ``gpuledger demo``: the summary, the statements, the report.
 
-One demo month (October 2026: 31 days, 744 hours) of the default fleet (the programme scaled
-down: 33 nodes × 8 GPUs, gpuledger/demo.py FLEET)
-against the default demo programme registry, then each human-facing output is read the way
-its reader would — the printed tables, the XLSX cells and formulas (openpyxl), the HTML —
-and checked against the registry, the ledgers and the sealed manifest.
+One demo month (October 2026, the default: 31 days, 744 hours) of the default fleet (the
+programme scaled down: 33 nodes × 8 GPUs, gpuledger/demo.py FLEET), after the last day of
+September that the fleet also runs and the demo closes first, against the default demo
+programme registry; then each human-facing output is read the way its reader would — the
+printed tables, the XLSX cells and formulas (openpyxl), the statement CSV, the HTML — and
+checked against the registry file (read with tomllib), the raw events (DuckDB) and the
+sealed manifest. The month's events are re-derived here, never with gpuledger's billing: a
+correction of September (gov-n03's events of 30 September 12:00-24:00 KST, drained after
+September's close), Naver's GB200 rate change on 16 October, and naver-n00's first GPU,
+whole until 11 October 00:00 KST and MIG instances after.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import html
 import json
 import re
 import tomllib
 from datetime import date
+from fractions import Fraction
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
@@ -30,7 +37,9 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 DEMO_REGISTRY = REPO / "examples" / "registry-demo.toml"
 PERIOD = "2026-10"
+PREVIOUS = "2026-09"
 HOURS = 744
+US_PER_HOUR = 3_600_000_000
 ENTITIES = ("gov", "hyundai", "naver", "samsung", "skt")
 
 
@@ -39,7 +48,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     from tests.e2e.conftest import run_cli
 
     data = tmp_path_factory.mktemp("demo") / "data"
-    result = run_cli("demo", "--data-dir", str(data), "--month", PERIOD)
+    result = run_cli("demo", "--data-dir", str(data))  # the default month is PERIOD
     manifest_bytes = (data / "manifests" / f"{PERIOD}.json").read_bytes()
     return {
         "data": data,
@@ -71,7 +80,7 @@ def _rows(stdout: str, header_start: str) -> dict[str, list[str]]:
 def _billed_us(demo, entity: str | None) -> int:
     where = f"where entity = '{entity}'" if entity else ""
     return duckdb.sql(
-        f"select sum(gpu_microseconds)::BIGINT from read_parquet('{demo['data']}/ledgers/billing/**/*.parquet') {where}"
+        f"select sum(gpu_microseconds)::BIGINT from read_parquet('{demo['data']}/ledgers/billing/period={PERIOD}/*.parquet') {where}"
     ).fetchall()[0][0]
 
 
@@ -101,7 +110,7 @@ def test_the_summary_reads_like_a_real_month_of_its_registry(demo) -> None:
     # several projects per entity run jobs (plus the unattributed idle gaps)
     projects = dict(duckdb.sql(
         f"select entity, count(distinct project) from read_parquet('{demo['data']}/raw/**/*.parquet') "
-        "where project <> 'unattributed' group by entity"
+        f"where project <> 'unattributed' and period = '{PERIOD}' group by entity"
     ).fetchall())
     assert projects == {"gov": 4, "hyundai": 2, "naver": 2, "samsung": 2, "skt": 2}
     # the failure modes are in the month: gpu_lost events, three refused lines kept in quarantine
@@ -114,7 +123,7 @@ def test_the_summary_reads_like_a_real_month_of_its_registry(demo) -> None:
     # (the demo is deterministic: the printed figure must be this one, to its printed 0.1 %)
     raw = dict(duckdb.sql(
         f"select entity, round(100 * sum(busy_gpu_microseconds) / sum(gpu_microseconds), 1)::VARCHAR "
-        f"from read_parquet('{demo['data']}/raw/**/*.parquet') group by entity"
+        f"from read_parquet('{demo['data']}/raw/**/*.parquet') where period = '{PERIOD}' group by entity"
     ).fetchall())
     assert {e: usage[e][5] for e in ENTITIES} == {e: f"{raw[e]}%" for e in ENTITIES}
     # one breach worth reading, said as a sentence
@@ -128,41 +137,89 @@ def test_the_summary_reads_like_a_real_month_of_its_registry(demo) -> None:
 
 def test_the_printed_amount_is_the_billed_hours_at_the_registry_rates(demo) -> None:
     billing = _rows(demo["stdout"], "entity   reported")
-    lines = duckdb.sql(
-        f"select entity, project, project_class, gpu_model, gpu_microseconds "
-        f"from read_parquet('{demo['data']}/ledgers/billing/**/*.parquet') where charge_class = 'usage'"
-    ).fetchall()
+    usage = expected_usage_lines(demo["data"])
+    corrections = expected_corrections(demo["data"])
     for entity in ENTITIES:
         reported, attributed, unattributed, billed, amount = (_n(c) for c in billing[entity])
-        # reported = attributed + unattributed (±1 for the printed whole hours); billed = attributed
-        assert abs(reported - attributed - unattributed) <= 1
-        assert billed == attributed and unattributed > 0
-        # the amount is each line's usage × the rate card of the registry file (read here with
-        # tomllib, not through gpuledger), less the project's class discount, truncated
-        expected = sum(
-            (
-                (Decimal(us) * toml_rate(e, model, project) / Decimal(3_600_000_000)).quantize(Decimal(1), rounding=ROUND_DOWN)
-                for e, project, _, model, us in lines
-                if e == entity
-            ),
-            Decimal(0),
-        )
+        # reported = attributed + unattributed (±1 for the printed whole hours)
+        assert abs(reported - attributed - unattributed) <= 1 and unattributed > 0
+        # billed = attributed usage + corrections of earlier months (only gov has some)
+        late_us = sum(us for (e, _, _), (us, _, _) in corrections.items() if e == entity)
+        assert billed == Decimal(_shown(_billed_us(demo, entity))) and (late_us > 0) == (entity == "gov")
+        assert abs(billed - attributed - Decimal(late_us) / US_PER_HOUR) <= Decimal("0.01")
+        # the amount: each day's usage of the raw events × the card in force that day, from the
+        # registry file (tomllib), less the project's class discount, truncated per line, plus
+        # the corrections re-derived from September's raw events
+        expected = sum((amount for (e, *_), (_, amount) in usage.items() if e == entity), Decimal(0))
+        expected += sum((amount for (e, _, _), (_, amount, _) in corrections.items() if e == entity), Decimal(0))
         assert amount == expected == Decimal(demo["totals"][f"amount_krw.{entity}"])
     assert _n(billing["total"][4]) == Decimal(demo["totals"]["amount_krw.ALL"])
 
 
-def toml_rate(entity: str, model: str, project: str, day: date = date(2026, 10, 15)) -> Decimal:
-    """KRW per GPU-hour for a project on ``day``, straight from the registry file."""
+def toml_card(entity: str, model: str, day: date) -> dict:
+    """The rate card in force for ``entity`` × ``model`` on ``day``, straight from the registry file."""
     with DEMO_REGISTRY.open("rb") as f:
         doc = tomllib.load(f, parse_float=Decimal)
-    klass = doc["projects"][project].get("class")
     (card,) = [
         r for r in doc["rates"]
         if r["entity"] == entity and r["gpu_model"] == model
         and r["effective_from"] <= day <= r.get("effective_to", date.max)
     ]
+    return card
+
+
+def toml_rate(entity: str, model: str, project: str, day: date) -> Decimal:
+    """KRW per GPU-hour for a project on ``day``, straight from the registry file."""
+    with DEMO_REGISTRY.open("rb") as f:
+        doc = tomllib.load(f, parse_float=Decimal)
+    klass = doc["projects"][project].get("class")
+    card = toml_card(entity, model, day)
     discount = Decimal(str(card.get("discounts", {}).get(klass, 0))) if klass else Decimal(0)
     return Decimal(str(card["krw_per_gpu_hour"])) * (100 - discount) / 100
+
+
+def _truncated(us: int, rate: Decimal) -> Decimal:
+    return (Decimal(us) * rate / US_PER_HOUR).quantize(Decimal(1), rounding=ROUND_DOWN)
+
+
+def expected_usage_lines(data: Path) -> dict[tuple[str, str, str, date], tuple[int, Decimal]]:
+    """(entity, project, model, first day of the card) → (GPU-µs, KRW) from the month's raw
+    events: each KST day's attributed usage goes to the card in force that day."""
+    daily = duckdb.sql(
+        f"select entity, project, gpu_model, date, sum(gpu_microseconds)::BIGINT "
+        f"from read_parquet('{data}/raw/**/*.parquet') where period = '{PERIOD}' and project <> 'unattributed' "
+        f"group by all"
+    ).fetchall()
+    us_by: dict[tuple[str, str, str, date], int] = {}
+    for entity, project, model, day, us in daily:
+        card = toml_card(entity, model, day if isinstance(day, date) else date.fromisoformat(day))
+        key = (entity, project, model, card["effective_from"])
+        us_by[key] = us_by.get(key, 0) + us
+    return {
+        (e, p, m, since): (us, _truncated(us, toml_rate(e, m, p, max(since, date(2026, 10, 1)))))
+        for (e, p, m, since), us in us_by.items()
+    }
+
+
+def expected_corrections(data: Path) -> dict[tuple[str, str, str], tuple[int, Decimal, Decimal]]:
+    """(entity, project, model) → (late GPU-µs, correction KRW, rate) for September, from raw:
+    gov-n03's events of 30 September 12:00-24:00 KST came after September's close, so the
+    correction is September re-priced with them, less September as closed without them."""
+    rows = duckdb.sql(
+        f"select entity, project, gpu_model, sum(gpu_microseconds)::BIGINT, "
+        f"(sum(gpu_microseconds) filter (where node = 'gov-n03' "
+        f"and interval_start >= timestamp '2026-09-30 03:00:00'))::BIGINT "
+        f"from read_parquet('{data}/raw/**/*.parquet') where period = '{PREVIOUS}' and project <> 'unattributed' "
+        f"group by all"
+    ).fetchall()
+    out = {}
+    for entity, project, model, total_us, late_us in rows:
+        if late_us:
+            rate = toml_rate(entity, model, project, date(2026, 9, 30))
+            out[(entity, project, model)] = (
+                late_us, _truncated(total_us, rate) - _truncated(total_us - late_us, rate), rate
+            )
+    return out
 
 
 def test_summary_csv_and_manifest_agree_to_the_last_digit(demo) -> None:
@@ -183,7 +240,7 @@ def test_summary_csv_and_manifest_agree_to_the_last_digit(demo) -> None:
     readme = (demo["data"] / "exports" / PERIOD / "auditor" / "README.md").read_text()
     gov = rows["gov"]
     sealed = demo["totals"]["billed_gpu_hours.gov"]
-    assert f"| gov | {sealed} | {gov['usage_krw']} | 0 | {gov['total_krw']} |" in readme
+    assert f"| gov | {sealed} | {gov['usage_krw']} | {gov['correction_krw']} | {gov['total_krw']} |" in readme
 
 
 def test_the_statement_is_a_statement(demo) -> None:
@@ -203,7 +260,8 @@ def test_the_statement_is_a_statement(demo) -> None:
     col = {h.split("\n")[1]: i + 1 for i, h in enumerate(headings)}
     first_line = head + 1
     lines = [r for r in range(first_line, first_line + 40) if sheet.cell(r, col["Project"]).value]
-    assert len(lines) == 12  # 4 projects × 3 models
+    corrections = expected_corrections(demo["data"])
+    assert len(lines) == 12 + len(corrections)  # 4 projects × 3 models, and the corrections of September
     snu = next(r for r in lines if sheet.cell(r, col["Project"]).value == "snu-llm")
     assert sheet.cell(snu, col["Discount"]).value == 0.5 and sheet.cell(snu, col["Discount"]).number_format == "0%"
     assert sheet.cell(snu, col["GPU-hours"]).number_format == "#,##0.00"
@@ -211,7 +269,9 @@ def test_the_statement_is_a_statement(demo) -> None:
     # totals: formulas that a spreadsheet computes to the ledger, VAT by the registry rule
     ledger = Decimal(demo["totals"]["amount_krw.gov"])
     assert evaluate(sheet, formula_right_of(sheet, "공급가액 Subtotal")) == ledger
-    assert evaluate(sheet, formula_right_of(sheet, "사용료 Usage")) == ledger
+    corrections_krw = sum((amount for _, amount, _ in expected_corrections(demo["data"]).values()), Decimal(0))
+    assert evaluate(sheet, formula_right_of(sheet, "사용료 Usage")) == ledger - corrections_krw
+    assert evaluate(sheet, formula_right_of(sheet, "정정 Corrections")) == corrections_krw
     assert evaluate(sheet, formula_right_of(sheet, "부가세 VAT")) == (ledger / 10).quantize(Decimal(1), rounding=ROUND_DOWN)
     total = evaluate(sheet, formula_right_of(sheet, "합계 Total"))
     assert total == ledger + (ledger / 10).quantize(Decimal(1), rounding=ROUND_DOWN)
@@ -239,7 +299,7 @@ def test_the_programme_workbook_consolidates_every_entity(demo) -> None:
     assert "unattributed (not billed)" in terms and "coverage" in terms
     lines = book["줄 Lines"]
     assert lines.max_row - 1 == duckdb.connect().execute(
-        f"select count(*) from read_parquet('{demo['data']}/ledgers/billing/**/*.parquet')"
+        f"select count(*) from read_parquet('{demo['data']}/ledgers/billing/period={PERIOD}/*.parquet')"
     ).fetchone()[0]
 
 
@@ -259,3 +319,159 @@ def test_the_report_says_what_a_ministry_official_needs(demo) -> None:
 
 def registry_name(entity: str) -> str:
     return load_registry(DEMO_REGISTRY).entities[entity].display_name
+
+
+def _csv_lines(demo, entity: str) -> list[dict[str, str]]:
+    raw = (demo["finance"] / f"statement-{entity}.csv").read_bytes().decode("utf-8-sig")
+    return list(csv.DictReader(raw.splitlines()))
+
+
+def _xlsx_lines(demo, entity: str) -> tuple[object, list[dict[str, object]]]:
+    """The statement workbook's sheet and its lines, as {English heading: cell value}."""
+    sheet = openpyxl.load_workbook(demo["finance"] / f"statement-{entity}.xlsx").active
+    head = find_row(sheet, "구분")
+    headings = [(i + 1, c.value.split("\n")[1]) for i, c in enumerate(sheet[head]) if c.value]
+    lines = []
+    for r in range(head + 1, head + 60):
+        if not sheet.cell(r, 1).value or not str(sheet.cell(r, 1).value).startswith(("사용", "정정")):
+            break
+        lines.append({name: sheet.cell(r, col).value for col, name in headings})
+    return sheet, lines
+
+
+def _page_rows(page: str, heading: str) -> list[list[str]]:
+    """The cells of the report table under ``<h2>heading``, as text, header row left out."""
+    start = page.index(f"<h2>{heading}")
+    table = page[page.index("<table>", start) : page.index("</table>", start)]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in table.split("<tr")[2:]]
+    return [[html.unescape(cell) for cell in row] for row in rows]
+
+
+def test_the_correction_of_september_reads_the_same_in_every_output(demo) -> None:
+    expected = expected_corrections(demo["data"])
+    # the story: gov-n03's 12 late hours (8 GPUs) are stored once, and September as closed
+    # (its sealed ledger) billed exactly the usage without them
+    (late_events,) = duckdb.sql(
+        f"select count(*) from read_parquet('{demo['data']}/raw/**/*.parquet') where node = 'gov-n03' "
+        f"and interval_start >= timestamp '2026-09-30 03:00:00' and interval_start < timestamp '2026-09-30 15:00:00'"
+    ).fetchall()[0]
+    assert late_events == 12 * 8
+    assert {k[0] for k in expected} == {"gov"} and {k[2] for k in expected} == {"NVIDIA GB200"} and len(expected) >= 2
+    closed = duckdb.sql(
+        f"select project, gpu_microseconds::BIGINT, amount_krw from read_parquet("
+        f"'{demo['data']}/ledgers/billing/period={PREVIOUS}/*.parquet') where entity = 'gov' and gpu_model = 'NVIDIA GB200'"
+    ).fetchall()
+    sept_now = dict(duckdb.sql(
+        f"select project, sum(gpu_microseconds)::BIGINT from read_parquet('{demo['data']}/raw/**/*.parquet') "
+        f"where period = '{PREVIOUS}' and entity = 'gov' and gpu_model = 'NVIDIA GB200' group by all"
+    ).fetchall())
+    for project, us, amount in closed:
+        late_us = expected.get(("gov", project, "NVIDIA GB200"), (0,))[0]
+        assert us == sept_now[project] - late_us
+    # the statement CSV (the ledger's lines): one correction line per project that ran then
+    lines = [r for r in _csv_lines(demo, "gov") if r["charge_class"] == "correction"]
+    assert {(r["project"], r["gpu_model"]) for r in lines} == {(p, m) for _, p, m in expected}
+    for r in lines:
+        late_us, amount, rate = expected[("gov", r["project"], r["gpu_model"])]
+        assert r["period"] == PERIOD and r["corrects_period"] == PREVIOUS
+        assert (r["rate_from"], r["rate_to"]) == ("2026-09-01", "2026-09-30")
+        assert Decimal(r["gpu_hours"]) == (Decimal(late_us) / US_PER_HOUR).quantize(Decimal("0.000001"))
+        assert Decimal(r["rate_krw_per_gpu_hour"]) == rate and Decimal(r["amount_krw"]) == amount
+    total = sum((amount for _, amount, _ in expected.values()), Decimal(0))
+    assert total > 0
+    # the statement workbook: the same lines, and its corrections total computes to their sum
+    sheet, xlsx = _xlsx_lines(demo, "gov")
+    shown = {(x["Project"], x["Corrects"], Decimal(str(x["Amount (KRW)"]))) for x in xlsx if x["Charge"] == "정정 correction"}
+    assert shown == {(p, PREVIOUS, amount) for (_, p, _), (_, amount, _) in expected.items()}
+    assert evaluate(sheet, formula_right_of(sheet, "정정 Corrections")) == total
+    # the summary CSV and the report: the same amounts, said as corrections of 2026-09
+    summary = {r["entity"]: r for r in csv.DictReader((demo["finance"] / "summary.csv").read_text("utf-8-sig").splitlines())}
+    assert {e: Decimal(summary[e]["correction_krw"]) for e in ENTITIES} == {e: total if e == "gov" else 0 for e in ENTITIES}
+    rows = _page_rows(demo["page"], "이전 달 정정")
+    gov = registry_name("gov")
+    assert rows[:-1] == [
+        [PREVIOUS, gov, p, m, "2026-09-01 – 09-30", f"{rate:,.2f}", f"{Decimal(_shown(late_us)):,.2f}", f"{amount:,}"]
+        for (_, p, m), (late_us, amount, rate) in sorted(expected.items())
+    ]
+    assert rows[-1][0] == "합계 (total)" and rows[-1][-1] == f"{total:,}"
+
+
+def test_the_rate_change_prices_each_day_at_its_card(demo) -> None:
+    # the registry file: Naver's GB200 card changes on 16 October
+    first, second = toml_card("naver", "NVIDIA GB200", date(2026, 10, 15)), toml_card("naver", "NVIDIA GB200", date(2026, 10, 16))
+    assert (first["effective_to"], second["effective_from"]) == (date(2026, 10, 15), date(2026, 10, 16))
+    old, new = Decimal(str(first["krw_per_gpu_hour"])), Decimal(str(second["krw_per_gpu_hour"]))
+    assert old != new
+    # the raw events of days 1-15 and of days 16-31, per project, each at its card
+    us = dict(((p, late), v) for p, late, v in duckdb.sql(
+        f"select project, date >= '2026-10-16', sum(gpu_microseconds)::BIGINT from read_parquet("
+        f"'{demo['data']}/raw/**/*.parquet') where period = '{PERIOD}' and entity = 'naver' "
+        f"and gpu_model = 'NVIDIA GB200' and project <> 'unattributed' group by all"
+    ).fetchall())
+    projects = sorted({p for p, _ in us})
+    assert len(projects) == 2 and all(us[(p, False)] > 0 and us[(p, True)] > 0 for p in projects)
+    segments = {False: ("2026-10-01", "2026-10-15", old), True: ("2026-10-16", "2026-10-31", new)}
+    expected = {
+        (p, *segments[late][:2]): (us[(p, late)], segments[late][2], _truncated(us[(p, late)], segments[late][2]))
+        for p, late in us
+    }
+    # the statement CSV: two lines per project, one per card, each with its days' hours
+    lines = [r for r in _csv_lines(demo, "naver") if r["gpu_model"] == "NVIDIA GB200"]
+    assert {(r["project"], r["rate_from"], r["rate_to"]) for r in lines} == set(expected)
+    for r in lines:
+        line_us, rate, amount = expected[(r["project"], r["rate_from"], r["rate_to"])]
+        assert Decimal(r["gpu_hours"]) == (Decimal(line_us) / US_PER_HOUR).quantize(Decimal("0.000001"))
+        assert Decimal(r["list_rate_krw_per_gpu_hour"]) == rate and Decimal(r["amount_krw"]) == amount
+    # the workbook: each line's dates and list rate as cells
+    _, xlsx = _xlsx_lines(demo, "naver")
+    shown = {
+        (x["Project"], f"{x['Rate from']:%Y-%m-%d}", f"{x['Rate to']:%Y-%m-%d}", Decimal(str(x["List rate (KRW/h)"])),
+         Decimal(str(x["Amount (KRW)"])))
+        for x in xlsx if x["GPU model"] == "NVIDIA GB200"
+    }
+    assert shown == {(p, a, b, rate, amount) for (p, a, b), (_, rate, amount) in expected.items()}
+    # the report: one row per card, hours and KRW summed over the projects
+    rows = _page_rows(demo["page"], "월중 요율 변경")
+    assert rows == [
+        [registry_name("naver"), "NVIDIA GB200", f"{a} – {b[5:]}", f"{rate:,.2f}", f"{rate:,.2f}",
+         f"{Decimal(_shown(sum(us[(p, late)] for p in projects))):,.2f}",
+         f"{sum(_truncated(us[(p, late)], rate) for p in projects):,}"]
+        for late, (a, b, rate) in sorted(segments.items())
+    ]
+
+
+def test_the_reconfigured_gpu_adds_up_to_every_hour(demo) -> None:
+    """naver-n00's first GPU: whole until 11 October 00:00 KST, then MIG 3 + 2 + 1 + 1 of 7."""
+    raw = f"read_parquet('{demo['data']}/raw/**/*.parquet')"
+    (gpu,) = [g for (g,) in duckdb.sql(
+        f"select distinct gpu_uuid from {raw} where node = 'naver-n00' and device_uuid <> gpu_uuid"
+    ).fetchall()]
+    rows = duckdb.sql(
+        f"select device_uuid = gpu_uuid, mig_profile, gpu_fraction, interval_start, gpu_microseconds::BIGINT "
+        f"from {raw} where gpu_uuid = '{gpu}' and period = '{PERIOD}'"
+    ).fetchall()
+    switch = duckdb.sql("select timestamptz '2026-10-11 00:00:00+09'").fetchall()[0][0]
+    whole = [r for r in rows if r[0]]
+    mig = [r for r in rows if not r[0]]
+    # whole before the switch, instances after, never both in one hour
+    assert whole and all(r[3] < switch for r in whole) and all(r[3] >= switch for r in mig)
+    assert len(whole) == 10 * 24 and sorted({(r[1], r[2]) for r in mig}) == sorted(
+        {("3g.90gb", 3 / 7), ("2g.45gb", 2 / 7), ("1g.23gb", 1 / 7)}
+    )
+    assert len(mig) == 4 * 21 * 24
+    # each event is its k/7 of the hour, to the microsecond (k/7 of 3.6e9 µs, rounded once)
+    for is_whole, _, fraction, _, us in rows:
+        k = 7 if is_whole else round(fraction * 7)
+        assert us == round(Fraction(US_PER_HOUR * k, 7))
+    # and every hour of the month the GPU's devices add up to exactly one GPU-hour
+    per_hour: dict[object, int] = {}
+    for _, _, _, start, us in rows:
+        per_hour[start] = per_hour.get(start, 0) + us
+    assert len(per_hour) == HOURS and set(per_hour.values()) == {US_PER_HOUR}
+    assert sum(r[4] for r in whole) == 240 * US_PER_HOUR and sum(r[4] for r in mig) == 504 * US_PER_HOUR
+    # the hourly roll-up the close priced from says the same
+    (hourly,) = duckdb.sql(
+        f"select sum(gpu_microseconds)::BIGINT from read_parquet('{demo['data']}/usage_hourly/**/*.parquet') "
+        f"where gpu_uuid = '{gpu}' and period = '{PERIOD}'"
+    ).fetchall()[0]
+    assert hourly == HOURS * US_PER_HOUR
