@@ -17,7 +17,7 @@ from rich import box
 from rich.table import Table
 
 from accounting.export import BILLING_DIR, COMPLIANCE_DIR, read_ledger
-from accounting.figures import EntityFigures, entity_figures, hours_text, is_simulated, pct, won_text
+from accounting.figures import EntityFigures, entity_figures, hours_text, is_simulated, pct, shown_billed_hours, won_text
 from accounting.registry import NATIONAL, Registry
 from accounting.breaches import breaches
 from accounting.schemas import BILLING, COMPLIANCE
@@ -79,6 +79,7 @@ def print_close_summary(store: Store, period: str, result: Any = None, *, regist
         soft_wrap=True,
         highlight=False,
     )
+    _print_corrections(read_ledger(store, BILLING_DIR, period, BILLING))
     said = breaches(read_ledger(store, COMPLIANCE_DIR, period, COMPLIANCE), registry)
     if said:
         out.print(f"breaches ({len(said)}):", highlight=False)
@@ -99,6 +100,29 @@ def print_close_summary(store: Store, period: str, result: Any = None, *, regist
         where.append(("manifest:         ", store.path("manifests", f"{period}.json")))
     for label, path in where:  # paths stay on one line, so they can be copied
         out.print(f"{label} {path}", soft_wrap=True, highlight=False)
+
+
+def _print_corrections(billing: Any) -> None:  # noqa: ANN401 - a polars frame, imported on use
+    """One line per entity × corrected month: usage of a closed month that arrived after its
+    close, billed by this close (why an entity's billed hours exceed its attributed ones)."""
+    import polars as pl
+
+    rows = (
+        billing.filter(pl.col("charge_class") == "correction")
+        .group_by("entity", "corrects_period")
+        .agg(pl.col("gpu_microseconds").sum(), pl.col("amount_krw").sum(), pl.len().alias("lines"))
+        .sort("entity", "corrects_period")
+    )
+    if rows.height == 0:
+        return
+    out.print("corrections of closed months (late usage, at their months' rates):", highlight=False)
+    for r in rows.iter_rows(named=True):
+        out.print(
+            f"  {r['entity']}: {r['corrects_period']}, {_h(shown_billed_hours(r['gpu_microseconds']))} GPU-hours, "
+            f"{won_text(r['amount_krw'])} won ({r['lines']} lines)",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 def _table(title: str, columns: tuple[str, ...]) -> Table:

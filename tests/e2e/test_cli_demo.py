@@ -1,7 +1,9 @@
-"""``gpuledger demo`` on a small fleet: runs, prints the summary, and its ledgers reconcile to the events."""
+"""``gpuledger demo`` on a small fleet: runs, prints the summary, its ledgers reconcile to the
+events, and a second run gives the same sealed totals and statement numbers."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -22,8 +24,9 @@ def test_demo_runs_and_reconciles(tmp_path: Path, cli) -> None:
         f"select sum(gpu_microseconds), sum(gpu_microseconds) filter (where project = 'unattributed') "
         f"from read_parquet('{data}/raw/**/*.parquet') where period = '2026-10'"
     ).fetchone()
-    billed = db.execute(
-        f"select sum(gpu_microseconds) from read_parquet('{data}/ledgers/billing/**/*.parquet')"
+    billed = db.execute(  # the month's usage lines (its corrections bill earlier months' events)
+        f"select sum(gpu_microseconds) from read_parquet('{data}/ledgers/billing/period=2026-10/*.parquet') "
+        f"where charge_class = 'usage'"
     ).fetchone()[0]
     reported, unattributed = db.execute(
         f"select sum(reported_gpu_hours), sum(unattributed_gpu_hours) "
@@ -45,6 +48,14 @@ def test_demo_runs_and_reconciles(tmp_path: Path, cli) -> None:
         f"from read_parquet('{data}/usage_hourly/**/*.parquet') group by all) where us > 3600000000"
     ).fetchone()[0]
     assert over == 0
+    # the previous month's last day ran too, and was closed first (sealed before the month)
+    assert "closed 2026-09:" in result.stderr and (data / "manifests" / "2026-09.json").is_file()
+    # deterministic: the same run into another directory seals the same totals and content
+    again = tmp_path / "again"
+    cli("demo", "--data-dir", str(again), "--month", "2026-10", "--nodes-per-entity", "2")
+    for period in ("2026-09", "2026-10"):
+        first, second = (json.loads((d / "manifests" / f"{period}.json").read_text()) for d in (data, again))
+        assert first["totals"] == second["totals"] and first["content_sha256"] == second["content_sha256"]
 
 
 def test_demo_refuses_to_wipe_data_it_did_not_make(tmp_path: Path, cli) -> None:

@@ -394,6 +394,9 @@ def test_the_correction_of_september_reads_the_same_in_every_output(demo) -> Non
         for (_, p, m), (late_us, amount, rate) in sorted(expected.items())
     ]
     assert rows[-1][0] == "합계 (total)" and rows[-1][-1] == f"{total:,}"
+    # the printed summary says why gov's billed hours exceed its attributed ones
+    late = sum(late_us for late_us, _, _ in expected.values())
+    assert f"  gov: {PREVIOUS}, {Decimal(_shown(late)):,.2f} GPU-hours, {total:,} won ({len(expected)} lines)" in demo["stdout"]
 
 
 def test_the_rate_change_prices_each_day_at_its_card(demo) -> None:
