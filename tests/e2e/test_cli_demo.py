@@ -30,7 +30,7 @@ def test_demo_runs_and_reconciles(tmp_path: Path, cli) -> None:
     ).fetchone()[0]
     reported, unattributed = db.execute(
         f"select sum(reported_gpu_hours), sum(unattributed_gpu_hours) "
-        f"from read_parquet('{data}/ledgers/compliance/**/*.parquet') where entity <> 'ALL'"
+        f"from read_parquet('{data}/ledgers/compliance/period=2026-10/*.parquet') where entity <> 'ALL'"
     ).fetchone()
     # invariant 1: what was billed plus what was unattributed is exactly what the events carried
     assert billed + raw_unattributed == raw_total
