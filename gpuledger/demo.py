@@ -103,7 +103,8 @@ def plan(registry: Registry, period: str, nodes_per_entity: int | None = None) -
     """The demo fleet (:data:`FLEET`) of the entities in ``registry``, at most
     ``nodes_per_entity`` nodes each (None: all), and what goes wrong in its month:
 
-    * the fleet also runs the previous month's last day, and that month is closed first;
+    * the fleet also runs the previous month's last day (where the registry prices it), and that
+      month is closed first;
       the third gov GB200 node (gov-n03) loses its link at 12:00 KST that day and its spool
       drains on the 2nd, after the close: the month's close bills those 12 hours as
       corrections of the previous month;
@@ -135,6 +136,10 @@ def plan(registry: Registry, period: str, nodes_per_entity: int | None = None) -
                     lost_gpu_from_s=start_s + 19 * DAY_S if (entity, i) == ("hyundai", 0) else None,
                 )
             )
+    # the previous month's last day runs only where the registry prices every node's GPUs then
+    # (a month before the programme's rate cards begin has nothing to close)
+    last_day = parse_month(period).first_day - timedelta(days=1)
+    lead_in = all(registry.rate_on(spec.entity, spec.gpu_model, last_day) for spec in specs)
     late = (
         Late("gov-n03", start_s - DAY_S // 2, start_s, start_s + DAY_S),  # previous month: a correction
         Late("skt-n01", start_s + 8 * DAY_S, start_s + 10 * DAY_S, start_s + 12 * DAY_S),
@@ -142,9 +147,9 @@ def plan(registry: Registry, period: str, nodes_per_entity: int | None = None) -
     names = {spec.name for spec in specs}
     return DemoPlan(
         period, start_s, end_s, tuple(specs),
-        late=tuple(window for window in late if window.node in names),
-        previous=previous_period(period),
-        lead_in_s=DAY_S,
+        late=tuple(window for window in late if window.node in names and (lead_in or window.from_s >= start_s)),
+        previous=previous_period(period) if lead_in else None,
+        lead_in_s=DAY_S if lead_in else 0,
     )
 
 
