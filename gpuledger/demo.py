@@ -14,9 +14,11 @@ registry is written for (its rate cards change in the middle of it).
 The fleet also runs the last day of the month before, and that month is closed first, as
 the real schedule closes it on the 1st: some of its events reach the bus only after that
 close (a spool drains), so the demo month's close bills them as ``correction`` lines of the
-previous month (STYLE.md 6: late data is a business event; its ledgers are never rewritten). Its data directory carries a marker file
-(:data:`accounting.figures.SIMULATED_MARKER`) that makes every report and statement drawn
-from it say "simulated data", and that allows a re-run to clear the directory.
+previous month (STYLE.md 6: late data is a business event; its ledgers are never rewritten).
+
+The data directory carries a marker file (:data:`accounting.figures.SIMULATED_MARKER`) that
+makes every report and statement drawn from it say "simulated data", and that allows a
+re-run to clear the directory.
 """
 
 from __future__ import annotations
@@ -104,10 +106,9 @@ def plan(registry: Registry, period: str, nodes_per_entity: int | None = None) -
     ``nodes_per_entity`` nodes each (None: all), and what goes wrong in its month:
 
     * the fleet also runs the previous month's last day (where the registry prices it), and that
-      month is closed first;
-      the third gov GB200 node (gov-n03) loses its link at 12:00 KST that day and its spool
-      drains on the 2nd, after the close: the month's close bills those 12 hours as
-      corrections of the previous month;
+      month is closed first; the first gov GB200 node (gov-n03) loses its link at 12:00 KST
+      that day and its spool drains on the 2nd, after the close: the month's close bills
+      those 12 hours as corrections of the previous month;
     * the first gov node splits two GPUs into MIG instances for the whole month;
     * the first naver node's first GPU runs whole until the 11th 00:00 KST, then is
       reconfigured into MIG instances (3 + 2 + 1 + 1 of 7 slices) for the rest of the month;
