@@ -129,7 +129,7 @@ def test_the_summary_reads_like_a_real_month_of_its_registry(demo) -> None:
 def test_the_printed_amount_is_the_billed_hours_at_the_registry_rates(demo) -> None:
     billing = _rows(demo["stdout"], "entity   reported")
     lines = duckdb.sql(
-        f"select entity, project, project_class, gpu_model, gpu_microseconds "
+        f"select entity, project, gpu_model, rate_from, gpu_microseconds "
         f"from read_parquet('{demo['data']}/ledgers/billing/**/*.parquet') where charge_class = 'usage'"
     ).fetchall()
     for entity in ENTITIES:
@@ -137,12 +137,15 @@ def test_the_printed_amount_is_the_billed_hours_at_the_registry_rates(demo) -> N
         # reported = attributed + unattributed (±1 for the printed whole hours); billed = attributed
         assert abs(reported - attributed - unattributed) <= 1
         assert billed == attributed and unattributed > 0
-        # the amount is each line's usage × the rate card of the registry file (read here with
-        # tomllib, not through gpuledger), less the project's class discount, truncated
+        # the amount is each line's usage × the rate card of the registry file in force on the
+        # line's first day (read here with tomllib, not through gpuledger), less the project's
+        # class discount, truncated (the registry's rounding rule, checked below)
         expected = sum(
             (
-                (Decimal(us) * toml_rate(e, model, project) / Decimal(3_600_000_000)).quantize(Decimal(1), rounding=ROUND_DOWN)
-                for e, project, _, model, us in lines
+                (Decimal(us) * toml_rate(e, model, project, day) / Decimal(3_600_000_000)).quantize(
+                    Decimal(1), rounding=ROUND_DOWN
+                )
+                for e, project, model, day, us in lines
                 if e == entity
             ),
             Decimal(0),
@@ -151,10 +154,11 @@ def test_the_printed_amount_is_the_billed_hours_at_the_registry_rates(demo) -> N
     assert _n(billing["total"][4]) == Decimal(demo["totals"]["amount_krw.ALL"])
 
 
-def toml_rate(entity: str, model: str, project: str, day: date = date(2026, 10, 15)) -> Decimal:
+def toml_rate(entity: str, model: str, project: str, day: date) -> Decimal:
     """KRW per GPU-hour for a project on ``day``, straight from the registry file."""
     with DEMO_REGISTRY.open("rb") as f:
         doc = tomllib.load(f, parse_float=Decimal)
+    assert doc["billing"].get("rounding", "truncate") == "truncate"  # the rule the expected amounts apply
     klass = doc["projects"][project].get("class")
     (card,) = [
         r for r in doc["rates"]
