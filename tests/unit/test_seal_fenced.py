@@ -16,6 +16,7 @@ from spine_events import event, jsonl
 
 from accounting.close import close_month
 from accounting.registry import load_registry
+from gpuledger.cli_common import run_command
 from gpuledger.wiring import accounts_of
 from storage.dataset import Store
 from storage.errors import IntegrityError
@@ -41,7 +42,7 @@ def _consume(store: Store, minutes: range, tag: str) -> None:
 def _second_close(store: Store, *, late: bool) -> None:
     """Another close, later: the first's lease has expired by its clock (``late``: one late
     event landed meanwhile, so its ledgers differ from the first close's)."""
-    store = Store(store.root)  # another process: its own snapshots
+    store = reopen(store)  # another process: its own snapshots
     if late:
         _consume(store, range(40, 41), "late")
     with hold(store, "close B", ttl_s=TTL_S, clock=lambda: T0 + 10 * TTL_S) as lease:
@@ -49,13 +50,39 @@ def _second_close(store: Store, *, late: bool) -> None:
         close_month(store, REGISTRY, "2026-11", lease=lease)
 
 
+def reopen(store: Store) -> Store:
+    """The same store as another process opens it (local or S3)."""
+    if store.location is None:
+        return Store(store.root)
+    from storage.location import root_of
+
+    return Store(store.location.url, s3_options=root_of(store)[1])
+
+
+def assert_lost_in_one_line(lost: pytest.ExceptionInfo, capsys: pytest.CaptureFixture[str]) -> None:
+    """The loser's refusal, as a command prints it: exit 1, one line naming the lease and who lost it."""
+    assert isinstance(lost.value, LeaseLost), str(lost.value)
+    capsys.readouterr()
+
+    def body() -> None:
+        raise lost.value
+
+    with pytest.raises(SystemExit) as exited:
+        run_command(body)
+    out = capsys.readouterr()
+    shown = (out.out + out.err).strip()
+    assert exited.value.code == 1 and "\n" not in shown, shown
+    assert shown.startswith("error: close A lost the upkeep lease of ") and "lost the upkeep lease" in shown and "run it again" in shown
+
+
 def _reported_hours(store: Store) -> float:
     doc = read_manifest(store, "2026-11")
     return float(doc["totals"]["reported_gpu_hours.gov"])
 
 
-def _stalled_first_close(tmp_path: Path, stall_at: str, *, late: bool) -> tuple[Store, pytest.ExceptionInfo]:
-    store = Store(tmp_path)
+def stalled_first_close(store: Store, stall_at: str, *, late: bool) -> tuple[Store, pytest.ExceptionInfo]:
+    """Close A stalls at the progress step ``stall_at`` past its lease's expiry while close B
+    takes the lease and seals; returns A's refusal."""
     _consume(store, range(30), "first")
     first = Lease(store, "close A", ttl_s=TTL_S, clock=lambda: T0)
     first.acquire()
@@ -78,11 +105,9 @@ def _stalled_first_close(tmp_path: Path, stall_at: str, *, late: bool) -> tuple[
 @pytest.mark.parametrize(("step", "late"), [("pricing", True), ("writing ledgers", True), ("sealing", False),
                                             ("writing the seal", False)])
 def test_a_close_whose_lease_expired_mid_close_writes_nothing_and_the_winner_seal_verifies(
-        tmp_path: Path, step: str, late: bool) -> None:
-    store, lost = _stalled_first_close(tmp_path, step, late=late)
-    message = str(lost.value)
-    assert isinstance(lost.value, LeaseLost), message
-    assert "\n" not in message and "close A" in message and "lost the upkeep lease" in message
+        tmp_path: Path, step: str, late: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    store, lost = stalled_first_close(Store(tmp_path), step, late=late)
+    assert_lost_in_one_line(lost, capsys)
     assert sealed_periods(store) == ["2026-11"]
     report = verify(store, every_file=True)
     assert report.ok, [str(d) for d in report.differences]
