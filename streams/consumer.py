@@ -172,6 +172,18 @@ class StreamConsumer:
         )
         return result
 
+    def _raise_stopped(self) -> None:
+        """A one-shot drain (``--until-idle``) that had to leave a partition stopped ends with
+        its one line (exit 1): the other partitions were drained and stored meanwhile."""
+        stopped = self._consumer.stopped_partitions()
+        if not stopped:
+            return
+        first = stopped[min(stopped)]
+        if len(stopped) == 1:
+            raise first
+        raise type(first)(f"{first} (and {len(stopped) - 1} more stopped partition(s): "
+                          f"{', '.join(str(p) for p in sorted(stopped)[1:])}, named in the log)")
+
     def run(
         self,
         *,
@@ -212,6 +224,7 @@ class StreamConsumer:
             if result is None:
                 empty += 1
                 if until_idle and empty >= idle_polls and self._consumer.caught_up():
+                    self._raise_stopped()  # drained what it may read: a stopped partition fails the run
                     break
                 continue
             empty = 0

@@ -681,6 +681,10 @@ class LocalConsumer:
             self._check_not_cut(segment, at)
         return done
 
+    def stopped_partitions(self) -> dict[int, Exception]:
+        """Always ``{}``: one partition, so a stored offset the log does not reach raises."""
+        return {}
+
     def seek_to_committed(self) -> None:
         """Forget uncommitted reads: the next poll starts at the last commit (like a restart)."""
         committed = self._read_committed()
