@@ -24,8 +24,11 @@ Invariants:
 * it fails closed: an unreadable or altered manifest stops it before anything is read
   (:class:`storage.seal.SealUnreadable`, one line naming the file);
 * under the store's lease (:mod:`storage.lease`, taken by the CLI and the scheduler) it checks
-  and renews the lease at every step and before writing anything, so no upkeep moves a file
-  while it seals, and a close whose lease was taken over writes nothing more.
+  and renews the lease at every step and immediately before each ledger, registry copy and
+  manifest write, so no upkeep moves a file while it seals, and a close whose lease was taken
+  over writes nothing more; those files are created if absent
+  (:func:`storage.seal.write_sealable`), so even a close that stalled between its check and
+  its write never replaces what another close sealed.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ The consumer is the bus consumer's :class:`~streams.bus.RebalanceListener`: at s
 every assignment it answers, from storage (a fresh checkpoint of ``raw``), where each partition
 resumes, and forgets the ids it holds in memory (the partitions' history was written by another
 member). The bus seeks there and commits it to the group: storage's offsets win over the bus's.
+A partition whose stored offset its log does not reach is stopped by the Kafka member alone
+(:meth:`~streams.bus.Consumer.stopped_partitions`, in the metrics and the heartbeat); the loop
+consumes the others, and an ``until_idle`` run ends with that partition's one line.
 
 The loop never polls again while it holds unwritten records, and records of a partition
 revoked while a batch is polled are not handed out. The group can still move a partition away

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,10 +21,13 @@ from kafka import KafkaAdminClient
 from kafka import KafkaConsumer as PlainConsumer
 from kafka.structs import TopicPartition
 from kafka_fleet import kafka_bus, known_fleet, publish, raw_event_ids, stored, stream_consumer, truth
+from prometheus_client import CollectorRegistry
 
+from gpuledger.health import assess
 from storage.dataset import Store
 from streams.checkpoint import rebase
 from streams.errors import StoredOffsetBeyondLog
+from streams.metrics import ConsumerMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +88,12 @@ def test_a_stored_offset_beyond_one_partition_s_log_end_stops_that_partition_and
         with pytest.raises(StoredOffsetBeyondLog) as stopped:
             member.run(until_idle=True, idle_polls=6)
         assert sorted(parts.kafka_consumer.stopped_partitions()) == [1]
+        # the consumer's metrics and its health say so (the member as `consume` wires them)
+        registry = CollectorRegistry()
+        progress = ConsumerMetrics(registry, lag=parts.kafka_consumer).report()
+        assert sorted(progress.stopped or {}) == [1]
+        assert registry.get_sample_value("gpuledger_consumer_partition_stopped", {"partition": "1"}) == 1
+        assert [p for p in assess(progress, time.time(), 600) if "partition 1 is stopped" in p]
     finally:
         parts.close()
     text = str(stopped.value)

@@ -183,6 +183,9 @@ class FakeLag:
     def lag(self) -> Mapping[int, int]:
         return self._answers.pop(0)
 
+    def stopped_partitions(self) -> Mapping[int, Exception]:
+        return {}
+
 
 def test_progress_is_reported_at_most_every_interval_and_lag_follows_the_assignment() -> None:
     clock = FakeClock()
