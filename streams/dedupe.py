@@ -28,6 +28,7 @@ calls it when a commit conflicted: another writer stored something this process 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -38,6 +39,7 @@ import polars as pl
 from storage.dataset import Store
 from storage.schemas import RAW_EVENTS
 from storage.verified import verified_files
+from streams.idfilter import IdFilter
 
 RAW = "raw"
 _HOUR = timedelta(hours=1)
@@ -151,31 +153,109 @@ class StoredFiles(Protocol):
     def files_overlapping(self, dataset: str, column: str, lo: object, hi: object) -> list[str]: ...
 
 
+class MaybeFilter(Protocol):
+    """What a filtered hour asks first (:class:`~streams.idfilter.IdFilter`): ``False`` must be
+    certain (the id was never built in); ``True`` is only "maybe"."""
+
+    ids: int
+    nbytes: int
+
+    def maybe(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(slots=True)
+class FilteredHour:
+    """An hour of the window no longer the newest: a static filter of the ids it held when it
+    was frozen, and the exact ids stored since (late events), which the filter cannot take.
+    Invariant: every id the exact hour held, or this process stored since, answers "maybe" from
+    ``filter`` or is in ``overflow``; a "maybe" alone is never a verdict."""
+
+    filter: MaybeFilter
+    overflow: HourIds = field(default_factory=HourIds)
+
+    @property
+    def size(self) -> int:
+        return self.filter.ids + self.overflow.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.filter.nbytes + 24 * self.overflow.size
+
+
+@dataclass(slots=True)
+class WindowStats:
+    """Counters of the filtered tier, since the window was made (for benchmarks and metrics):
+    ids asked of a filter, of those the "maybe"s (not in the overflow), and the storage scans
+    (one per filtered hour and batch with at least one "maybe") that answered them."""
+
+    filter_asked: int = 0
+    filter_maybe: int = 0
+    storage_scans: int = 0
+
+
 class EventWindow:
-    """Stored event ids by UTC hour: recent hours in memory, older hours asked of storage.
+    """Stored event ids by UTC hour: the newest hour(s) exact in memory, older hours of the
+    window as a compact filter in front of storage, hours older than the window asked of storage.
+
+    Tiers (docs/architecture.md, "The dedupe window at national density"):
+
+    * **exact** (:class:`HourIds`, 24 bytes an id): an hour until the newest event seen is
+      ``filter_after_minutes`` past the hour's end. Duplicates are common here (re-sends of the
+      last minutes), and every answer is exact, with the value fingerprint.
+    * **filtered** (:class:`FilteredHour`, ``filter_bits_per_id`` bits an id, 12 = 1.5 bytes):
+      the rest of the window. "Certainly new" is final; an id the overflow holds is answered
+      exactly; a "maybe" is looked up in storage for that hour and id only, through the batch's
+      pinned checkpoint (files SHA-256 verified), which gives the verdict and the stored copy's
+      fingerprint (a re-send with other values is still a conflict).
+    * **storage**: hours older than the window, as the filtered tier's "maybe".
 
     Storage is read through the ``files`` a lookup is given: the pipeline passes its batch's
     checkpoint, so a lookup never reads (or moves) any version but the one the batch pinned.
+    ``build_filter`` makes a filter from an hour's ``(hi, lo)`` ids (a parameter so tests can
+    force false positives).
     """
 
-    def __init__(self, store: Store, window_hours: int = 2):
+    def __init__(
+        self,
+        store: Store,
+        window_hours: int = 2,
+        filter_after_minutes: int = 10,
+        filter_bits_per_id: int = 12,
+        build_filter: Callable[[np.ndarray, np.ndarray], MaybeFilter] | None = None,
+    ):
         if window_hours < 1:
             raise ValueError("window_hours must be at least 1")
+        if filter_after_minutes < 0:
+            raise ValueError("filter_after_minutes must not be negative")
         self._store = store
         self._window = timedelta(hours=window_hours)
-        self._hours: dict[datetime, HourIds] = {}
-        self._newest: datetime | None = None
+        self._exact_for = _HOUR + timedelta(minutes=filter_after_minutes)
+        self._build_filter = build_filter or (lambda hi, lo: IdFilter.build(hi, lo, filter_bits_per_id))
+        self._hours: dict[datetime, HourIds | FilteredHour] = {}
+        self._newest: datetime | None = None  # the newest hour seen
+        self._newest_start: datetime | None = None  # the newest interval_start seen
+        self.stats = WindowStats()
 
     @property
     def ids_held(self) -> int:
-        """Ids held in memory now (the dedupe window's size, for metrics and benchmarks)."""
+        """Ids the window remembers now, in either tier (for metrics and benchmarks)."""
         return sum(h.size for h in self._hours.values())
+
+    @property
+    def bytes_held(self) -> int:
+        """Bytes of the window's arrays: 24 an exact id, the filters' bit arrays."""
+        return sum(24 * h.size if isinstance(h, HourIds) else h.nbytes for h in self._hours.values())
 
     @property
     def hours_held(self) -> int:
         return len(self._hours)
 
+    @property
+    def hours_filtered(self) -> int:
+        return sum(isinstance(h, FilteredHour) for h in self._hours.values())
+
     def clear(self) -> None:
+        """Forget every hour, exact and filtered (reloaded from storage when next touched)."""
         self._hours.clear()
 
     def seen_mask(self, interval_starts: pl.Series, event_ids: pl.Series) -> pl.Series:
@@ -188,7 +268,8 @@ class EventWindow:
     ) -> tuple[pl.Series, pl.Series]:
         """(stored, conflicting) per row of ``rows`` (``interval_start``, ``event_id``):
         ``conflicting`` where the stored copy of the id has other values (a fingerprint differs).
-        Hours not held are read from ``files`` (default: the store's newest version)."""
+        Hours not held, and a filtered hour's "maybe"s, are read from ``files`` (default: the
+        store's newest version)."""
         source: StoredFiles = files if files is not None else self._store
         n = rows.height
         seen = np.zeros(n, dtype=bool)
@@ -198,27 +279,33 @@ class EventWindow:
         frame = pl.DataFrame(
             {"t": rows["interval_start"], "id": rows["event_id"], "fp": fingerprints}
         ).with_row_index("row").with_columns(hour=pl.col("t").dt.truncate("1h"))
-        newest = frame["hour"].max()
+        newest, newest_start = frame["hour"].max(), frame["t"].max()
+        if self._newest_start is None or newest_start > self._newest_start:  # type: ignore[operator]
+            self._newest_start = newest_start  # type: ignore[assignment]
         if self._newest is None or newest > self._newest:  # type: ignore[operator]
             self._newest = newest  # type: ignore[assignment]
             self._evict()
+        self._freeze_due()
         for (hour,), part in frame.partition_by("hour", as_dict=True).items():
             index = part["row"].to_numpy()
             mine = part["fp"].to_numpy()
             if self._in_window(hour):
                 hi, lo = id_words(part["id"])
-                found, stored = self._hour(hour, source).lookup(hi, lo)
+                if self._filtered(hour):
+                    found, stored = self._filtered_lookup(hour, part["id"], hi, lo, source)
+                else:
+                    held = self._hours.get(hour)
+                    exact = held if isinstance(held, HourIds) else self._load_exact(hour, source)
+                    found, stored = exact.lookup(hi, lo)
             else:
-                stored_rows = self._stored_among(hour, part["id"], source)
-                joined = part.select("id").join(stored_rows, left_on="id", right_on="event_id", how="left")
-                found = joined["fp"].is_not_null().to_numpy()
-                stored = joined["fp"].fill_null(0).to_numpy()
+                found, stored = self._storage_lookup(hour, part["id"], source)
             seen[index] = found
             conflict[index] = found & (stored != mine) & (stored != 0) & (mine != 0)
         return pl.Series("seen", seen), pl.Series("conflicting", conflict)
 
     def add(self, interval_starts: pl.Series, event_ids: pl.Series, fingerprints: pl.Series | None = None) -> None:
-        """Remember ids as stored (call only after their batch committed)."""
+        """Remember ids as stored (call only after their batch committed). A filtered hour
+        takes them in its exact overflow; an hour not held is loaded from storage when needed."""
         if event_ids.len() == 0:
             return
         fps = fingerprints if fingerprints is not None else pl.Series("fp", np.zeros(event_ids.len(), dtype=np.uint64))
@@ -226,25 +313,67 @@ class EventWindow:
             hour=pl.col("t").dt.truncate("1h")
         )
         for (hour,), part in frame.partition_by("hour", as_dict=True).items():
-            if hour in self._hours:  # an hour not held is loaded from storage when needed
-                self._hours[hour].add(*id_words(part["id"]), part["fp"].to_numpy())
+            held = self._hours.get(hour)
+            if isinstance(held, FilteredHour):
+                held.overflow.add(*id_words(part["id"]), part["fp"].to_numpy())
+            elif held is not None:
+                held.add(*id_words(part["id"]), part["fp"].to_numpy())
 
     # -- internals -------------------------------------------------------------------------
     def _in_window(self, hour: datetime) -> bool:
         return self._newest is not None and hour > self._newest - self._window
 
+    def _filtered(self, hour: datetime) -> bool:
+        """Is the hour past the exact tier: the newest event is ``filter_after_minutes`` past its end?"""
+        return self._newest_start is not None and self._newest_start >= hour + self._exact_for
+
     def _evict(self) -> None:
         for hour in [h for h in self._hours if not self._in_window(h)]:
             del self._hours[hour]
 
-    def _hour(self, hour: datetime, source: StoredFiles) -> HourIds:
-        held = self._hours.get(hour)
-        if held is None:
-            held = HourIds()
-            stored = self._scan_hour(hour, source).select("event_id", fingerprint()).collect()
-            held.add(*id_words(stored["event_id"]), stored["fp"].to_numpy())
-            self._hours[hour] = held
+    def _freeze_due(self) -> None:
+        """Replace each exact hour now past the exact tier by a filter of its ids."""
+        for hour in [h for h, held in self._hours.items() if isinstance(held, HourIds) and self._filtered(h)]:
+            runs = self._hours.pop(hour).runs  # type: ignore[union-attr]
+            hi = np.concatenate([r[0] for r in runs]) if runs else np.zeros(0, dtype=np.uint64)
+            lo = np.concatenate([r[1] for r in runs]) if runs else np.zeros(0, dtype=np.uint64)
+            del runs  # the runs go before the filter is built: the hour is never held twice over
+            self._hours[hour] = FilteredHour(self._build_filter(hi, lo))
+
+    def _load_exact(self, hour: datetime, source: StoredFiles) -> HourIds:
+        held = HourIds()
+        stored = self._scan_hour(hour, source).select("event_id", fingerprint()).collect()
+        held.add(*id_words(stored["event_id"]), stored["fp"].to_numpy())
+        self._hours[hour] = held
         return held
+
+    def _filtered_lookup(
+        self, hour: datetime, event_ids: pl.Series, hi: np.ndarray, lo: np.ndarray, source: StoredFiles
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact answers for a filtered hour: the overflow's, then storage's for every "maybe"."""
+        held = self._hours.get(hour)
+        if not isinstance(held, FilteredHour):  # first touch: straight from storage's ids into a filter
+            stored = self._scan_hour(hour, source).select("event_id").collect()
+            held = FilteredHour(self._build_filter(*id_words(stored["event_id"])))
+            del stored
+            self._hours[hour] = held
+        found, fps = held.overflow.lookup(hi, lo)
+        ask = ~found
+        ask[ask] = held.filter.maybe(hi[ask], lo[ask])
+        self.stats.filter_asked += int((~found).sum())
+        self.stats.filter_maybe += int(ask.sum())
+        if ask.any():
+            self.stats.storage_scans += 1
+            in_storage, stored_fps = self._storage_lookup(hour, event_ids.filter(pl.Series(ask)), source)
+            found[ask] = in_storage
+            fps[ask] = stored_fps
+        return found, fps
+
+    def _storage_lookup(self, hour: datetime, event_ids: pl.Series, source: StoredFiles) -> tuple[np.ndarray, np.ndarray]:
+        """(found, stored fingerprint) of each id of ``event_ids`` in ``raw``'s hour."""
+        stored_rows = self._stored_among(hour, event_ids, source)
+        joined = pl.DataFrame({"id": event_ids}).join(stored_rows, left_on="id", right_on="event_id", how="left")
+        return joined["fp"].is_not_null().to_numpy(), joined["fp"].fill_null(0).to_numpy()
 
     def _stored_among(self, hour: datetime, event_ids: pl.Series, source: StoredFiles) -> pl.DataFrame:
         """(event_id, fp) of the stored rows among ``event_ids`` (only those are read)."""
