@@ -15,11 +15,16 @@ Two mechanisms keep an event from being counted twice (docs/architecture.md, "Ex
    * an event of an older hour is checked against ``raw`` for that hour only, reading only the
      ids it asks about (a predicate pushed into the scan), so memory stays bounded by the batch.
 
-Memory is bounded by the load, never by history: ids are held as two 64-bit integers (the
-128-bit id exactly) plus a 64-bit fingerprint of the event's values (a re-send with other values
-is a conflict, not a duplicate): 24 bytes, so the window costs about 24 bytes × events per hour × hours
-kept. At national load (~18M events an hour across the programme) and the 2 hours held that is ~0.9 GB
-for a consumer that owns every partition, and 1/N of it with N consumers.
+Memory is bounded by the load, never by history, and held in two tiers. The newest hour (until
+the stream is ``filter_after_minutes`` past its end) is exact: two 64-bit words (the 128-bit id)
+plus a 64-bit fingerprint of the event's values (a re-send with other values is a conflict, not a
+duplicate), 24 bytes an id. Every older hour of the window is a filter of its ids
+(:mod:`streams.idfilter`, 12 bits an id by default) that says "certainly new" or "maybe", and
+a "maybe" is looked up in storage exactly as an hour outside the window is; ids stored after
+the hour was frozen (late events) are kept exactly beside the filter. At national load (22.4M
+ids an hour for a consumer that owns every partition) the two hours held cost ~0.51 GiB exact +
+~0.03 GiB filtered instead of ~1.0 GiB (docs/BENCHMARKS.md, "The dedupe window at national
+density"), and 1/N of it with N consumers.
 
 Ids are added only after their batch committed (marking them first would lose them if the
 write failed — openmeter#5118). :meth:`EventWindow.clear` forgets everything (the pipeline
@@ -172,6 +177,17 @@ class FilteredHour:
 
     filter: MaybeFilter
     overflow: HourIds = field(default_factory=HourIds)
+
+    @classmethod
+    def freeze(cls, held: HourIds, build_filter: Callable[[np.ndarray, np.ndarray], MaybeFilter]) -> FilteredHour:
+        """A filter of every id of ``held`` (all its runs), emptying ``held`` first: its runs are
+        released before the filter is built, so the hour is never held twice over (16 bytes an
+        id at the peak)."""
+        runs, held.runs, held.size = held.runs, [], 0
+        hi = np.concatenate([r[0] for r in runs]) if runs else np.zeros(0, dtype=np.uint64)
+        lo = np.concatenate([r[1] for r in runs]) if runs else np.zeros(0, dtype=np.uint64)
+        del runs
+        return cls(build_filter(hi, lo))
 
     @property
     def size(self) -> int:
@@ -334,11 +350,7 @@ class EventWindow:
     def _freeze_due(self) -> None:
         """Replace each exact hour now past the exact tier by a filter of its ids."""
         for hour in [h for h, held in self._hours.items() if isinstance(held, HourIds) and self._filtered(h)]:
-            runs = self._hours.pop(hour).runs  # type: ignore[union-attr]
-            hi = np.concatenate([r[0] for r in runs]) if runs else np.zeros(0, dtype=np.uint64)
-            lo = np.concatenate([r[1] for r in runs]) if runs else np.zeros(0, dtype=np.uint64)
-            del runs  # the runs go before the filter is built: the hour is never held twice over
-            self._hours[hour] = FilteredHour(self._build_filter(hi, lo))
+            self._hours[hour] = FilteredHour.freeze(self._hours[hour], self._build_filter)  # type: ignore[arg-type]
 
     def _load_exact(self, hour: datetime, source: StoredFiles) -> HourIds:
         held = HourIds()
