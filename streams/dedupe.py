@@ -86,11 +86,16 @@ class HourIds:
     ``searchsorted`` of the smaller into the larger and linear moves (no re-sort of the merged
     run); a lookup is one ``searchsorted`` per run. Two ids that share their high 64 bits (odds
     2^-64 per pair) are told apart by a scan of the few entries with that high word.
-    Invariant: every run's ``hi`` is non-decreasing; ``size`` is the number of entries held.
+    Invariant: every run's ``hi`` is non-decreasing; ``size`` is the number of entries held;
+    a run longer than ``max_run_ids`` takes no further merges (it is at most about twice that).
     """
 
     runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     size: int = 0
+    # no run is merged into one already this long: a merge's transient copy (24 bytes an id of
+    # both runs) stays ~0.2 GiB at national density instead of a whole hour's (measured:
+    # docs/BENCHMARKS.md, "The dedupe window at national density"); lookups ask ≤ ~12 runs more
+    max_run_ids: int = 1 << 22
 
     def add(self, hi: np.ndarray, lo: np.ndarray, fp: np.ndarray | None = None) -> None:
         if hi.size == 0:
@@ -101,7 +106,11 @@ class HourIds:
         self.size += int(hi.size)
         # keep O(log n) runs, merging a run into the one before once it is half its size or
         # more (log-structured: each id is merged O(log n) times, not once per batch)
-        while len(self.runs) >= 2 and 2 * self.runs[-1][0].size >= self.runs[-2][0].size:
+        while (
+            len(self.runs) >= 2
+            and 2 * self.runs[-1][0].size >= self.runs[-2][0].size
+            and self.runs[-2][0].size < self.max_run_ids
+        ):
             (a_hi, a_lo, a_fp), (b_hi, b_lo, b_fp) = self.runs[-2], self.runs[-1]
             self.runs[-2:] = [_merge_runs(a_hi, a_lo, a_fp, b_hi, b_lo, b_fp)]
 

@@ -256,3 +256,25 @@ def test_freezing_an_hour_keeps_the_ids_of_every_run() -> None:
     frozen = FilteredHour.freeze(held, IdFilter.build)
     assert frozen.filter.maybe(np.concatenate(his), np.concatenate(los)).all()
     assert frozen.size == 445 and held.size == 0 and held.runs == []  # the exact runs are released
+
+
+def test_an_hour_with_capped_runs_answers_like_a_set() -> None:
+    """Runs stop merging at ``max_run_ids`` (a national hour is then ~a dozen runs, not one
+    whose merge copies the whole hour): still exactly a set, fingerprints included."""
+    from streams.dedupe import HourIds
+
+    rng = np.random.default_rng(9)
+    held, truth = HourIds(max_run_ids=64), {}
+    for size in rng.integers(1, 40, 60):
+        hi = rng.integers(0, 2**64 - 1, int(size), dtype=np.uint64)
+        hi[: size // 3] = hi[0]  # ids sharing a high word, across runs too
+        lo = rng.integers(0, 2**64 - 1, int(size), dtype=np.uint64)
+        fp = rng.integers(1, 2**64 - 1, int(size), dtype=np.uint64)
+        held.add(hi, lo, fp)
+        truth.update(zip(zip(hi.tolist(), lo.tolist(), strict=True), fp.tolist(), strict=True))
+    assert len(held.runs) > 4 and max(r[0].size for r in held.runs) <= 2 * 64 + 40
+    probe_hi = np.array([h for h, _ in truth] + [1, 2], dtype=np.uint64)
+    probe_lo = np.array([x for _, x in truth] + [3, 4], dtype=np.uint64)
+    found, stored = held.lookup(probe_hi, probe_lo)
+    assert found.tolist() == [True] * len(truth) + [False, False]
+    assert stored[: len(truth)].tolist() == list(truth.values())
