@@ -135,7 +135,7 @@ def national_child(mode: str, per_hour: int, batch: int, bits_per_id: int, late_
     else:
         older = exact_hour(1)
         t = cpu_s()
-        frozen = FilteredHour.freeze(older, lambda hi, lo: IdFilter.build(hi, lo, bits_per_id))
+        frozen = FilteredHour.freeze(older, lambda parts, count: IdFilter.build_from(parts, count, bits_per_id))
         result["freeze_cpu_s"] = cpu_s() - t
         del older
         hours = [frozen, exact_hour(2)]

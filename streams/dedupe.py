@@ -33,7 +33,7 @@ calls it when a commit conflicted: another writer stored something this process 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -188,15 +188,19 @@ class FilteredHour:
     overflow: HourIds = field(default_factory=HourIds)
 
     @classmethod
-    def freeze(cls, held: HourIds, build_filter: Callable[[np.ndarray, np.ndarray], MaybeFilter]) -> FilteredHour:
-        """A filter of every id of ``held`` (all its runs), emptying ``held`` first: its runs are
-        released before the filter is built, so the hour is never held twice over (16 bytes an
-        id at the peak)."""
-        runs, held.runs, held.size = held.runs, [], 0
-        hi = np.concatenate([r[0] for r in runs]) if runs else np.zeros(0, dtype=np.uint64)
-        lo = np.concatenate([r[1] for r in runs]) if runs else np.zeros(0, dtype=np.uint64)
-        del runs
-        return cls(build_filter(hi, lo))
+    def freeze(cls, held: HourIds, build_filter: Callable[[Iterator[tuple[np.ndarray, np.ndarray]], int], MaybeFilter]) -> FilteredHour:
+        """A filter of every id of ``held`` (all its runs), emptying ``held``: each run is released
+        once it is in the filter, so the hour is never held twice over (the peak is the runs
+        plus the filter, no concatenated copy)."""
+        runs, count = held.runs, held.size
+        held.runs, held.size = [], 0
+
+        def released_one_by_one() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            while runs:
+                hi, lo, _ = runs.pop()
+                yield hi, lo
+
+        return cls(build_filter(released_one_by_one(), count))
 
     @property
     def size(self) -> int:
@@ -236,8 +240,8 @@ class EventWindow:
 
     Storage is read through the ``files`` a lookup is given: the pipeline passes its batch's
     checkpoint, so a lookup never reads (or moves) any version but the one the batch pinned.
-    ``build_filter`` makes a filter from an hour's ``(hi, lo)`` ids (a parameter so tests can
-    force false positives).
+    ``build_filter`` makes a filter from an hour's ``(hi, lo)`` ids, given in parts with their
+    count (a parameter so tests can force false positives).
     """
 
     def __init__(
@@ -246,7 +250,7 @@ class EventWindow:
         window_hours: int = 2,
         filter_after_minutes: int = 10,
         filter_bits_per_id: int = 12,
-        build_filter: Callable[[np.ndarray, np.ndarray], MaybeFilter] | None = None,
+        build_filter: Callable[[Iterator[tuple[np.ndarray, np.ndarray]], int], MaybeFilter] | None = None,
     ):
         if window_hours < 1:
             raise ValueError("window_hours must be at least 1")
@@ -255,7 +259,7 @@ class EventWindow:
         self._store = store
         self._window = timedelta(hours=window_hours)
         self._exact_for = _HOUR + timedelta(minutes=filter_after_minutes)
-        self._build_filter = build_filter or (lambda hi, lo: IdFilter.build(hi, lo, filter_bits_per_id))
+        self._build_filter = build_filter or (lambda parts, count: IdFilter.build_from(parts, count, filter_bits_per_id))
         self._hours: dict[datetime, HourIds | FilteredHour] = {}
         self._newest: datetime | None = None  # the newest hour seen
         self._newest_start: datetime | None = None  # the newest interval_start seen
@@ -375,7 +379,7 @@ class EventWindow:
         held = self._hours.get(hour)
         if not isinstance(held, FilteredHour):  # first touch: straight from storage's ids into a filter
             stored = self._scan_hour(hour, source).select("event_id").collect()
-            held = FilteredHour(self._build_filter(*id_words(stored["event_id"])))
+            held = FilteredHour(self._build_filter(iter([id_words(stored["event_id"])]), stored.height))
             del stored
             self._hours[hour] = held
         found, fps = held.overflow.lookup(hi, lo)

@@ -20,6 +20,7 @@ added once it is built (the window keeps later ids in a small exact overflow bes
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,17 +41,28 @@ class IdFilter:
     @classmethod
     def build(cls, hi: np.ndarray, lo: np.ndarray, bits_per_id: int = 12) -> IdFilter:
         """A filter holding every id ``(hi[i], lo[i])`` (duplicates are harmless)."""
+        return cls.build_from(iter([(hi, lo)]), int(hi.size), bits_per_id)
+
+    @classmethod
+    def build_from(cls, parts: Iterator[tuple[np.ndarray, np.ndarray]], count: int, bits_per_id: int = 12) -> IdFilter:
+        """A filter holding every id of ``parts`` (``count`` ids in all, which sizes it), taking
+        one part at a time, so a caller can release each part once it is in."""
         if bits_per_id < 1:
             raise ValueError("bits_per_id must be at least 1")
-        n_blocks = max(1, -(-int(hi.size) * bits_per_id // _BITS_PER_BLOCK))
+        n_blocks = max(1, -(-count * bits_per_id // _BITS_PER_BLOCK))
         blocks = np.zeros((n_blocks, WORDS_PER_BLOCK), dtype=np.uint32)
         flat = blocks.reshape(-1)
         lanes = np.arange(WORDS_PER_BLOCK, dtype=np.int64)
-        for start in range(0, hi.size, _CHUNK_IDS):
-            block, masks = _probe(hi[start:start + _CHUNK_IDS], lo[start:start + _CHUNK_IDS], n_blocks)
-            # ids that share a block must OR together: an unbuffered in-place OR per word
-            np.bitwise_or.at(flat, (block[:, None] * WORDS_PER_BLOCK + lanes).reshape(-1), masks.reshape(-1))
-        return cls(blocks, int(hi.size))
+        built = 0
+        for hi, lo in parts:
+            built += int(hi.size)
+            for start in range(0, hi.size, _CHUNK_IDS):
+                block, masks = _probe(hi[start:start + _CHUNK_IDS], lo[start:start + _CHUNK_IDS], n_blocks)
+                # ids that share a block must OR together: an unbuffered in-place OR per word
+                np.bitwise_or.at(flat, (block[:, None] * WORDS_PER_BLOCK + lanes).reshape(-1), masks.reshape(-1))
+        if built != count:
+            raise ValueError(f"{built} ids given for a filter sized for {count}")
+        return cls(blocks, count)
 
     def maybe(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         """``False``: certainly never built in. ``True``: built in, or a false positive."""

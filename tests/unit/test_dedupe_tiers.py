@@ -35,8 +35,9 @@ DAY = datetime(2026, 11, 2, tzinfo=UTC)
 class AlwaysMaybe:
     """A filter that knows nothing: every id is a "maybe" (every lookup goes to storage)."""
 
-    def __init__(self, hi: np.ndarray, lo: np.ndarray):
-        self.ids = int(hi.size)
+    def __init__(self, parts, count: int):
+        self.ids = sum(int(hi.size) for hi, _ in parts)
+        assert self.ids == count
         self.nbytes = 0
 
     def maybe(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -253,7 +254,7 @@ def test_freezing_an_hour_keeps_the_ids_of_every_run() -> None:
         his.append(hi)
         los.append(lo)
     assert len(held.runs) == 4
-    frozen = FilteredHour.freeze(held, IdFilter.build)
+    frozen = FilteredHour.freeze(held, IdFilter.build_from)
     assert frozen.filter.maybe(np.concatenate(his), np.concatenate(los)).all()
     assert frozen.size == 445 and held.size == 0 and held.runs == []  # the exact runs are released
 
