@@ -24,6 +24,7 @@ Results go to docs/BENCHMARKS.md ("Scale") by hand, with the machine and the com
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import os
@@ -98,6 +99,8 @@ def run_memory(events_checkpoints: list[int], gpus: int, data_dir: Path, batch_e
                 "events": done, "checkpoint": checkpoints.pop(0),
                 "elapsed_s": round(time.perf_counter() - started, 1), "cpu_s": round(_cpu_s() - cpu0, 1),
                 "peak_rss_mb": round(_rss_mb()), "window_ids": getattr(window, "ids_held", None),
+                "window_mib": round(getattr(window, "bytes_held", 0) / 2**20, 1),
+                "window_stats": dataclasses.asdict(window.stats) if hasattr(window, "stats") else None,
             }), flush=True)
         if not checkpoints:
             break
