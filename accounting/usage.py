@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 from accounting.errors import CloseError
@@ -125,19 +126,27 @@ def shared_gpu_hours(usage: pl.LazyFrame) -> pl.LazyFrame:
 _SCREEN_SEED = 20261206
 
 
-def gpu_hours_screen(usage: pl.LazyFrame) -> pl.LazyFrame:
+def gpu_hours_screen(usage: pl.LazyFrame) -> pl.Series:
     """64-bit hashes of (``gpu_uuid``, ``hour_start``) that :func:`shared_gpu_hours` must look
     at: a GPU-hour with more than one row, or more GPU-time than an hour (plus one µs per
     event). A superset, never fewer: a GPU-hour with two devices has two rows, and two GPU-hours
     sharing a hash only add rows and time to one group, so no breach is screened out; what
-    the screen lets through is checked on exact keys. Grouping on one 64-bit integer costs about a
-    quarter of grouping on the string and the instant with a distinct count."""
-    return (
-        usage.group_by(_gpu_hour_hash())
-        .agg(rows=pl.len(), gpu_microseconds=pl.col("gpu_microseconds").sum(), events=pl.col("events").sum())
-        .filter((pl.col("rows") > 1) | (pl.col("gpu_microseconds") > MICROSECONDS_PER_HOUR + pl.col("events")))
-        .select("_gpu_hour")
-    )
+    the screen lets through is checked on exact keys.
+
+    Computed without a group-by, in bounded memory: one streaming pass keeps 8 bytes per row
+    (the hash) and the hashes of the rows that alone hold more than an hour; the hashes are then
+    sorted and those seen twice or more kept. That is the same set as grouping on the hash and
+    keeping groups with ``rows > 1`` or ``sum(gpu_microseconds) > hour + sum(events)`` (a group
+    of one row sums to that row; nulls count as 0, as a sum does), at a few percent of the
+    memory of a hash table of every GPU-hour of a day."""
+    alone_over = pl.col("gpu_microseconds").fill_null(0) > MICROSECONDS_PER_HOUR + pl.col("events").fill_null(0)
+    rows = usage.select(_gpu_hour_hash(), _over=alone_over).collect(engine="streaming")
+    over = rows.get_column("_gpu_hour").filter(rows.get_column("_over")).to_numpy()
+    hashes = np.sort(rows.get_column("_gpu_hour").to_numpy())
+    del rows
+    repeated = hashes[1:][hashes[1:] == hashes[:-1]]
+    del hashes
+    return pl.Series("_gpu_hour", np.unique(np.concatenate([repeated, over])), dtype=pl.UInt64)
 
 
 def _gpu_hour_hash() -> pl.Expr:
@@ -157,11 +166,14 @@ def _capped_day(store: Store, period: str, day: str) -> tuple[pl.DataFrame, pl.D
     re-read, from ``usage_hourly`` and ``raw``.
     """
     lazy = store.scan(f"usage_hourly/period={period}/date={day}", USAGE_HOURLY).select(*_DAY_COLUMNS)
-    by_owner, screened = pl.collect_all([hourly_by_owner(lazy), gpu_hours_screen(lazy)])
-    if screened.height == 0:
+    # Two streaming passes over the day's file (each reads only its own columns), so memory is
+    # bounded by the file's row groups, not by the day: the sums by owner, then the screen.
+    by_owner = hourly_by_owner(lazy).collect(engine="streaming")
+    screened = gpu_hours_screen(lazy)
+    if screened.len() == 0:
         return by_owner, _concat_over([])
-    on_screen = lazy.with_columns(_gpu_hour_hash()).join(screened.lazy(), on="_gpu_hour", how="semi").drop("_gpu_hour")
-    candidates = shared_gpu_hours(on_screen).collect()
+    on_screen = lazy.with_columns(_gpu_hour_hash()).join(screened.to_frame().lazy(), on="_gpu_hour", how="semi").drop("_gpu_hour")
+    candidates = shared_gpu_hours(on_screen).collect(engine="streaming")
     if candidates.height == 0:
         return by_owner, _concat_over([])
     keys = ["gpu_uuid", "hour_start"]
