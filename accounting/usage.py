@@ -12,7 +12,10 @@ UTC interval ``[first day 00:00 KST, next month's first day 00:00 KST)``, i.e. i
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -142,11 +145,33 @@ def gpu_hours_screen(usage: pl.LazyFrame) -> pl.Series:
     alone_over = pl.col("gpu_microseconds").fill_null(0) > MICROSECONDS_PER_HOUR + pl.col("events").fill_null(0)
     rows = usage.select(_gpu_hour_hash(), _over=alone_over).collect(engine="streaming")
     over = rows.get_column("_gpu_hour").filter(rows.get_column("_over")).to_numpy()
-    hashes = np.sort(rows.get_column("_gpu_hour").to_numpy())
+    hashes = rows.get_column("_gpu_hour").to_numpy(writable=True)  # one copy, sorted in place
     del rows
+    hashes.sort()
     repeated = hashes[1:][hashes[1:] == hashes[:-1]]
     del hashes
     return pl.Series("_gpu_hour", np.unique(np.concatenate([repeated, over])), dtype=pl.UInt64)
+
+
+_PREFETCH = "POLARS_ROW_GROUP_PREFETCH_SIZE"
+
+
+@contextmanager
+def _one_row_group_ahead() -> Iterator[None]:
+    """Polars' Parquet source decodes many row groups ahead of a streaming query by default,
+    so a day of 6M rows was held decoded at once (678 MiB for the sums of one national day);
+    one row group ahead bounds the scan by a row group (~1M rows) at no cost in CPU on local
+    disk (measured, docs/BENCHMARKS.md "Monthly close"). Polars takes the setting when a scan
+    is planned, so it is set around a day's scans and removed after; an operator's own
+    setting is left alone."""
+    if _PREFETCH in os.environ:
+        yield
+        return
+    os.environ[_PREFETCH] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_PREFETCH, None)
 
 
 def _gpu_hour_hash() -> pl.Expr:
@@ -165,6 +190,11 @@ def _capped_day(store: Store, period: str, day: str) -> tuple[pl.DataFrame, pl.D
     See :mod:`accounting.wallclock` for the rule. Only the day's candidate GPU-hours are
     re-read, from ``usage_hourly`` and ``raw``.
     """
+    with _one_row_group_ahead():
+        return _capped_day_scans(store, period, day)
+
+
+def _capped_day_scans(store: Store, period: str, day: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     lazy = store.scan(f"usage_hourly/period={period}/date={day}", USAGE_HOURLY).select(*_DAY_COLUMNS)
     # Two streaming passes over the day's file (each reads only its own columns), so memory is
     # bounded by the file's row groups, not by the day: the sums by owner, then the screen.
