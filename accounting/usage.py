@@ -261,9 +261,10 @@ def _capped_day_scans(store: Store, period: str, day: str) -> tuple[pl.DataFrame
 def scan_month(store: Store, period: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One pass over a month: (hourly by owner, within the wall clock; oversubscribed GPU-hours).
 
-    The month is read one KST day partition at a time, so the per-GPU-hour check never holds
-    more than a day of GPU-hours (~6M at programme scale) in memory. Over-reported GPU time is
-    taken off before anything is priced or counted (:mod:`accounting.wallclock`).
+    The month is read one KST day partition at a time, and each day in two streaming passes
+    that hold one Parquet row group of their columns at a time; what grows with a day is the
+    screen's 8 bytes per row (~50 MB for a national day of 6.24M rows). Over-reported GPU time
+    is taken off before anything is priced or counted (:mod:`accounting.wallclock`).
     """
     owners: list[pl.DataFrame] = []
     over: list[pl.DataFrame] = []
