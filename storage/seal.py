@@ -210,14 +210,6 @@ def read_files(doc: Mapping[str, object]) -> list[dict]:
     return out
 
 
-def iter_manifests(store: Store) -> Iterable[tuple[str, dict]]:
-    """(period, parsed manifest) for each readable manifest, oldest first (exports use this)."""
-    for period in sealed_periods(store):
-        doc = parse_manifest(store.read_bytes(manifest_path(store, period)), period)
-        if isinstance(doc, dict):
-            yield period, doc
-
-
 def content_sha256(doc: Mapping[str, object]) -> str:
     """The SHA-256 of what a manifest seals (files, totals, registry), not where it was read."""
     return body_hash({k: v for k, v in doc.items() if k not in _NOT_CONTENT})

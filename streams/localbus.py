@@ -681,12 +681,6 @@ class LocalConsumer:
             self._check_not_cut(segment, at)
         return done
 
-    def seek_to_committed(self) -> None:
-        """Forget uncommitted reads: the next poll starts at the last commit (like a restart)."""
-        committed = self._read_committed()
-        self._offset, self._position = committed["offset"], committed["position"]
-        self._positions = {self._offset: self._position}
-
     def close(self) -> None:
         """Release the group (another consumer of it may start now)."""
         self._release()
