@@ -681,6 +681,10 @@ class LocalConsumer:
             self._check_not_cut(segment, at)
         return done
 
+    def stopped_partitions(self) -> dict[int, Exception]:
+        """Always ``{}``: one partition, so a stored offset the log does not reach raises."""
+        return {}
+
     def close(self) -> None:
         """Release the group (another consumer of it may start now)."""
         self._release()

@@ -77,6 +77,9 @@ class CommitOutcome:
     def caught_up(self) -> bool:
         return self._inner.caught_up()
 
+    def stopped_partitions(self):
+        return self._inner.stopped_partitions()
+
     @property
     def topic(self) -> str:
         return self._inner.topic
@@ -179,6 +182,9 @@ class FakeLag:
 
     def lag(self) -> Mapping[int, int]:
         return self._answers.pop(0)
+
+    def stopped_partitions(self) -> Mapping[int, Exception]:
+        return {}
 
 
 def test_progress_is_reported_at_most_every_interval_and_lag_follows_the_assignment() -> None:
