@@ -24,8 +24,11 @@ Invariants:
 * it fails closed: an unreadable or altered manifest stops it before anything is read
   (:class:`storage.seal.SealUnreadable`, one line naming the file);
 * under the store's lease (:mod:`storage.lease`, taken by the CLI and the scheduler) it checks
-  and renews the lease at every step and before writing anything, so no upkeep moves a file
-  while it seals, and a close whose lease was taken over writes nothing more.
+  and renews the lease at every step and immediately before each ledger, registry copy and
+  manifest write, so no upkeep moves a file while it seals, and a close whose lease was taken
+  over writes nothing more; those files are created if absent
+  (:func:`storage.seal.write_sealable`), so even a close that stalled between its check and
+  its write never replaces what another close sealed.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from accounting.billing import BillingLine, billed_so_far, billing_lines, gpu_hours, price_usage
 from accounting.compliance import ComplianceRow, compliance_rows
@@ -61,10 +65,11 @@ from accounting.usage import (
     with_kst_calendar,
 )
 from storage import manifest
-from storage.dataset import Store
+from storage.dataset import PARQUET_COMPRESSION, Store
 from storage.deltalog import recorded_sha256
 from storage.lease import Lease
 from storage.rollup import ROLLUP_APP
+from storage.seal import Fence, write_sealable
 
 Progress = Callable[[str], None]
 BILLING_DIR = "ledgers/billing"
@@ -170,12 +175,13 @@ def close_month(
     """
     manifest.sealed_files(store)  # fail closed: every existing seal must read and verify
     say = progress or (lambda _msg: None)
+    fence = lease.check if lease is not None else None
     if lease is not None:
         def say(msg: str, _inner: Progress = say) -> None:  # noqa: ANN202 - renew at every step
             lease.check()
             _inner(msg)
     with store.snapshot("usage_hourly", "quarantine", "raw"):
-        return _close_month(store, registry, period, signing_key=signing_key, progress=say)
+        return _close_month(store, registry, period, signing_key=signing_key, progress=say, fence=fence)
 
 
 def _close_month(
@@ -185,12 +191,13 @@ def _close_month(
     *,
     signing_key: Path | None,
     progress: Progress | None,
+    fence: Fence | None = None,
 ) -> CloseResult:
     say = progress or (lambda _msg: None)
     month = parse_month(period)
     closed = closed_periods(store)
     if period in closed:
-        return _already_closed(store, registry, period, signing_key, say)
+        return _already_closed(store, registry, period, signing_key, say, fence)
     if closed and period < closed[-1]:
         raise CloseError(
             f"cannot close {period}: {closed[-1]} is closed already (months close in order); "
@@ -202,14 +209,18 @@ def _close_month(
     say("writing ledgers")
     comp_file = compliance_path(store, period)
     bill_file = billing_path(store, period)
-    store.write_parquet_atomic(comp_file, _table([r.as_row() for r in rows], COMPLIANCE))
-    store.write_parquet_atomic(bill_file, _table([ln.as_row() for ln in lines], BILLING))
+    # fenced (the lease checked immediately before each write) and created, never replaced,
+    # once another close wrote them: the billing ledger (the closed marker) and the manifest
+    # are created once; a compliance ledger left by a close that stopped is replaced
+    write_sealable(store, period, comp_file, _parquet(_table([r.as_row() for r in rows], COMPLIANCE)), fence=fence)
+    write_sealable(store, period, bill_file, _parquet(_table([ln.as_row() for ln in lines], BILLING)),
+                   fence=fence, once=True)
 
     _write_priced_record(store, period, inputs)
 
     totals = _totals(lines, rows)
     files = (bill_file, comp_file)
-    digest, sealed = _seal(store, registry, period, files, totals, signing_key, say)
+    digest, sealed = _seal(store, registry, period, files, totals, signing_key, say, fence)
     corrections = sum(1 for ln in lines if ln.corrects_period is not None)
     return CloseResult(period, files, totals, False, len(lines), corrections, digest, sealed, tuple(earlier))
 
@@ -275,7 +286,7 @@ def _compute(
 
 
 def _already_closed(
-    store: Store, registry: Registry, period: str, signing_key: Path | None, say: Progress
+    store: Store, registry: Registry, period: str, signing_key: Path | None, say: Progress, fence: Fence | None
 ) -> CloseResult:
     say(f"{period} is closed already: nothing rewritten")
     result = read_close(store, period)
@@ -284,7 +295,7 @@ def _already_closed(
         # A close that stopped between its ledgers and its seal: finish the seal, but only of
         # ledgers this close computes too (a deleted manifest must not let an edit be sealed).
         _check_unsealed_ledgers(store, registry, period, say)
-        digest, sealed = _seal(store, registry, period, result.files, result.totals, signing_key, say)
+        digest, sealed = _seal(store, registry, period, result.files, result.totals, signing_key, say, fence)
     return CloseResult(
         period, result.files, result.totals, True, result.billing_lines, result.correction_lines, digest, sealed
     )
@@ -396,6 +407,13 @@ def _earlier_billing_rows(store: Store, closed: list[str]) -> list[dict]:
     return rows
 
 
+def _parquet(table: pa.Table) -> bytes:
+    """The bytes of one Parquet file (as :meth:`Store.write_parquet_atomic` writes them)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=PARQUET_COMPRESSION)
+    return sink.getvalue().to_pybytes()
+
+
 def _table(rows: list[dict[str, object]], schema: pa.Schema) -> pa.Table:
     if not rows:
         return schema.empty_table()
@@ -458,12 +476,13 @@ def _seal(
     totals: dict[str, EntityTotals],
     signing_key: Path | None,
     say: Progress,
+    fence: Fence | None = None,
 ) -> tuple[str | None, bool]:
     """Seal the period: its ledgers, its ``usage_hourly`` and ``quarantine`` files, the copy of
     the registry it was priced with; and the Delta versions it read, with the month's ``raw``
     files at that version (their SHA-256 as recorded at commit: the log, not a re-read)."""
     say("sealing")
-    registry_file, registry_hash = write_registry_copy(store, period, registry)
+    registry_file, registry_hash = write_registry_copy(store, period, registry, fence=fence)
     if registry_hash != registry_sha256(registry):
         raise CloseError(f"the registry copy {registry_file} did not read back as written")
     inputs = [f for ds in ("usage_hourly", "quarantine") for f in _period_inputs(store, ds, period)]
@@ -486,7 +505,7 @@ def _seal(
     say("writing the seal")
     digest = manifest.seal_period(
         store, period, [*files, registry_file, *inputs], seal_totals(totals), signing_key,
-        reads=reads, registry_sha256=registry_hash,
+        reads=reads, registry_sha256=registry_hash, fence=fence,
     )
     return digest, True
 

@@ -319,38 +319,41 @@ def configure(
         job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
         timezone=tz,
     )
-    common: dict[str, Any] = {"replace_existing": True}
-    scheduler.add_job(
-        "accounting.scheduler:compaction_job",
-        chosen[COMPACTION_ID],
-        id=COMPACTION_ID,
-        name="hourly upkeep: roll usage_hourly up from raw/, compact raw/ and quarantine/, vacuum",
-        kwargs={"data_dir": data_dir, "clock_ref": config.clock_ref},
-        **common,
-    )
-    scheduler.add_job(
-        "accounting.scheduler:compliance_snapshot_job",
-        chosen[SNAPSHOT_ID],
-        id=SNAPSHOT_ID,
-        name="daily compliance snapshot",
-        kwargs={"data_dir": data_dir, "registry": str(Path(config.registry).absolute()), "clock_ref": config.clock_ref},
-        **common,
-    )
-    scheduler.add_job(
-        "accounting.scheduler:monthly_close_job",
-        chosen[MONTHLY_CLOSE_ID],
-        id=MONTHLY_CLOSE_ID,
-        name="monthly close (every due month, exactly once)",
-        kwargs={
-            "data_dir": data_dir,
-            "registry": str(Path(config.registry).absolute()),
-            "signing_key": str(Path(config.signing_key).absolute()) if config.signing_key else None,
-            "clock_ref": config.clock_ref,
-            "closer_ref": config.closer_ref,
-        },
-        **common,
-    )
+    for func_ref, job_id, name, kwargs in _jobs(config, data_dir):
+        scheduler.add_job(func_ref, chosen[job_id], id=job_id, name=name, kwargs=kwargs, replace_existing=True)
     return scheduler
+
+
+def _jobs(config: ScheduleConfig, data_dir: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(function reference, job id, name, keyword arguments) of the three jobs, in the order
+    they are added. Arguments are plain text: the SQLite job store pickles them."""
+    registry = str(Path(config.registry).absolute())
+    return [
+        (
+            "accounting.scheduler:compaction_job",
+            COMPACTION_ID,
+            "hourly upkeep: roll usage_hourly up from raw/, compact raw/ and quarantine/, vacuum",
+            {"data_dir": data_dir, "clock_ref": config.clock_ref},
+        ),
+        (
+            "accounting.scheduler:compliance_snapshot_job",
+            SNAPSHOT_ID,
+            "daily compliance snapshot",
+            {"data_dir": data_dir, "registry": registry, "clock_ref": config.clock_ref},
+        ),
+        (
+            "accounting.scheduler:monthly_close_job",
+            MONTHLY_CLOSE_ID,
+            "monthly close (every due month, exactly once)",
+            {
+                "data_dir": data_dir,
+                "registry": registry,
+                "signing_key": str(Path(config.signing_key).absolute()) if config.signing_key else None,
+                "clock_ref": config.clock_ref,
+                "closer_ref": config.closer_ref,
+            },
+        ),
+    ]
 
 
 def catch_up(config: ScheduleConfig) -> CloseRun:

@@ -76,11 +76,13 @@ def registry_sha256(registry: Registry) -> str:
     return hashlib.sha256(canonical_registry(registry).encode()).hexdigest()
 
 
-def write_registry_copy(store: Store, period: str, registry: Registry) -> tuple[str, str]:
-    """Write the canonical registry of a close; (its path, its SHA-256)."""
+def write_registry_copy(store: Store, period: str, registry: Registry, *,
+                        fence: seal.Fence | None = None) -> tuple[str, str]:
+    """Write the canonical registry of a close (fenced, never over a sealed copy:
+    :func:`storage.seal.write_sealable`); (its path, its SHA-256)."""
     text = canonical_registry(registry).encode()
     path = registry_copy_path(store, period)
-    store.write_bytes_atomic(path, text)
+    seal.write_sealable(store, period, path, text, fence=fence)
     return path, hashlib.sha256(text).hexdigest()
 
 

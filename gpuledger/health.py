@@ -60,6 +60,8 @@ class HeartbeatFile:
         payload = {"format": FORMAT, "pid": self._pid, **dataclasses.asdict(progress)}
         if progress.lag is not None:
             payload["lag"] = {str(p): n for p, n in sorted(progress.lag.items())}
+        if progress.stopped:
+            payload["stopped"] = {str(p): line for p, line in sorted(progress.stopped.items())}
         try:
             write_atomic(self.path, json.dumps(payload, sort_keys=True).encode(), self._s3)
         except OSError as exc:
@@ -78,6 +80,7 @@ class HeartbeatFile:
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise HealthError(f"{self.path} is not a gpuledger consumer heartbeat (format {FORMAT})")
         lag = payload.get("lag")
+        stopped = payload.get("stopped")
         try:
             return ConsumerProgress(
                 started_s=float(payload["started_s"]),
@@ -87,6 +90,7 @@ class HeartbeatFile:
                 batches=int(payload["batches"]),
                 lag=None if lag is None else {int(p): int(n) for p, n in lag.items()},
                 lag_unit=str(payload["lag_unit"]),
+                stopped=None if not stopped else {int(p): str(line) for p, line in stopped.items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise HealthError(f"{self.path}: malformed heartbeat ({exc!r})") from exc
@@ -104,6 +108,8 @@ def assess(progress: ConsumerProgress, now_s: float, max_stale_s: float) -> list
         problems.append(
             f"no progress for {quiet_s:.0f} s (no batch committed, no empty poll; limit {max_stale_s:.0f} s)"
         )
+    for partition, line in sorted((progress.stopped or {}).items()):
+        problems.append(f"partition {partition} is stopped: {line}")
     behind = progress.lag_total
     since_commit_s = now_s - (progress.last_commit_s if progress.last_commit_s is not None else progress.started_s)
     if behind and since_commit_s > max_stale_s:

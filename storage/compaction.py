@@ -89,11 +89,6 @@ class CompactionResult:
     merged: str | None  # path of the merged file relative to the root, None if nothing done
 
 
-def leaf_partitions(store: Store, dataset: str) -> list[str]:
-    """Hive fragments (``period=…/date=…``) of the table that hold files, sorted."""
-    return sorted({posixpath.dirname(p) for p in store.table(dataset).files()} - {""})
-
-
 def compact(
     store: Store, dataset: str, partition: str, *, min_files: int = 2, sealed: set[str] | None = None,
     listing: list[str] | None = None, lease: Lease | None = None,

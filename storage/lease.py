@@ -15,9 +15,12 @@ one machine or many, with no ``flock`` and no local directory beside an ``s3://`
   ``gpuledger/lease`` = the holder's token. :meth:`Lease.fence` refuses when the table already
   records a higher token (a newer holder committed), and two commits of the app id from the
   same snapshot conflict in delta-rs: a holder whose lease expired and was taken over can
-  never commit after the new holder did. The close's ledgers and manifest are single objects,
-  not Delta commits: the close checks (and renews) its lease before writing them
-  (:meth:`Lease.check`), so its window is one write, far shorter than the expiry.
+  never commit after the new holder did. The close's ledgers, registry copy and manifest are
+  single objects, not Delta commits: each is written right after :meth:`Lease.check` (a
+  renewal, itself a conditional commit that fails once another holder took over) and created
+  if absent (:func:`storage.seal.write_sealable`, ``write_once``), so a close that lost its
+  lease writes nothing, and one that stalled between its check and its write still cannot
+  replace what the winner sealed (its create fails, it stops with one line).
 
 Costs one commit to take and one to release (a log entry of ~1 KB); docs/architecture.md,
 "Storage and exactly-once", states the design and docs/BENCHMARKS.md what it costs.

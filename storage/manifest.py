@@ -21,7 +21,6 @@ from storage.seal import (
     SealUnreadable,
     content_sha256,
     describe_file,
-    iter_manifests,
     ledger_periods,
     manifest_path,
     read_manifest,
@@ -35,7 +34,7 @@ from storage.verify import Difference, DifferenceKind, VerifyReport, verify
 __all__ = [
     "INPUT_DATASETS", "LEDGER_DIRS", "MANIFEST_DIR", "MANIFEST_FORMAT", "SIGNATURE_SUFFIX",
     "Difference", "DifferenceKind", "SealUnreadable", "SealedFile", "VerifyReport",
-    "content_sha256", "describe_file", "find_damaged", "generate_keypair", "iter_manifests",
+    "content_sha256", "describe_file", "find_damaged", "generate_keypair",
     "ledger_periods", "load_private_key", "load_public_key", "manifest_path", "read_manifest",
     "relative_path", "seal_period", "sealed_files", "sealed_periods", "verify",
 ]

@@ -5,8 +5,17 @@ pass their own group's lock, keep their own dedupe window and both store every e
 raw rows for 30,000 ids, and a close that then refuses for good. Offsets in the Delta commits
 are per group, so nothing else stops them. Hence ``<data-dir>/_owner.json``:
 
-* written once, by the first consumer that starts on the store, with a create-if-absent
-  (:func:`storage.location.create_new`), then read back: what the file says is the owner;
+* the **first claim is a Delta commit** (issue 18): ``<data-dir>/_owner`` is a tiny Delta
+  table (no data files, only its log, like :mod:`storage.lease`); the first consumer commits
+  the application transaction ``gpuledger/owner`` = 1 with its record in the commit's
+  ``commitInfo``. delta-rs writes the log entry with a conditional put (an exclusive create
+  locally, ``If-None-Match`` on S3) and refuses a second commit of the same app id from the
+  same snapshot, so of two consumers of different groups starting at once on an empty store,
+  on local disk or S3, exactly one wins. Both then read the winning commit back and write
+  ``_owner.json`` from it (the same bytes, whoever writes them): the file is the readable copy
+  that ``add-group`` extends; the commit decides who was first. (A plain create-if-absent of
+  the file cannot decide it on S3: pyarrow has no conditional PUT, so two creators racing
+  within one round trip both "won".)
 * every consumer, on either bus, calls :func:`claim` at start; a group or topic the record does
   not list is refused (:class:`StoreOwnedElsewhere`, one line naming the store, the recorded
   group and how to add one on purpose);
@@ -20,13 +29,20 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+import pyarrow as pa
 
 from storage.errors import StorageError
 from storage.location import create_new, read_bytes, root_of, write_atomic
 
 OWNER_FILE = "_owner.json"
+OWNER_TABLE = "_owner"  # the first claim's Delta commit (who was first), see the module docstring
+OWNER_APP = "gpuledger/owner"
+OWNER_KEY = "gpuledger.owner"
 FORMAT = 1
+_CLAIM_SCHEMA = pa.schema([pa.field("group", pa.string())])  # the claim table holds no rows
 
 
 class StoreOwnedElsewhere(StorageError):
@@ -60,13 +76,20 @@ def read_owner(store) -> Owner | None:  # noqa: ANN001 - storage.dataset.Store
         ) from exc
 
 
-def claim(store, group: str, topic: str, *, now: datetime | None = None) -> Owner:  # noqa: ANN001
-    """Record ``group``/``topic`` as the store's owner if it has none; refuse any other."""
+def claim(store, group: str, topic: str, *, now: datetime | None = None,  # noqa: ANN001
+          _before_commit: Callable[[], None] | None = None) -> Owner:
+    """Record ``group``/``topic`` as the store's owner if it has none; refuse any other.
+
+    ``_before_commit`` (tests): runs after the claim's snapshot was read and before its commit,
+    where a racing consumer's claim lands."""
     root, options = root_of(store)
-    first = Owner(topic, (group,), (_entry("claimed by the first consumer", group, topic, None, now),))
-    create_new(root.join(OWNER_FILE), first.to_json(), options)
     owner = read_owner(store)
-    assert owner is not None
+    if owner is None:
+        first = Owner(topic, (group,), (_entry("claimed by the first consumer", group, topic, None, now),))
+        winner = _first_claim(store, first, _before_commit)
+        create_new(root.join(OWNER_FILE), winner.to_json(), options)  # every claimer writes the same bytes
+        owner = read_owner(store)
+        assert owner is not None
     if owner.topic != topic or group not in owner.groups:
         recorded = ", ".join(repr(g) for g in owner.groups)
         raise StoreOwnedElsewhere(
@@ -77,6 +100,50 @@ def claim(store, group: str, topic: str, *, now: datetime | None = None) -> Owne
             f"`gpuledger storage add-group {group} --reason TEXT`"
         )
     return owner
+
+
+def _first_claim(store, first: Owner, before_commit: Callable[[], None] | None) -> Owner:  # noqa: ANN001
+    """The owner the ``_owner`` table's first claim commit records: ``first`` if this call's
+    commit won, else the one that won (a Delta commit decides, local or S3)."""
+    from storage.delta import CommitConflict, DeltaDataset
+
+    options = store.location.delta_options() if store.location is not None else None
+    table = DeltaDataset(store.uri(OWNER_TABLE), _CLAIM_SCHEMA, options)
+    for _ in range(3):  # two first starters may race to create the empty table itself
+        try:
+            table.create_if_missing()
+            break
+        except StorageError:
+            table = DeltaDataset(store.uri(OWNER_TABLE), _CLAIM_SCHEMA, options)
+    snapshot = table.table()
+    if snapshot is None:
+        raise StorageError(f"cannot create {store.display_root.rstrip('/')}/{OWNER_TABLE}, the store's owner claim")
+    if snapshot.transaction_version(OWNER_APP) is None:
+        if before_commit is not None:
+            before_commit()
+        try:
+            table.commit([], txns={OWNER_APP: 1}, metadata={OWNER_KEY: first.to_json().decode()})
+        except CommitConflict:
+            pass  # another consumer's claim came first: read it back below
+    return _claimed(store)
+
+
+def _claimed(store) -> Owner:  # noqa: ANN001
+    """The owner the first claim commit of ``_owner`` records (the lowest version with one)."""
+    from storage.deltalog import commit_actions
+
+    version = 1
+    while (actions := commit_actions(store, OWNER_TABLE, version)) is not None:
+        for action in actions:
+            doc = (action.get("commitInfo") or {}).get(OWNER_KEY)
+            if doc:
+                data = json.loads(doc)
+                return Owner(str(data["topic"]), tuple(str(g) for g in data["groups"]), tuple(data["history"]))
+        version += 1
+    raise StorageError(
+        f"{store.display_root.rstrip('/')}/{OWNER_TABLE} holds no owner claim after this consumer's claim; "
+        "start the consumer again (docs/operators.md, \"One store, one owner\")"
+    )
 
 
 def add_group(store, group: str, reason: str, *, topic: str | None = None, who: str | None = None,  # noqa: ANN001

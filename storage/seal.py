@@ -32,7 +32,7 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 from storage.dataset import Store
 from storage.errors import IntegrityError, StorageError
 from storage.keys import SIGNATURE_SUFFIX, load_private_key
+from storage.location import create_new, root_of, write_atomic
 
 MANIFEST_DIR = "manifests"
 MANIFEST_FORMAT = "gpuledger-manifest/1"
@@ -210,14 +211,6 @@ def read_files(doc: Mapping[str, object]) -> list[dict]:
     return out
 
 
-def iter_manifests(store: Store) -> Iterable[tuple[str, dict]]:
-    """(period, parsed manifest) for each readable manifest, oldest first (exports use this)."""
-    for period in sealed_periods(store):
-        doc = parse_manifest(store.read_bytes(manifest_path(store, period)), period)
-        if isinstance(doc, dict):
-            yield period, doc
-
-
 def content_sha256(doc: Mapping[str, object]) -> str:
     """The SHA-256 of what a manifest seals (files, totals, registry), not where it was read."""
     return body_hash({k: v for k, v in doc.items() if k not in _NOT_CONTENT})
@@ -234,6 +227,7 @@ def seal_period(
     sealed_at: datetime | None = None,
     reads: Mapping[str, Mapping[str, object]] | None = None,
     registry_sha256: str | None = None,
+    fence: Fence | None = None,
 ) -> str:
     """Write the manifest of ``period`` (and its signature); return the SHA-256 of its bytes.
 
@@ -242,6 +236,12 @@ def seal_period(
     ``{"version": N, "files": [{"path", "sha256", "rows"}]}`` (what the close read);
     ``registry_sha256`` is the canonical registry's hash (its copy is one of ``files``).
     Sealing again with the same inputs rewrites nothing and returns the same hash.
+
+    **Fenced** (issue 15): ``fence`` (the close's :meth:`storage.lease.Lease.check`) is called
+    immediately before the manifest and its signature are written, and the manifest is created
+    with a create-if-absent (:func:`write_once`): a close that lost its lease writes nothing,
+    and no second close can ever replace a sealed month's manifest, even one that stalled
+    between its fence and its write.
 
     Raises :class:`IntegrityError` if the period is sealed already with other content, or a
     later period is sealed already; :class:`StorageError` for a bad period, file or total.
@@ -299,18 +299,55 @@ def seal_period(
     data = canonical(body)
 
     target = manifest_path(store, period)
-    if store.exists(target):
-        existing = store.read_bytes(target)
-        if existing != data:
-            raise IntegrityError(
-                f"{period} is sealed already with different content; a closed period is never"
-                " rewritten (late usage becomes corrections in the next close)"
-            )
-    else:
-        store.write_bytes_atomic(target, data)
+    if not write_once(store, target, data, fence=fence) and store.read_bytes(target) != data:
+        raise IntegrityError(
+            f"{period} is sealed already with different content; a closed period is never"
+            " rewritten (late usage becomes corrections in the next close)"
+        )
     if signing_key is not None:
+        if fence is not None:
+            fence()
         store.write_bytes_atomic(target + SIGNATURE_SUFFIX, load_private_key(signing_key).sign(data))
     return hashlib.sha256(data).hexdigest()
+
+
+# -- fenced writes of what a seal covers ----------------------------------------------------
+Fence = Callable[[], None]  # raises (storage.lease.LeaseLost) when the writer may no longer write
+
+
+def write_once(store: Store, path: str, data: bytes, *, fence: Fence | None = None) -> bool:
+    """Create ``path`` with ``data`` unless it exists, right after ``fence()``; ``True`` when
+    this call created it. A create-if-absent (``O_EXCL`` link locally; on S3 a check, a PUT
+    and the caller's read-back, :func:`storage.location.create_new`): of two writers, the
+    second never replaces the first's bytes."""
+    if fence is not None:
+        fence()
+    root, options = root_of(store)
+    return create_new(root.join(relative_path(store, path)), data, options)
+
+
+def write_sealable(store: Store, period: str, path: str, data: bytes, *, fence: Fence | None = None,
+                   once: bool = False) -> None:
+    """Write a file ``period``'s seal will cover (a ledger, the registry copy), fenced.
+
+    Created if absent (:func:`write_once`). A file already there with the same bytes is left;
+    with other bytes it is the leftover of a close that stopped before sealing and is replaced
+    (still under the lease: ``fence`` was just called) unless ``once`` (the billing ledger, the
+    closed marker: it was absent when this close began, so another close wrote it meanwhile) or
+    the period is sealed: then :class:`IntegrityError`, and nothing is written.
+    """
+    if write_once(store, path, data, fence=fence):
+        return
+    if store.read_bytes(path) == data:
+        return
+    shown = f"{store.display_root.rstrip('/')}/{relative_path(store, path)}"
+    if once or store.exists(manifest_path(store, period)):
+        raise IntegrityError(
+            f"{shown} was written meanwhile by another close of {period}; this close stops without writing it "
+            "(run `gpuledger verify --all`, then `gpuledger close` again if the month is not sealed)"
+        )
+    root, options = root_of(store)
+    write_atomic(root.join(relative_path(store, path)), data, options)
 
 
 def describe_file(store: Store, rel_path: str) -> SealedFile:

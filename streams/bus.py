@@ -16,8 +16,9 @@ Contract every implementation keeps:
   assignment, where each partition resumes (storage's stored offset + 1), seeks there,
   commits that offset to the bus's group (so the bus's lag tools tell the truth), and names a
   group position it overrode. A stored offset beyond the partition's log end (a topic
-  re-created, offsets restarted) raises :class:`~streams.errors.StoredOffsetBeyondLog`: never
-  a silent skip;
+  re-created, offsets restarted) is :class:`~streams.errors.StoredOffsetBeyondLog`: never a
+  silent skip. Kafka stops that partition only (kept paused, named, the member consumes its
+  other partitions; :meth:`Consumer.stopped_partitions`); the local bus, one partition, raises;
 * otherwise a consumer's position moves only through :meth:`Consumer.commit`, which the
   consumer loop calls after the batch is durably written;
 * the loop writes and commits each batch before it polls again. Records of a partition
@@ -105,6 +106,10 @@ class Consumer(Protocol):
     def caught_up(self) -> bool:
         """``True`` when nothing is left after the current position, as far as the bus knows
         now (an empty poll alone does not say so: a large fetch can outlast a poll's timeout)."""
+
+    def stopped_partitions(self) -> Mapping[int, Exception]:
+        """Assigned partitions kept stopped (storage's offset beyond or before the log), each
+        with the error that names it. The local bus (one partition) raises instead: ``{}``."""
 
     def close(self) -> None:
         """Leave the group and release connections (no implicit commit)."""

@@ -13,6 +13,9 @@ The consumer is the bus consumer's :class:`~streams.bus.RebalanceListener`: at s
 every assignment it answers, from storage (a fresh checkpoint of ``raw``), where each partition
 resumes, and forgets the ids it holds in memory (the partitions' history was written by another
 member). The bus seeks there and commits it to the group: storage's offsets win over the bus's.
+A partition whose stored offset its log does not reach is stopped by the Kafka member alone
+(:meth:`~streams.bus.Consumer.stopped_partitions`, in the metrics and the heartbeat); the loop
+consumes the others, and an ``until_idle`` run ends with that partition's one line.
 
 The loop never polls again while it holds unwritten records, and records of a partition
 revoked while a batch is polled are not handed out. The group can still move a partition away
@@ -172,6 +175,18 @@ class StreamConsumer:
         )
         return result
 
+    def _raise_stopped(self) -> None:
+        """A one-shot drain (``--until-idle``) that had to leave a partition stopped ends with
+        its one line (exit 1): the other partitions were drained and stored meanwhile."""
+        stopped = self._consumer.stopped_partitions()
+        if not stopped:
+            return
+        first = stopped[min(stopped)]
+        if len(stopped) == 1:
+            raise first
+        raise type(first)(f"{first} (and {len(stopped) - 1} more stopped partition(s): "
+                          f"{', '.join(str(p) for p in sorted(stopped)[1:])}, named in the log)")
+
     def run(
         self,
         *,
@@ -212,6 +227,7 @@ class StreamConsumer:
             if result is None:
                 empty += 1
                 if until_idle and empty >= idle_polls and self._consumer.caught_up():
+                    self._raise_stopped()  # drained what it may read: a stopped partition fails the run
                     break
                 continue
             empty = 0

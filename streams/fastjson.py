@@ -23,9 +23,13 @@ decoder makes of it (the reference decoder judges every other line):
 
 A field the line does not name is told from a field it names as ``null`` by a default no
 vouched-for line can produce: a text holding a raw NUL (msgspec refuses it unescaped, and
-escapes are screened out), NaN for a float (msgspec refuses NaN), an integer past 64 bits
-(which sends the row to the reference anyway) and an empty tuple for ``flags``. Counting
-them is then a comparison in Arrow, not a Python call per value.
+escapes are screened out), NaN for a float (msgspec refuses NaN) and, for ``flags``, a list
+of that one text. An integer field has no such default: absent and ``null`` are both
+``None`` there, and ``None`` counts as *not named*, so a line that names an integer field as
+``null`` holds two more quotes than counted and goes to the reference decoder (the count
+can only fall short of a line's quotes, never exceed them, so no screen is weakened). Counting
+them is then a comparison in Arrow, not a Python call per value: the rows become one Arrow
+struct array in one call, from their field tuples.
 
 Intent: most lines cost one C-level decode; strictness costs a count and a few comparisons.
 """
@@ -49,10 +53,9 @@ _QUOTE = b'"'
 _BACKSLASH = b"\\"
 _ABSENT_TEXT = "\x00absent"
 _ABSENT_FLOAT = math.nan
-_ABSENT_INT = 2**64 + 1
-_ABSENT_FLAGS: tuple[()] = ()
+_ABSENT_FLAGS = (_ABSENT_TEXT,)
 _PYTHON_TYPES = {pa.int64(): int, pa.string(): str, pa.float64(): float, pa.list_(pa.string()): list[str]}
-_ABSENT = {int: _ABSENT_INT, str: _ABSENT_TEXT, float: _ABSENT_FLOAT}
+_ABSENT = {int: None, str: _ABSENT_TEXT, float: _ABSENT_FLOAT}
 
 _DECODERS: dict[pa.Schema, msgspec.json.Decoder] = {}
 
@@ -83,6 +86,52 @@ class Columns:
 
 
 def _columns(rows: list[Any], schema: pa.Schema) -> Columns:
+    """The rows as :class:`Columns`: one struct array built from their tuples in one call,
+    then per field the counts; :func:`_columns_by_value` when Arrow refuses a value (an
+    integer past 64 bits), which marks such rows doubtful."""
+    try:
+        struct = pa.array(list(map(msgspec.structs.astuple, rows)), type=pa.struct(list(schema)))
+    except (OverflowError, pa.ArrowException):
+        return _columns_by_value(rows, schema)
+    n = len(rows)
+    quotes = np.zeros(n, dtype=np.int64)
+    doubtful = np.zeros(n, dtype=bool)
+    arrays = []
+    for index, field in enumerate(schema):
+        array = struct.field(index)
+        kind = _PYTHON_TYPES[field.type]
+        if kind is str:
+            absent = pc.fill_null(pc.equal(array, _ABSENT_TEXT), False)
+            present = ~absent.to_numpy(zero_copy_only=False)
+            quotes += 2 * present + 2 * (present & array.is_valid().to_numpy(zero_copy_only=False))
+            if not present.all():
+                array = pc.if_else(absent, pa.scalar(None, pa.string()), array)
+        elif kind is float:
+            absent_values = pc.fill_null(pc.is_nan(array), False)
+            absent = absent_values.to_numpy(zero_copy_only=False)
+            quotes += 2 * ~absent
+            if absent.any():
+                array = pc.if_else(absent_values, pa.scalar(None, pa.float64()), array)
+            numbers = array.to_numpy(zero_copy_only=False)  # null: NaN
+            with np.errstate(invalid="ignore"):
+                doubtful |= array.is_valid().to_numpy(zero_copy_only=False) & ~(np.abs(numbers) < _FLOAT_EXACT_BELOW)
+        elif kind is int:  # None: not named (or named null, which then leaves two quotes uncounted)
+            quotes += 2 * array.is_valid().to_numpy(zero_copy_only=False)
+        else:  # flags: a list of strings; absent: the list of the one absent text
+            values = array.flatten()
+            absent = np.zeros(n, dtype=bool)
+            absent[pc.list_parent_indices(array).to_numpy()[pc.fill_null(pc.equal(values, _ABSENT_TEXT), False).to_numpy(zero_copy_only=False)]] = True
+            lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
+            quotes += (2 + 2 * lengths) * ~absent
+            if absent.any():
+                array = pc.if_else(pa.array(absent), pa.scalar(None, field.type), array)
+        arrays.append(array)
+    return Columns(arrays, quotes, doubtful)
+
+
+def _columns_by_value(rows: list[Any], schema: pa.Schema) -> Columns:
+    """:func:`_columns` value by value: an integer past 64 bits marks its row doubtful (the
+    reference decoder refuses it) and its value null here."""
     n = len(rows)
     quotes = np.zeros(n, dtype=np.int64)
     doubtful = np.zeros(n, dtype=bool)
@@ -108,9 +157,8 @@ def _columns(rows: list[Any], schema: pa.Schema) -> Columns:
             with np.errstate(invalid="ignore"):
                 doubtful |= array.is_valid().to_numpy(zero_copy_only=False) & ~(np.abs(numbers) < _FLOAT_EXACT_BELOW)
         elif kind is int:
-            absent = np.fromiter((v is _ABSENT_INT for v in values), dtype=bool, count=n)
-            quotes += 2 * ~absent
-            held = [None if a else v for v, a in zip(values, absent, strict=True)] if absent.any() else list(values)
+            held = list(values)
+            quotes += 2 * np.fromiter((v is not None for v in held), dtype=bool, count=n)
             try:
                 array = pa.array(held, type=pa.int64())
             except (OverflowError, pa.ArrowException):
@@ -120,7 +168,7 @@ def _columns(rows: list[Any], schema: pa.Schema) -> Columns:
         else:  # flags: a list of strings
             absent = np.fromiter((v is _ABSENT_FLAGS for v in values), dtype=bool, count=n)
             lengths = np.fromiter((0 if v is None else len(v) for v in values), dtype=np.int64, count=n)
-            quotes += 2 * ~absent + 2 * lengths
+            quotes += (2 + 2 * lengths) * ~absent
             array = pa.array([None if a else v for v, a in zip(values, absent, strict=True)] if absent.any() else values,
                              type=field.type)
         arrays.append(array)

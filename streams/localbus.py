@@ -681,11 +681,9 @@ class LocalConsumer:
             self._check_not_cut(segment, at)
         return done
 
-    def seek_to_committed(self) -> None:
-        """Forget uncommitted reads: the next poll starts at the last commit (like a restart)."""
-        committed = self._read_committed()
-        self._offset, self._position = committed["offset"], committed["position"]
-        self._positions = {self._offset: self._position}
+    def stopped_partitions(self) -> dict[int, Exception]:
+        """Always ``{}``: one partition, so a stored offset the log does not reach raises."""
+        return {}
 
     def close(self) -> None:
         """Release the group (another consumer of it may start now)."""

@@ -76,6 +76,10 @@ class LagSource(Protocol):
     def lag(self) -> Mapping[int, int]:
         """Per assigned partition, what is left after the current position."""
 
+    def stopped_partitions(self) -> Mapping[int, Exception]:
+        """Assigned partitions stopped because storage's offset and the log disagree, each
+        with the error whose one line names it (:mod:`streams.kafka.member`)."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ConsumerProgress:
@@ -92,6 +96,7 @@ class ConsumerProgress:
     batches: int
     lag: Mapping[int, int] | None
     lag_unit: str
+    stopped: Mapping[int, str] | None = None  # partition -> the one line that stopped it
 
     @property
     def lag_total(self) -> int | None:
@@ -139,6 +144,12 @@ class ConsumerMetrics:
             unit: Gauge(f"{p}lag_{unit}", f"What is left to read, in {unit}, per partition.", ["partition"], registry=registry)
             for unit in LAG_UNITS
         }
+        self.stopped_gauge = Gauge(
+            f"{p}partition_stopped",
+            "1 for a partition stopped because storage's offset is beyond (or before) its log: re-base it.",
+            ["partition"], registry=registry,
+        )
+        self._stopped: dict[int, str] = {}
         self.dedupe_window = Gauge(f"{p}dedupe_window_ids", "Event ids the dedupe holds in memory.", registry=registry)
         self.last_progress = Gauge(
             f"{p}last_progress_timestamp_seconds",
@@ -205,6 +216,7 @@ class ConsumerMetrics:
             batches=self._batches,
             lag=None if self._lag is None else dict(self._lag),
             lag_unit=self._lag_source.lag_unit if self._lag_source is not None else "records",
+            stopped=dict(self._stopped) or None,
         )
 
     def report(self) -> ConsumerProgress:
@@ -244,3 +256,9 @@ class ConsumerMetrics:
             gauge.labels(partition=str(partition)).set(left)
         self._lag_partitions = set(lag)
         self._lag = lag
+        stopped = {p: str(exc) for p, exc in source.stopped_partitions().items()}
+        for gone in set(self._stopped) - set(stopped):  # re-based, or moved to another member
+            self.stopped_gauge.remove(str(gone))
+        for partition in stopped:
+            self.stopped_gauge.labels(partition=str(partition)).set(1)
+        self._stopped = stopped

@@ -151,19 +151,6 @@ def to_microseconds(seconds: float) -> int:
     return round(seconds * MICROSECONDS_PER_SECOND)
 
 
-def kst_period(moment: datetime) -> str:
-    """The KST calendar month (``YYYY-MM``) an instant falls in.
-
-    15:00 UTC on the last day of a month is already 00:00 KST on the 1st of the next.
-    """
-    return (moment.astimezone(UTC) + KST).strftime("%Y-%m")
-
-
-def kst_date(moment: datetime) -> str:
-    """The KST calendar date (``YYYY-MM-DD``) an instant falls in."""
-    return (moment.astimezone(UTC) + KST).strftime("%Y-%m-%d")
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class UsageEvent:
     """One device's usage over one aligned interval (schema version 1)."""

@@ -316,10 +316,24 @@ def _not_finite(column: str) -> pl.Expr:
 
 
 def _rules(accounts: Accounts, now: datetime) -> list[Rule]:
-    """Every rule of schema v1, in the order a row is judged: the first broken one is its verdict."""
+    """Every rule of schema v1, in the order a row is judged: the first broken one is its verdict.
+
+    The groups below keep that order; moving a rule between them changes which reason a row
+    that breaks two rules is given (``tests/unit/test_hostile_corpus.py`` pins the verdicts)."""
     length_s = (pl.col("_interval_end") - pl.col("_interval_start")).dt.total_seconds()
-    start_epoch = pl.col("_interval_start").dt.epoch("s")
-    limit = length_s * pl.col("_fraction") + EPSILON_SECONDS  # the k/n the fraction stands for
+    return [
+        *_shape_rules(),
+        *_ts_rules("interval_start", now),
+        *_ts_rules("interval_end", now),
+        *_interval_rules(length_s),
+        *_device_rules(),
+        *_measure_rules(length_s),
+        *_identity_rules(accounts),
+    ]
+
+
+def _shape_rules() -> list[Rule]:
+    """The row has every field, of the right schema version, with readable text."""
     required = [name for name, (_, nullable) in FIELDS.items() if not nullable]
     any_missing = pl.any_horizontal([pl.col(n).is_null() for n in required])
     missing_names = pl.concat_str(
@@ -329,18 +343,7 @@ def _rules(accounts: Accounts, now: datetime) -> list[Rule]:
         [pl.col(n).str.strip_chars() == "" for n in ("site", "node", "entity", "project", "gpu_model")]
     )
     flags_have_null = pl.col("flags").list.eval(pl.element().is_null()).list.any()
-    text_broken = {
-        n: pl.col(n).str.contains_any(_CONTROL) | (pl.col(n).str.len_bytes() > MAX_TEXT_BYTES) for n in _TEXT_FIELDS
-    } | {
-        "flags": pl.col("flags")
-        .list.eval(pl.element().str.contains_any(_CONTROL) | (pl.element().str.len_bytes() > MAX_TEXT_BYTES))
-        .list.any()
-    }
-    bad_text = pl.any_horizontal(list(text_broken.values()))
-    bad_text_names = pl.concat_str(
-        [pl.when(broken).then(pl.lit(name)) for name, broken in text_broken.items()], separator=", ", ignore_nulls=True
-    )
-    rules: list[Rule] = [
+    return [
         (any_missing, RefusalReason.MISSING_FIELD, pl.format("missing or null: {}", missing_names)),
         (flags_have_null, RefusalReason.WRONG_TYPE, pl.lit("wrong type: flags must be strings (a flag is null)")),
         (
@@ -349,13 +352,33 @@ def _rules(accounts: Accounts, now: datetime) -> list[Rule]:
             pl.format("schema_version {} is not supported (expected 1)", pl.col("schema_version")),
         ),
         (empty, RefusalReason.EMPTY_FIELD, pl.lit("site, node, entity, project and gpu_model must not be empty")),
-        (
-            bad_text,
-            RefusalReason.BAD_TEXT,
-            pl.format(f"{{}}: a control character, or longer than {MAX_TEXT_BYTES} bytes", bad_text_names),
-        ),
-        *_ts_rules("interval_start", now),
-        *_ts_rules("interval_end", now),
+        _text_rule(),
+    ]
+
+
+def _text_rule() -> Rule:
+    """No control character and no over-long value in a text field or a flag; names each one."""
+    text_broken = {
+        n: pl.col(n).str.contains_any(_CONTROL) | (pl.col(n).str.len_bytes() > MAX_TEXT_BYTES) for n in _TEXT_FIELDS
+    } | {
+        "flags": pl.col("flags")
+        .list.eval(pl.element().str.contains_any(_CONTROL) | (pl.element().str.len_bytes() > MAX_TEXT_BYTES))
+        .list.any()
+    }
+    bad_text_names = pl.concat_str(
+        [pl.when(broken).then(pl.lit(name)) for name, broken in text_broken.items()], separator=", ", ignore_nulls=True
+    )
+    return (
+        pl.any_horizontal(list(text_broken.values())),
+        RefusalReason.BAD_TEXT,
+        pl.format(f"{{}}: a control character, or longer than {MAX_TEXT_BYTES} bytes", bad_text_names),
+    )
+
+
+def _interval_rules(length_s: pl.Expr) -> list[Rule]:
+    """The interval divides the hour and starts on a multiple of its length (so it lies in one hour)."""
+    start_epoch = pl.col("_interval_start").dt.epoch("s")
+    return [
         (
             (length_s <= 0) | (3600 % length_s.clip(1) != 0),
             RefusalReason.BAD_INTERVAL,
@@ -366,6 +389,12 @@ def _rules(accounts: Accounts, now: datetime) -> list[Rule]:
             RefusalReason.NOT_ALIGNED,
             pl.format("interval_start {} is not aligned to its {} s interval", pl.col("interval_start"), length_s),
         ),
+    ]
+
+
+def _device_rules() -> list[Rule]:
+    """The device is a GPU or a MIG instance of it, and its fraction is k/n slices (1 for a GPU)."""
+    return [
         (
             ~pl.col("gpu_uuid").str.starts_with("GPU-")
             | ~((pl.col("device_uuid") == pl.col("gpu_uuid")) | pl.col("device_uuid").str.starts_with("MIG-")),
@@ -385,6 +414,13 @@ def _rules(accounts: Accounts, now: datetime) -> list[Rule]:
                 pl.col("gpu_fraction"),
             ),
         ),
+    ]
+
+
+def _measure_rules(length_s: pl.Expr) -> list[Rule]:
+    """What was measured fits the interval: time within interval × fraction, busy within time."""
+    limit = length_s * pl.col("_fraction") + EPSILON_SECONDS  # the k/n the fraction stands for
+    return [
         (
             _not_finite("gpu_seconds") | (pl.col("gpu_seconds") < 0) | (pl.col("gpu_seconds") > limit),
             RefusalReason.BAD_DURATION,
@@ -419,6 +455,12 @@ def _rules(accounts: Accounts, now: datetime) -> list[Rule]:
                 pl.col("expected_samples"),
             ),
         ),
+    ]
+
+
+def _identity_rules(accounts: Accounts) -> list[Rule]:
+    """The event_id is the row's own hash, and the registry knows who is billed for what."""
+    rules: list[Rule] = [
         (
             ~pl.col("_id_ok"),
             RefusalReason.BAD_EVENT_ID,
@@ -465,41 +507,45 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
         raise ValueError("Accounts.clock returned a naive datetime: give it an aware UTC clock (streams.validate.utc_now)")
     now = now.astimezone(UTC)
     rules = _rules(accounts, now)
-    projects = pl.DataFrame(
-        {"project": list(accounts.project_entity), "_owner": list(accounts.project_entity.values())},
-        schema={"project": pl.String(), "_owner": pl.String()},
-    )
-
-    def first_broken(indices: list[int]) -> pl.Expr:
-        rule = pl.lit(None, dtype=pl.Int16())
-        for index in reversed(indices):
-            rule = pl.when(rules[index][0].fill_null(False)).then(pl.lit(index, dtype=pl.Int16())).otherwise(rule)
-        return rule
-
-    def code_of(rule: pl.Expr) -> pl.Expr:
-        return rule.replace_strict(
-            list(range(len(rules))), [str(code) for _, code, _ in rules], default=None, return_dtype=pl.String()
-        )
-
     # Every row goes through the cheap rules; the regex rules that only tell *why* a timestamp
     # did not parse (no timezone, not UTC) run on refused rows alone. They refine
     # bad_timestamp, which catches the same rows, so the verdicts do not change.
     precise_only = {RefusalReason.NO_TIMEZONE, RefusalReason.NOT_UTC}
     cheap = [i for i, (_, code, _) in enumerate(rules) if code not in precise_only]
-    checked = (
-        frame.with_columns(
-            _interval_start=_parse_ts("interval_start"),
-            _interval_end=_parse_ts("interval_end"),
-            _id_ok=event_ids_ok(frame),
-            _fraction=canonical_fraction("gpu_fraction"),
-        )
-        .join(projects, on="project", how="left", maintain_order="left")
-        .with_columns(_rule=first_broken(cheap))
-    )
+    checked = _with_derived(frame, accounts).with_columns(_rule=_first_broken(rules, cheap))
     if checked["_rule"].null_count() == checked.height:  # the common case: nothing wrong
         return checked.with_columns(
             reason_code=pl.lit(None, dtype=pl.String()), reason=pl.lit(None, dtype=pl.String()), gpu_fraction=_STORED_FRACTION
         ).drop("_owner", "_id_ok", "_rule", "_fraction")
+    return _judge_refused(checked, rules, now)
+
+
+def _with_derived(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
+    """The columns the rules read: parsed timestamps, the event_id check, the k/n fraction and
+    the project's owner in the registry (``_owner``, null for a project it does not know)."""
+    projects = pl.DataFrame(
+        {"project": list(accounts.project_entity), "_owner": list(accounts.project_entity.values())},
+        schema={"project": pl.String(), "_owner": pl.String()},
+    )
+    return frame.with_columns(
+        _interval_start=_parse_ts("interval_start"),
+        _interval_end=_parse_ts("interval_end"),
+        _id_ok=event_ids_ok(frame),
+        _fraction=canonical_fraction("gpu_fraction"),
+    ).join(projects, on="project", how="left", maintain_order="left")
+
+
+def _first_broken(rules: Sequence[Rule], indices: list[int]) -> pl.Expr:
+    """The index (into ``rules``) of the first of ``indices`` a row breaks; null if none."""
+    rule = pl.lit(None, dtype=pl.Int16())
+    for index in reversed(indices):
+        rule = pl.when(rules[index][0].fill_null(False)).then(pl.lit(index, dtype=pl.Int16())).otherwise(rule)
+    return rule
+
+
+def _judge_refused(checked: pl.DataFrame, rules: Sequence[Rule], now: datetime) -> pl.DataFrame:
+    """Every rule again (the precise ones too) on the rows a cheap rule refused, with their
+    code and sentence; rows keep their order, and timestamps outside the window become null."""
     first = pl.lit(PROGRAMME_START, dtype=pl.Datetime("us", "UTC"))
     last = pl.lit(now + MAX_AHEAD, dtype=pl.Datetime("us", "UTC"))
     # sentences are built only for the refused rows (building them for all rows costs more
@@ -507,14 +553,17 @@ def check_rules(frame: pl.DataFrame, accounts: Accounts) -> pl.DataFrame:
     reason = pl.lit(None, dtype=pl.String())
     for index in reversed(range(len(rules))):
         reason = pl.when(pl.col("_rule") == index).then(rules[index][2]).otherwise(reason)
+    code = pl.col("_rule").replace_strict(
+        list(range(len(rules))), [str(code) for _, code, _ in rules], default=None, return_dtype=pl.String()
+    )
     checked = checked.with_row_index("_row")
     good = checked.filter(pl.col("_rule").is_null()).with_columns(
         reason_code=pl.lit(None, dtype=pl.String()), reason=pl.lit(None, dtype=pl.String())
     )
     bad = (
         checked.filter(pl.col("_rule").is_not_null())
-        .with_columns(_rule=first_broken(list(range(len(rules)))))
-        .with_columns(reason_code=code_of(pl.col("_rule")), reason=reason)
+        .with_columns(_rule=_first_broken(rules, list(range(len(rules)))))
+        .with_columns(reason_code=code, reason=reason)
     )
     in_window = {
         column: pl.when(pl.col(column).is_between(first, last)).then(pl.col(column))

@@ -9,8 +9,13 @@ record of it is handed out:
 1. the listener says where the partition resumes (storage's stored offset + 1; nothing
    stored: the beginning of the log);
 2. that offset is checked against the partition's log: past its end (a topic re-created,
-   offsets restarted) raises :class:`~streams.errors.StoredOffsetBeyondLog`, before its start
-   (retention deleted records never stored) :class:`~streams.errors.StoredOffsetBeforeLog`;
+   offsets restarted; :class:`~streams.errors.StoredOffsetBeyondLog`) or before its start
+   (retention deleted records never stored; :class:`~streams.errors.StoredOffsetBeforeLog`)
+   **stops that partition only**: it stays paused (nothing of it is read, stored or committed),
+   its one line is logged at ERROR and kept in :meth:`KafkaConsumer.stopped_partitions`, and
+   the member goes on with its other partitions. A stopped partition is checked again at each
+   assignment of it (a rebalance, a restart): after ``gpuledger offsets rebase`` it resumes;
+   until then every member that is assigned it stops it the same way;
 3. the member seeks there, names a group offset that was ahead of it (a lost newest commit:
    the bus's position is only a hint), and commits it to the group, so Kafka's own lag tools
    count from what storage holds (no phantom lag after a rebalance);
@@ -37,7 +42,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streams.bus import DEFAULT_MAX_BATCH_BYTES, BusRecord, RebalanceListener, RevokeCallback, offset_beyond_log
-from streams.errors import StoredOffsetBeforeLog, StoredOffsetBeyondLog
+from streams.errors import StoredOffsetBeforeLog, StoredOffsetBeyondLog, StreamError
 from streams.kafka.connection import MAX_MESSAGE_BYTES, REBALANCE_ERRORS, client_config, translate
 
 if TYPE_CHECKING:
@@ -87,6 +92,7 @@ class KafkaConsumer:
         self._lock = threading.Lock()
         self._unsettled: set[int] = set()  # assigned, paused, not yet sought to storage's offset
         self._revoked: set[int] = set()  # revoked since the last poll returned
+        self._stopped: dict[int, StreamError] = {}  # assigned, kept paused: storage and the log disagree
         s = bus.settings
         try:
             self._consumer = _KConsumer(
@@ -147,6 +153,8 @@ class KafkaConsumer:
         with self._lock:
             self._revoked.update(partitions)
             self._unsettled.difference_update(partitions)
+            for p in partitions:  # its next owner checks it again (and stops it, until rebased)
+                self._stopped.pop(p, None)
         for callback in (self._on_revoke, self._listener.on_revoke if self._listener else None):
             if callback is not None:
                 try:
@@ -168,17 +176,20 @@ class KafkaConsumer:
             begins = self._consumer.beginning_offsets(list(tps.values()), timeout_ms=timeout_ms)
             ends = self._consumer.end_offsets(list(tps.values()), timeout_ms=timeout_ms)
             targets: dict[int, int] = {}
+            stopped: dict[int, StreamError] = {}
             for p, tp in tps.items():
                 target = wanted.get(p)
                 if target is not None and target > ends[tp]:
-                    raise StoredOffsetBeyondLog(offset_beyond_log(self.topic, p, target - 1, ends[tp], "kafka"))
+                    stopped[p] = StoredOffsetBeyondLog(offset_beyond_log(self.topic, p, target - 1, ends[tp], "kafka"))
+                    continue
                 if target is not None and target < begins[tp]:
-                    raise StoredOffsetBeforeLog(
+                    stopped[p] = StoredOffsetBeforeLog(
                         f"partition {p} of {self.topic}: storage holds it up to offset {target - 1}, but the log now "
                         f"starts at offset {begins[tp]}: records {target}..{begins[tp] - 1} were deleted (retention) "
                         "before they were stored; re-send them from the collectors' spools or the source files "
                         "(gpuledger ingest), then re-base the partition (gpuledger offsets rebase)"
                     )
+                    continue
                 targets[p] = begins[tp] if target is None else target
                 committed = self._consumer.committed(tp, timeout_ms=timeout_ms)
                 if committed is not None and committed > targets[p]:
@@ -195,8 +206,13 @@ class KafkaConsumer:
         except kerr.KafkaError as exc:
             raise translate(exc, f"looking up the offsets of {self.topic}", sasl=self._sasl) from exc
         with self._lock:
-            settled = [p for p in partitions if p in self._unsettled]
-            self._unsettled.difference_update(settled)
+            still = [p for p in partitions if p in self._unsettled]
+            self._unsettled.difference_update(still)
+            settled = [p for p in still if p not in stopped]
+            newly = [p for p in still if p in stopped and str(self._stopped.get(p)) != str(stopped[p])]
+            self._stopped.update({p: stopped[p] for p in still if p in stopped})
+        for p in newly:  # stays paused: never sought, read, stored or committed until re-based
+            log.error("%s; the member goes on with its other partitions", stopped[p])
         for p in settled:
             self._consumer.seek(tps[p], targets[p])
         self.commit({p: targets[p] for p in settled})  # the group's offsets tell the truth
@@ -209,11 +225,11 @@ class KafkaConsumer:
         except kerr.KafkaError as exc:
             raise translate(exc, f"polling {self.topic}", sasl=self._sasl) from exc
         with self._lock:
-            unsettled = set(self._unsettled)
+            unsettled = set(self._unsettled) | set(self._stopped)
         out: list[BusRecord] = []
         for tp in sorted(polled, key=lambda tp: tp.partition):
             if tp.partition in unsettled:
-                continue  # fetched before the pause took hold: read again once sought
+                continue  # fetched before the pause took hold: read again once sought (never, if stopped)
             out.extend(BusRecord(r.topic, r.partition, r.offset, r.key, r.value) for r in polled[tp])
         self._settle()
         return out
@@ -291,7 +307,10 @@ class KafkaConsumer:
         with self._lock:
             if self._unsettled:
                 return False  # assigned partitions not sought yet: poll again
-        assigned = list(self._consumer.assignment())
+        with self._lock:
+            stopped = set(self._stopped)
+        # a stopped partition never moves until re-based: the rest decides (the loop names it)
+        assigned = [tp for tp in self._consumer.assignment() if tp.partition not in stopped]
         if not assigned:
             return True
         try:
@@ -346,6 +365,12 @@ class KafkaConsumer:
             raise translate(exc, f"looking up the lag of {self.topic}", sasl=self._sasl) from exc
         # a position not resolved yet (just assigned) is left out rather than guessed
         return {tp.partition: max(0, ends[tp] - at) for tp, at in positions.items() if at is not None}
+
+    def stopped_partitions(self) -> dict[int, StreamError]:
+        """Assigned partitions kept paused because storage's offset and the log disagree (each
+        with the error whose one line names it and the ``gpuledger offsets rebase`` to run)."""
+        with self._lock:
+            return dict(self._stopped)
 
     def assigned_partitions(self) -> Sequence[int]:
         """The partitions this member holds now (for diagnostics and tests)."""

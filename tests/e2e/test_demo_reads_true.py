@@ -14,13 +14,15 @@ import hashlib
 import json
 import re
 import tomllib
-from datetime import date
+from collections import defaultdict
+from datetime import date, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import duckdb
 import openpyxl
 import pytest
+from deltalake import DeltaTable
 
 from accounting.registry import load_registry
 from tests.unit.xlsx_formulas import evaluate, find_row, formula_right_of
@@ -83,66 +85,128 @@ def _n(text: str) -> Decimal:
     return Decimal(text.replace(",", "").rstrip("%"))
 
 
+def _raw(demo) -> str:
+    """``raw/`` for DuckDB: the Parquet files its Delta log lists (files a compaction replaced are not read)."""
+    return f"read_parquet({DeltaTable(str(demo['data'] / 'raw')).file_uris()!r}, hive_partitioning = false)"
+
+
+def _registry_doc() -> dict:
+    with DEMO_REGISTRY.open("rb") as f:
+        return tomllib.load(f, parse_float=Decimal)
+
+
+def _h(value: Decimal) -> str:
+    """GPU-hours as the summary prints them (2 places, thousands separated)."""
+    return f"{value:,.2f}"
+
+
+def _pct(numerator: Decimal, denominator: Decimal) -> str:
+    return f"{numerator / denominator * 100:.1f}%"
+
+
+def _month_figures(demo) -> dict[tuple[str, str], dict[str, Decimal]]:
+    """Per (entity, GPU model), derived without gpuledger: capacity from the registry file's
+    allocations day by day; reported and busy GPU-hours from ``raw/`` events of the month, each
+    physical GPU's hour capped at one hour (its busy time scaled with it)."""
+    days = [date(2026, 10, 1) + timedelta(days=d) for d in range(HOURS // 24)]
+    figures: dict[tuple[str, str], dict[str, Decimal]] = defaultdict(
+        lambda: {"gpus": Decimal(0), "cap": Decimal(0), "rep": Decimal(0), "busy": Decimal(0)}
+    )
+    for entity, spec in _registry_doc()["entities"].items():
+        for a in spec.get("allocations", []):
+            active = sum(a["effective_from"] <= d <= a.get("effective_to", date.max) for d in days)
+            figures[(entity, a["gpu_model"])]["cap"] += a["count"] * 24 * active
+            figures[(entity, a["gpu_model"])]["gpus"] += a["count"] if active else 0
+    hour_us = 3_600_000_000
+    rows = duckdb.sql(
+        f"""with per_gpu_hour as (
+              select entity, gpu_model, sum(gpu_microseconds) as us, sum(busy_gpu_microseconds) as busy
+              from {_raw(demo)} where period = '{PERIOD}'
+              group by entity, gpu_model, gpu_uuid, date_trunc('hour', interval_start))
+            select entity, gpu_model, sum(least(us, {hour_us}))::HUGEINT::VARCHAR,
+                   coalesce(sum(busy) filter (where us <= {hour_us}), 0)::HUGEINT::VARCHAR,
+                   coalesce(sum(busy * {hour_us}.0 / us) filter (where us > {hour_us}), 0)::VARCHAR
+            from per_gpu_hour group by entity, gpu_model"""
+    ).fetchall()
+    for entity, model, rep_us, busy_us, busy_capped_us in rows:
+        figures[(entity, model)]["rep"] = Decimal(rep_us) / hour_us
+        figures[(entity, model)]["busy"] = (Decimal(busy_us) + Decimal(busy_capped_us)) / hour_us
+    return dict(figures)
+
+
 def test_the_summary_reads_like_a_real_month_of_its_registry(demo) -> None:
-    registry = load_registry(DEMO_REGISTRY)
+    doc = _registry_doc()
     usage = _rows(demo["stdout"], "entity   capacity")
-    # capacity is the demo registry's allocation × 744 h: the fleet matches the programme
-    # in the programme's proportions: new Blackwell GPUs Naver 6 : the others 5 (nodes of 8)
+    # the fleet follows the programme's proportions: new Blackwell GPUs Naver 6 : the others 5
     blackwell = {
-        e: sum(a.count for a in registry.entities[e].allocations if a.gpu_model != "NVIDIA H100 80GB HBM3") for e in ENTITIES
+        e: sum(a["count"] for a in doc["entities"][e]["allocations"] if a["gpu_model"] != "NVIDIA H100 80GB HBM3")
+        for e in ENTITIES
     }
-    assert blackwell == {"gov": 40, "hyundai": 40, "naver": 48, "samsung": 40, "skt": 40}
+    assert all(5 * blackwell["naver"] == 6 * blackwell[e] for e in ENTITIES if e != "naver"), blackwell
+    # every printed figure is the registry file's capacity and raw/'s events, derived here
+    # without gpuledger (the demo is deterministic: to the printed 0.01 h and 0.1 %)
+    figures = _month_figures(demo)
     for entity in ENTITIES:
-        gpus = sum(a.count for a in registry.entities[entity].allocations)
-        assert _n(usage[entity][0]) == gpus * HOURS
-    # unreported: samsung's silent node (8 GPUs × 48 h) and hyundai's GPU lost from day 20 (1 × 12 days × 24 h)
-    assert {e: _n(usage[e][6]) for e in ENTITIES} == {"gov": 0, "hyundai": 288, "naver": 0, "samsung": 384, "skt": 0}
-    assert [usage[e][2] for e in ENTITIES] == ["100.0%", "99.2%", "100.0%", "99.1%", "100.0%"]
+        cap, rep, busy = (sum(f[k] for (e, _), f in figures.items() if e == entity) for k in ("cap", "rep", "busy"))
+        printed = dict(zip(("capacity", "reported", "coverage", "busy", "idle", "util", "unreported"), usage[entity]))
+        assert printed == {
+            "capacity": _h(cap), "reported": _h(rep), "coverage": _pct(rep, cap), "busy": _h(busy),
+            "idle": _h(rep - busy), "util": _pct(busy, rep), "unreported": _h(cap - rep),
+        }, entity
     # several projects per entity run jobs (plus the unattributed idle gaps)
     projects = dict(duckdb.sql(
-        f"select entity, count(distinct project) from read_parquet('{demo['data']}/raw/**/*.parquet') "
-        "where project <> 'unattributed' group by entity"
+        f"select entity, count(distinct project) from {_raw(demo)} where project <> 'unattributed' group by entity"
     ).fetchall())
-    assert projects == {"gov": 4, "hyundai": 2, "naver": 2, "samsung": 2, "skt": 2}
-    # the failure modes are in the month: gpu_lost events, three refused lines kept in quarantine
-    (lost,) = duckdb.sql(
-        f"select count(*) from read_parquet('{demo['data']}/raw/**/*.parquet') where list_contains(flags, 'gpu_lost')"
-    ).fetchall()[0]
-    assert lost == 12 * 24
-    assert "refused 3," in demo["stdout"] + demo.get("stderr", "")
-    # utilisation as printed = busy ÷ reported GPU-time of the raw events, derived here from raw/
-    # (the demo is deterministic: the printed figure must be this one, to its printed 0.1 %)
-    raw = dict(duckdb.sql(
-        f"select entity, round(100 * sum(busy_gpu_microseconds) / sum(gpu_microseconds), 1)::VARCHAR "
-        f"from read_parquet('{demo['data']}/raw/**/*.parquet') group by entity"
-    ).fetchall())
-    assert {e: usage[e][5] for e in ENTITIES} == {e: f"{raw[e]}%" for e in ENTITIES}
-    # one breach worth reading, said as a sentence
-    breaches = [line for line in demo["stdout"].splitlines() if line.startswith("  - ")]
-    assert breaches == [
-        "  - 삼성전자 Samsung Electronics, NVIDIA B200: coverage 97.8% is below 98%: 384.00 GPU-hours "
-        "of its 24 allocated GPUs reported nothing (down, stopped, or no collector)."
-    ]
+    assert sorted(projects) == list(ENTITIES) and min(projects.values()) >= 2, projects
+    # the failure modes are in the month: a GPU lost, refused lines kept in quarantine (as many
+    # as the quarantine table holds, read through its Delta log)
+    (lost,) = duckdb.sql(f"select count(*) from {_raw(demo)} where list_contains(flags, 'gpu_lost')").fetchall()[0]
+    assert lost > 0
+    quarantine = DeltaTable(str(demo["data"] / "quarantine")).file_uris()
+    (refused,) = duckdb.sql(f"select count(*) from read_parquet({quarantine!r}, hive_partitioning = false)").fetchall()[0]
+    assert refused > 0 and f"refused {refused:,}," in demo["stdout"] + demo.get("stderr", "")
+    # the coverage and utilisation breaches are exactly those the registry's thresholds give
+    # for the derived figures, each said as a sentence with its numbers
+    low, under = (Decimal(doc["compliance"][k]) for k in ("low_coverage_below", "under_use_below"))
+    expected = set()
+    for (entity, model), f in figures.items():
+        name = doc["entities"][entity]["display_name"]
+        if f["cap"] and f["rep"] / f["cap"] < low:
+            expected.add(
+                f"  - {name}, {model}: coverage {_pct(f['rep'], f['cap'])} is below {low * 100:.0f}%: "
+                f"{_h(f['cap'] - f['rep'])} GPU-hours of its {f['gpus']:,} allocated GPUs reported nothing "
+                "(down, stopped, or no collector)."
+            )
+        if f["rep"] and f["busy"] / f["rep"] < under:
+            expected.add(
+                f"  - {name}, {model}: utilisation {_pct(f['busy'], f['rep'])} is below {under * 100:.0f}%: "
+                f"{_h(f['busy'])} busy of {_h(f['rep'])} reported GPU-hours."
+            )
+    printed = {line for line in demo["stdout"].splitlines() if line.startswith("  - ")}
+    assert expected and {b for b in printed if ": coverage " in b or ": utilisation " in b} == expected
     assert "SIMULATED DATA" in demo["stdout"]
 
 
 def test_the_printed_amount_is_the_billed_hours_at_the_registry_rates(demo) -> None:
     billing = _rows(demo["stdout"], "entity   reported")
     lines = duckdb.sql(
-        f"select entity, project, project_class, gpu_model, gpu_microseconds "
+        f"select entity, project, gpu_model, rate_from, gpu_microseconds "
         f"from read_parquet('{demo['data']}/ledgers/billing/**/*.parquet') where charge_class = 'usage'"
     ).fetchall()
     for entity in ENTITIES:
         reported, attributed, unattributed, billed, amount = (_n(c) for c in billing[entity])
-        # reported = attributed + unattributed (±1 for the printed whole hours); billed = attributed
-        assert abs(reported - attributed - unattributed) <= 1
+        # reported = attributed + unattributed (each printed to 0.01 h); billed = attributed
+        assert abs(reported - attributed - unattributed) <= Decimal("0.01")
         assert billed == attributed and unattributed > 0
-        # the amount is each line's usage × the rate card of the registry file (read here with
-        # tomllib, not through gpuledger), less the project's class discount, truncated
+        # the amount is each line's usage × the rate card of the registry file in force on the
+        # line's first day (read here with tomllib, not through gpuledger), less the project's
+        # class discount, truncated (the registry's rounding rule, checked below)
         expected = sum(
             (
-                (Decimal(us) * toml_rate(e, model, project) / Decimal(3_600_000_000)).quantize(Decimal(1), rounding=ROUND_DOWN)
-                for e, project, _, model, us in lines
+                (Decimal(us) * toml_rate(e, model, project, day) / Decimal(3_600_000_000)).quantize(
+                    Decimal(1), rounding=ROUND_DOWN
+                )
+                for e, project, model, day, us in lines
                 if e == entity
             ),
             Decimal(0),
@@ -151,10 +215,11 @@ def test_the_printed_amount_is_the_billed_hours_at_the_registry_rates(demo) -> N
     assert _n(billing["total"][4]) == Decimal(demo["totals"]["amount_krw.ALL"])
 
 
-def toml_rate(entity: str, model: str, project: str, day: date = date(2026, 10, 15)) -> Decimal:
+def toml_rate(entity: str, model: str, project: str, day: date) -> Decimal:
     """KRW per GPU-hour for a project on ``day``, straight from the registry file."""
     with DEMO_REGISTRY.open("rb") as f:
         doc = tomllib.load(f, parse_float=Decimal)
+    assert doc["billing"].get("rounding", "truncate") == "truncate"  # the rule the expected amounts apply
     klass = doc["projects"][project].get("class")
     (card,) = [
         r for r in doc["rates"]
@@ -203,7 +268,10 @@ def test_the_statement_is_a_statement(demo) -> None:
     col = {h.split("\n")[1]: i + 1 for i, h in enumerate(headings)}
     first_line = head + 1
     lines = [r for r in range(first_line, first_line + 40) if sheet.cell(r, col["Project"]).value]
-    assert len(lines) == 12  # 4 projects × 3 models
+    (ledger_lines,) = duckdb.sql(
+        f"select count(*) from read_parquet('{demo['data']}/ledgers/billing/**/*.parquet') where entity = 'gov'"
+    ).fetchall()[0]
+    assert len(lines) == ledger_lines > 1  # one row per line of the billing ledger (projects × models)
     snu = next(r for r in lines if sheet.cell(r, col["Project"]).value == "snu-llm")
     assert sheet.cell(snu, col["Discount"]).value == 0.5 and sheet.cell(snu, col["Discount"]).number_format == "0%"
     assert sheet.cell(snu, col["GPU-hours"]).number_format == "#,##0.00"
@@ -234,7 +302,8 @@ def test_the_programme_workbook_consolidates_every_entity(demo) -> None:
     assert f"{billing.cell(total, 4).value:.2f}" == _shown(_billed_us(demo, None))
     usage = book["활용 Usage"]
     samsung = find_row(usage, "삼성전자")
-    assert usage.cell(samsung, 9).value == 384.0  # unreported GPU-hours: the silent node
+    unreported = sum(f["cap"] - f["rep"] for (e, _), f in _month_figures(demo).items() if e == "samsung")
+    assert f"{usage.cell(samsung, 9).value:.2f}" == f"{unreported:.2f}" != "0.00"  # unreported GPU-hours
     terms = [c.value for c in book["용어 Terms"]["B"]]
     assert "unattributed (not billed)" in terms and "coverage" in terms
     lines = book["줄 Lines"]

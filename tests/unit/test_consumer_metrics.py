@@ -77,6 +77,9 @@ class CommitOutcome:
     def caught_up(self) -> bool:
         return self._inner.caught_up()
 
+    def stopped_partitions(self):
+        return self._inner.stopped_partitions()
+
     @property
     def topic(self) -> str:
         return self._inner.topic
@@ -180,6 +183,9 @@ class FakeLag:
     def lag(self) -> Mapping[int, int]:
         return self._answers.pop(0)
 
+    def stopped_partitions(self) -> Mapping[int, Exception]:
+        return {}
+
 
 def test_progress_is_reported_at_most_every_interval_and_lag_follows_the_assignment() -> None:
     clock = FakeClock()
@@ -200,20 +206,26 @@ def test_progress_is_reported_at_most_every_interval_and_lag_follows_the_assignm
     assert value(registry, "gpuledger_consumer_lag_records", partition="1") == 7
 
 
-def test_the_dedupe_window_gauge_counts_the_ids_the_loop_holds(tmp_path: Path) -> None:
-    # given 5 distinct events in one hour and 2 re-sends, through the consumer loop and its dedupe window
+def test_the_dedupe_window_gauge_follows_the_ids_the_loop_holds(tmp_path: Path) -> None:
+    # given 5 distinct events in hour 00, then 2 re-sends of them, then 1 event at 05:00, one
+    # message per batch, through the consumer loop and its 2-hour dedupe window
     bus = LocalBus(tmp_path / "bus")
     events = [event(f"2026-11-02T00:{m:02d}:00Z") for m in range(5)]
-    publish(bus, jsonl(*events), jsonl(*events[:2]))
+    publish(bus, jsonl(*events), jsonl(*events[:2]), jsonl(event("2026-11-02T05:00:00Z")))
     registry = CollectorRegistry()
     source = bus.consumer(TOPIC, "g")
     metrics = ConsumerMetrics(registry, lag=source, clock=FakeClock())
     store = Store(tmp_path / "data")
-    stream = StreamConsumer(source, BatchProcessor(store, ACCOUNTS, EventWindow(store, 2)), observer=metrics)
-    # when the loop drains the bus
-    stream.run(until_idle=True, idle_polls=1)
-    # then the gauge says the 5 ids held, not 7 lines and not 0
-    assert value(registry, "gpuledger_consumer_dedupe_window_ids") == 5
+    stream = StreamConsumer(
+        source, BatchProcessor(store, ACCOUNTS, EventWindow(store, 2)), max_batch_records=1, observer=metrics
+    )
+    # then after each batch the gauge says the ids held then: 5 (not 0), still 5 after the
+    # re-sends (not 7 lines, not 5 + 5), and 1 once hour 00 has left the window (not 6)
+    held = []
+    for _ in range(3):
+        stream.run_once()
+        held.append(value(registry, "gpuledger_consumer_dedupe_window_ids"))
+    assert held == [5, 5, 1]
     assert value(registry, "gpuledger_consumer_events_total", outcome="duplicate") == 2
 
 

@@ -40,6 +40,9 @@ class Flaky:
     def caught_up(self) -> bool:
         return self._inner.caught_up()
 
+    def stopped_partitions(self):
+        return self._inner.stopped_partitions()
+
     @property
     def topic(self) -> str:
         return self._inner.topic

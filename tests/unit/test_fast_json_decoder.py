@@ -206,3 +206,61 @@ def test_a_message_that_is_not_plainly_one_object_per_line_gets_each_lines_own_v
 def test_any_messages_decode_as_their_lines_do_alone(messages: list[list[bytes]], good: int) -> None:
     payloads = [b"\n".join([*good_lines(good), *lines]) for lines in messages]
     messages_as_reference(payloads)
+
+
+def _full_event(**changes: object) -> dict[str, object]:
+    obj = event("2026-11-10T06:00:00Z")
+    assert set(obj) == set(FIELDS)  # every field named: the counts below are exact
+    obj.update(changes)
+    return obj
+
+
+def _line(pairs: list[tuple[str, object]]) -> bytes:
+    return ("{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in pairs) + "}").encode()
+
+
+def _without(name: str) -> list[tuple[str, object]]:
+    return [(k, v) for k, v in _full_event().items() if k != name]
+
+
+@pytest.mark.parametrize(
+    ("line", "fast"),
+    [
+        # an integer field not named, another named twice: as many keys as a full event
+        (_line([*_without("samples"), ("expected_samples", 60)]), False),
+        (_line([*_without("schema_version"), ("samples", 1)]), False),
+        # flags not named, a number named twice
+        (_line([*_without("flags"), ("samples", 1)]), False),
+        # a text field not named, another named twice with a text
+        (_line([*_without("job_id"), ("site", "a")]), False),
+        # an integer field named as null (absent and null are one value there: the reference decides)
+        (_line(list(_full_event(samples=None).items())), False),
+        # the ordinary shapes the struct path must keep
+        (_line(list(_full_event(flags=[]).items())), True),
+        (_line(_without("flags")), True),
+        (_line(_without("samples")), True),
+        (_line(_without("job_id")), True),
+        (_line(list(_full_event(job_id=None, mig_profile=None, energy_joules=None).items())), True),
+    ],
+)
+def test_the_quote_count_sees_each_absent_field_for_what_it_is(line: bytes, fast: bool) -> None:
+    """Absent fields are told apart from named ones (NUL text, NaN, a list of the NUL text;
+    integers by ``None``, a null integer counted as absent), so an absent field can never hide
+    a key named twice; the boundary of the fast path, line by line and in a message."""
+    _, kept, slow = decode_fast([line], ARROW_WIRE_SCHEMA)
+    assert (kept == [0]) is fast and (slow == [0]) is not fast
+    same_as_reference([line])
+    same_as_reference([*good_lines(3), line, *good_lines(3, node="good-2")])
+    from streams.fastjson import decode_messages_fast
+
+    _, whole, _ = decode_messages_fast([b"\n".join([*good_lines(2), line])], ARROW_WIRE_SCHEMA)
+    assert bool(whole) is fast
+
+
+def test_an_integer_past_64_bits_sends_its_line_alone_to_the_reference() -> None:
+    """The struct conversion refuses it; the value-by-value route marks that row only."""
+    wide = _line(list(_full_event(samples=2**64 + 1).items()))
+    lines = [*good_lines(3), wide, *good_lines(3, node="good-2")]
+    _, kept, slow = decode_fast(lines, ARROW_WIRE_SCHEMA)
+    assert (kept, slow) == ([0, 1, 2, 4, 5, 6], [3])
+    same_as_reference(lines)

@@ -7,7 +7,7 @@ import json
 import pytest
 from spine_events import ACCOUNTS, event, jsonl
 
-from streams.schema import RefusalReason, UsageEvent, kst_period, make_event_id, to_microseconds
+from streams.schema import RefusalReason, UsageEvent, make_event_id, to_microseconds
 from streams.validate import check_rules, decode_messages
 
 pytestmark = pytest.mark.unit
@@ -104,14 +104,6 @@ def test_microseconds_round_half_to_even_once() -> None:
     assert to_microseconds(60 / 7) == 8_571_429
     assert to_microseconds(0.0000005) == 0  # half to even
     assert to_microseconds(0.0000015) == 2
-
-
-def test_kst_period_of_the_last_day_at_15_utc_is_the_next_month() -> None:
-    from spine_events import ts
-
-    assert kst_period(ts("2026-11-30T14:59:59Z")) == "2026-11"
-    assert kst_period(ts("2026-11-30T15:00:00Z")) == "2026-12"
-    assert kst_period(ts("2026-12-31T15:00:00Z")) == "2027-01"
 
 
 def test_column_wise_event_id_check_agrees_with_the_reference() -> None:
