@@ -12,10 +12,14 @@ UTC interval ``[first day 00:00 KST, next month's first day 00:00 KST)``, i.e. i
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 from accounting.errors import CloseError
@@ -125,19 +129,49 @@ def shared_gpu_hours(usage: pl.LazyFrame) -> pl.LazyFrame:
 _SCREEN_SEED = 20261206
 
 
-def gpu_hours_screen(usage: pl.LazyFrame) -> pl.LazyFrame:
+def gpu_hours_screen(usage: pl.LazyFrame) -> pl.Series:
     """64-bit hashes of (``gpu_uuid``, ``hour_start``) that :func:`shared_gpu_hours` must look
     at: a GPU-hour with more than one row, or more GPU-time than an hour (plus one µs per
     event). A superset, never fewer: a GPU-hour with two devices has two rows, and two GPU-hours
     sharing a hash only add rows and time to one group, so no breach is screened out; what
-    the screen lets through is checked on exact keys. Grouping on one 64-bit integer costs about a
-    quarter of grouping on the string and the instant with a distinct count."""
-    return (
-        usage.group_by(_gpu_hour_hash())
-        .agg(rows=pl.len(), gpu_microseconds=pl.col("gpu_microseconds").sum(), events=pl.col("events").sum())
-        .filter((pl.col("rows") > 1) | (pl.col("gpu_microseconds") > MICROSECONDS_PER_HOUR + pl.col("events")))
-        .select("_gpu_hour")
-    )
+    the screen lets through is checked on exact keys.
+
+    Computed without a group-by, in bounded memory: one streaming pass keeps 8 bytes per row
+    (the hash) and the hashes of the rows that alone hold more than an hour; the hashes are then
+    sorted and those seen twice or more kept. That is the same set as grouping on the hash and
+    keeping groups with ``rows > 1`` or ``sum(gpu_microseconds) > hour + sum(events)`` (a group
+    of one row sums to that row; nulls count as 0, as a sum does), at a few percent of the
+    memory of a hash table of every GPU-hour of a day."""
+    alone_over = pl.col("gpu_microseconds").fill_null(0) > MICROSECONDS_PER_HOUR + pl.col("events").fill_null(0)
+    rows = usage.select(_gpu_hour_hash(), _over=alone_over).collect(engine="streaming")
+    over = rows.get_column("_gpu_hour").filter(rows.get_column("_over")).to_numpy()
+    hashes = rows.get_column("_gpu_hour").to_numpy(writable=True)  # one copy, sorted in place
+    del rows
+    hashes.sort()
+    repeated = hashes[1:][hashes[1:] == hashes[:-1]]
+    del hashes
+    return pl.Series("_gpu_hour", np.unique(np.concatenate([repeated, over])), dtype=pl.UInt64)
+
+
+_PREFETCH = "POLARS_ROW_GROUP_PREFETCH_SIZE"
+
+
+@contextmanager
+def _one_row_group_ahead() -> Iterator[None]:
+    """Polars' Parquet source decodes many row groups ahead of a streaming query by default,
+    so a day of 6M rows was held decoded at once (678 MiB for the sums of one national day);
+    one row group ahead bounds the scan by a row group (~1M rows) at no cost in CPU on local
+    disk (measured, docs/BENCHMARKS.md "Monthly close"). Polars takes the setting when a scan
+    is planned, so it is set around a day's scans and removed after; an operator's own
+    setting is left alone."""
+    if _PREFETCH in os.environ:
+        yield
+        return
+    os.environ[_PREFETCH] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_PREFETCH, None)
 
 
 def _gpu_hour_hash() -> pl.Expr:
@@ -156,12 +190,20 @@ def _capped_day(store: Store, period: str, day: str) -> tuple[pl.DataFrame, pl.D
     See :mod:`accounting.wallclock` for the rule. Only the day's candidate GPU-hours are
     re-read, from ``usage_hourly`` and ``raw``.
     """
+    with _one_row_group_ahead():
+        return _capped_day_scans(store, period, day)
+
+
+def _capped_day_scans(store: Store, period: str, day: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     lazy = store.scan(f"usage_hourly/period={period}/date={day}", USAGE_HOURLY).select(*_DAY_COLUMNS)
-    by_owner, screened = pl.collect_all([hourly_by_owner(lazy), gpu_hours_screen(lazy)])
-    if screened.height == 0:
+    # Two streaming passes over the day's file (each reads only its own columns), so memory is
+    # bounded by the file's row groups, not by the day: the sums by owner, then the screen.
+    by_owner = hourly_by_owner(lazy).collect(engine="streaming")
+    screened = gpu_hours_screen(lazy)
+    if screened.len() == 0:
         return by_owner, _concat_over([])
-    on_screen = lazy.with_columns(_gpu_hour_hash()).join(screened.lazy(), on="_gpu_hour", how="semi").drop("_gpu_hour")
-    candidates = shared_gpu_hours(on_screen).collect()
+    on_screen = lazy.with_columns(_gpu_hour_hash()).join(screened.to_frame().lazy(), on="_gpu_hour", how="semi").drop("_gpu_hour")
+    candidates = shared_gpu_hours(on_screen).collect(engine="streaming")
     if candidates.height == 0:
         return by_owner, _concat_over([])
     keys = ["gpu_uuid", "hour_start"]
@@ -219,9 +261,10 @@ def _capped_day(store: Store, period: str, day: str) -> tuple[pl.DataFrame, pl.D
 def scan_month(store: Store, period: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One pass over a month: (hourly by owner, within the wall clock; oversubscribed GPU-hours).
 
-    The month is read one KST day partition at a time, so the per-GPU-hour check never holds
-    more than a day of GPU-hours (~6M at programme scale) in memory. Over-reported GPU time is
-    taken off before anything is priced or counted (:mod:`accounting.wallclock`).
+    The month is read one KST day partition at a time, and each day in two streaming passes
+    that hold one Parquet row group of their columns at a time; what grows with a day is the
+    screen's 8 bytes per row (~50 MB for a national day of 6.24M rows). Over-reported GPU time
+    is taken off before anything is priced or counted (:mod:`accounting.wallclock`).
     """
     owners: list[pl.DataFrame] = []
     over: list[pl.DataFrame] = []

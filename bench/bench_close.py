@@ -1,6 +1,6 @@
 """Time the monthly close's aggregation over a month of ``usage_hourly``, beside DuckDB.
 
-    .venv/bin/python bench/gen_usage_month.py --out bench/out/close-data      # once (~187M rows)
+    .venv/bin/python bench/gen_usage_month.py --out bench/out/close-data      # once (187.2M rows, 1.21 GiB)
     .venv/bin/python bench/bench_close.py --data bench/out/close-data [--repeat 3] [--full-close]
 
 The data is a Delta table written through the project's own storage (``gen_usage_month.py``):
@@ -12,8 +12,9 @@ Each measurement runs in its own child process (so CPU and peak RSS are that mea
 alone: CPU-s are user+sys of the child, all threads; peak RSS is its ``VmHWM``):
 
 * ``polars``: :func:`accounting.usage.scan_month`, the close's aggregation: per KST day,
-  usage per hour × entity × project × model, and the per-physical-GPU-hour wall-clock check
-  (64-bit hash key first, exact keys on candidates);
+  usage per hour × entity × project × model (one streaming pass), and the per-physical-GPU-hour
+  wall-clock screen (a second streaming pass: one 64-bit hash per row, sorted; exact keys on
+  the candidates it lets through);
 * ``duckdb``: the same two aggregations over the same files, per day, in one scan per day
   (``GROUPING SETS``), 2 threads, ``memory_limit`` 4 GB;
 * ``close`` (with ``--full-close``): the whole :func:`accounting.close.close_month` with the

@@ -15,6 +15,7 @@ Two measurements, each a subprocess per variant so peak RSS is the variant's own
 
     python bench/bench_scale.py memory --events 1000000 5000000 20000000 50000000
     python bench/bench_scale.py memory --code old --old-tree /tmp/gl-old --events 1000000 5000000
+    python bench/bench_scale.py memory --window exact --events 1000000 5000000   # every dedupe hour exact
     python bench/bench_scale.py kafka --events 2000000
 
 Results go to docs/BENCHMARKS.md ("Scale") by hand, with the machine and the command.
@@ -23,6 +24,7 @@ Results go to docs/BENCHMARKS.md ("Scale") by hand, with the machine and the com
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import os
@@ -47,7 +49,7 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_memory(events_checkpoints: list[int], gpus: int, data_dir: Path, batch_events: int) -> None:
+def run_memory(events_checkpoints: list[int], gpus: int, data_dir: Path, batch_events: int, window: str = "tiered") -> None:
     """The driver (runs on whichever code PYTHONPATH names): prints one JSON line per checkpoint."""
     from bench.gen_fleet import Counts, FleetOptions, generate
     from gpuledger.wiring import accounts_of
@@ -60,7 +62,12 @@ def run_memory(events_checkpoints: list[int], gpus: int, data_dir: Path, batch_e
 
     registry = load_registry(Path(code.__file__).resolve().parents[1] / "examples" / "registry.toml")
     store = Store(data_dir)
-    processor = BatchProcessor(store, accounts_of(registry))
+    if window == "exact":  # every hour of the window exact, as before the filtered tier (streams/dedupe.py)
+        from streams.dedupe import EventWindow
+
+        processor = BatchProcessor(store, accounts_of(registry), EventWindow(store, 2, filter_after_minutes=48 * 60))
+    else:
+        processor = BatchProcessor(store, accounts_of(registry))
     positional = "positions" in inspect.signature(processor.process).parameters
     options = FleetOptions(gpus=gpus, late_fraction=0.001, duplicate_fraction=0.002)
     counts = Counts()
@@ -92,6 +99,8 @@ def run_memory(events_checkpoints: list[int], gpus: int, data_dir: Path, batch_e
                 "events": done, "checkpoint": checkpoints.pop(0),
                 "elapsed_s": round(time.perf_counter() - started, 1), "cpu_s": round(_cpu_s() - cpu0, 1),
                 "peak_rss_mb": round(_rss_mb()), "window_ids": getattr(window, "ids_held", None),
+                "window_mib": round(getattr(window, "bytes_held", 0) / 2**20, 1),
+                "window_stats": dataclasses.asdict(window.stats) if hasattr(window, "stats") else None,
             }), flush=True)
         if not checkpoints:
             break
@@ -110,8 +119,8 @@ def memory(args: argparse.Namespace) -> int:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(REPO)])}
         command = [sys.executable, str(Path(__file__).resolve()), "_driver", "--gpus", str(args.gpus),
                    "--batch-events", str(args.batch_events), "--data-dir", str(Path(tmp) / "data"),
-                   "--events", *map(str, args.events)]
-        print(f"# code={args.code} gpus={args.gpus} batch_events={args.batch_events}", flush=True)
+                   "--window", args.window, "--events", *map(str, args.events)]
+        print(f"# code={args.code} window={args.window} gpus={args.gpus} batch_events={args.batch_events}", flush=True)
         return subprocess.run(command, env=env, cwd=tmp, check=False).returncode
 
 
@@ -165,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     mem.add_argument("--batch-events", type=int, default=100_000)
     mem.add_argument("--code", choices=("new", "old"), default="new")
     mem.add_argument("--old-tree", default="/tmp/gl-old", help="checkout of the code to compare (git worktree add)")
+    mem.add_argument("--window", choices=("tiered", "exact"), default="tiered",
+                     help="the dedupe window: the newest hour exact, older hours filtered (default), or every hour exact")
     kaf = sub.add_parser("kafka", help="events/s and CPU-s per million through Kafka into S3, 1 and 2 consumers")
     kaf.add_argument("--events", type=int, default=2_000_000)
     kaf.add_argument("--gpus", type=int, default=20_000)
@@ -173,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     drv.add_argument("--gpus", type=int, required=True)
     drv.add_argument("--batch-events", type=int, required=True)
     drv.add_argument("--data-dir", type=Path, required=True)
+    drv.add_argument("--window", choices=("tiered", "exact"), default="tiered")
     args = parser.parse_args(argv)
     if args.what == "_driver":
-        run_memory(args.events, args.gpus, args.data_dir, args.batch_events)
+        run_memory(args.events, args.gpus, args.data_dir, args.batch_events, args.window)
         return 0
     return memory(args) if args.what == "memory" else kafka(args)
 

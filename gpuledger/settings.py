@@ -137,6 +137,11 @@ class ConsumerSettings(_Section):
     # event-time hours of ids the dedupe holds in memory (24 bytes per id); re-sends of older
     # hours are checked against storage, which costs CPU when many arrive late
     dedupe_window_hours: int = Field(default=2, ge=1, le=48)
+    # an hour of that window stays exact until the newest event is this many minutes past the
+    # hour's end, then is held as a filter of `dedupe_filter_bits_per_id` bits an id (12 = 1.5 B,
+    # ~0.5 % false positives, each answered by storage: never a verdict)
+    dedupe_filter_after_minutes: int = Field(default=10, ge=0, le=48 * 60)
+    dedupe_filter_bits_per_id: int = Field(default=12, ge=4, le=32)
     # where `consume` writes its progress for `gpuledger health` (default <data-dir>/consumer.heartbeat.json;
     # one per process: consumers sharing a data dir each need their own)
     heartbeat_file: Path | None = None

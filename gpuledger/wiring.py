@@ -85,7 +85,10 @@ def make_stream_consumer(
         metrics.report()
     return StreamConsumer(
         bus_consumer,
-        BatchProcessor(store, accounts_of(registry), EventWindow(store, settings.consumer.dedupe_window_hours)),
+        BatchProcessor(store, accounts_of(registry), EventWindow(
+            store, settings.consumer.dedupe_window_hours, settings.consumer.dedupe_filter_after_minutes,
+            settings.consumer.dedupe_filter_bits_per_id,
+        )),
         quarantine_producer=quarantine,
         max_batch_records=settings.consumer.max_batch_records,
         max_batch_bytes=settings.consumer.max_batch_bytes,

@@ -15,11 +15,16 @@ Two mechanisms keep an event from being counted twice (docs/architecture.md, "Ex
    * an event of an older hour is checked against ``raw`` for that hour only, reading only the
      ids it asks about (a predicate pushed into the scan), so memory stays bounded by the batch.
 
-Memory is bounded by the load, never by history: ids are held as two 64-bit integers (the
-128-bit id exactly) plus a 64-bit fingerprint of the event's values (a re-send with other values
-is a conflict, not a duplicate): 24 bytes, so the window costs about 24 bytes × events per hour × hours
-kept. At national load (~18M events an hour across the programme) and the 2 hours held that is ~0.9 GB
-for a consumer that owns every partition, and 1/N of it with N consumers.
+Memory is bounded by the load, never by history, and held in two tiers. The newest hour (until
+the stream is ``filter_after_minutes`` past its end) is exact: two 64-bit words (the 128-bit id)
+plus a 64-bit fingerprint of the event's values (a re-send with other values is a conflict, not a
+duplicate), 24 bytes an id. Every older hour of the window is a filter of its ids
+(:mod:`streams.idfilter`, 12 bits an id by default) that says "certainly new" or "maybe", and
+a "maybe" is looked up in storage exactly as an hour outside the window is; ids stored after
+the hour was frozen (late events) are kept exactly beside the filter. At national load (22.4M
+ids an hour for a consumer that owns every partition) the two hours held cost ~0.51 GiB exact +
+~0.03 GiB filtered instead of ~1.0 GiB (docs/BENCHMARKS.md, "The dedupe window at national
+density"), and 1/N of it with N consumers.
 
 Ids are added only after their batch committed (marking them first would lose them if the
 write failed — openmeter#5118). :meth:`EventWindow.clear` forgets everything (the pipeline
@@ -28,6 +33,7 @@ calls it when a commit conflicted: another writer stored something this process 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -38,6 +44,7 @@ import polars as pl
 from storage.dataset import Store
 from storage.schemas import RAW_EVENTS
 from storage.verified import verified_files
+from streams.idfilter import IdFilter
 
 RAW = "raw"
 _HOUR = timedelta(hours=1)
@@ -79,11 +86,16 @@ class HourIds:
     ``searchsorted`` of the smaller into the larger and linear moves (no re-sort of the merged
     run); a lookup is one ``searchsorted`` per run. Two ids that share their high 64 bits (odds
     2^-64 per pair) are told apart by a scan of the few entries with that high word.
-    Invariant: every run's ``hi`` is non-decreasing; ``size`` is the number of entries held.
+    Invariant: every run's ``hi`` is non-decreasing; ``size`` is the number of entries held;
+    a run longer than ``max_run_ids`` takes no further merges (it is at most about twice that).
     """
 
     runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     size: int = 0
+    # no run is merged into one already this long: a merge's transient copy (24 bytes an id of
+    # both runs) stays ~0.2 GiB at national density instead of a whole hour's (measured:
+    # docs/BENCHMARKS.md, "The dedupe window at national density"); lookups ask ≤ ~12 runs more
+    max_run_ids: int = 1 << 22
 
     def add(self, hi: np.ndarray, lo: np.ndarray, fp: np.ndarray | None = None) -> None:
         if hi.size == 0:
@@ -94,7 +106,11 @@ class HourIds:
         self.size += int(hi.size)
         # keep O(log n) runs, merging a run into the one before once it is half its size or
         # more (log-structured: each id is merged O(log n) times, not once per batch)
-        while len(self.runs) >= 2 and 2 * self.runs[-1][0].size >= self.runs[-2][0].size:
+        while (
+            len(self.runs) >= 2
+            and 2 * self.runs[-1][0].size >= self.runs[-2][0].size
+            and self.runs[-2][0].size < self.max_run_ids
+        ):
             (a_hi, a_lo, a_fp), (b_hi, b_lo, b_fp) = self.runs[-2], self.runs[-1]
             self.runs[-2:] = [_merge_runs(a_hi, a_lo, a_fp, b_hi, b_lo, b_fp)]
 
@@ -151,31 +167,124 @@ class StoredFiles(Protocol):
     def files_overlapping(self, dataset: str, column: str, lo: object, hi: object) -> list[str]: ...
 
 
+class MaybeFilter(Protocol):
+    """What a filtered hour asks first (:class:`~streams.idfilter.IdFilter`): ``False`` must be
+    certain (the id was never built in); ``True`` is only "maybe"."""
+
+    ids: int
+    nbytes: int
+
+    def maybe(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(slots=True)
+class FilteredHour:
+    """An hour of the window no longer the newest: a static filter of the ids it held when it
+    was frozen, and the exact ids stored since (late events), which the filter cannot take.
+    Invariant: every id the exact hour held, or this process stored since, answers "maybe" from
+    ``filter`` or is in ``overflow``; a "maybe" alone is never a verdict."""
+
+    filter: MaybeFilter
+    overflow: HourIds = field(default_factory=HourIds)
+
+    @classmethod
+    def freeze(cls, held: HourIds, build_filter: Callable[[Iterator[tuple[np.ndarray, np.ndarray]], int], MaybeFilter]) -> FilteredHour:
+        """A filter of every id of ``held`` (all its runs), emptying ``held``: each run is released
+        once it is in the filter, so the hour is never held twice over (the peak is the runs
+        plus the filter, no concatenated copy)."""
+        runs, count = held.runs, held.size
+        held.runs, held.size = [], 0
+
+        def released_one_by_one() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            while runs:
+                hi, lo, _ = runs.pop()
+                yield hi, lo
+
+        return cls(build_filter(released_one_by_one(), count))
+
+    @property
+    def size(self) -> int:
+        return self.filter.ids + self.overflow.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.filter.nbytes + 24 * self.overflow.size
+
+
+@dataclass(slots=True)
+class WindowStats:
+    """Counters of the filtered tier, since the window was made (for benchmarks and metrics):
+    ids asked of a filter, of those the "maybe"s (not in the overflow), and the storage scans
+    (one per filtered hour and batch with at least one "maybe") that answered them."""
+
+    filter_asked: int = 0
+    filter_maybe: int = 0
+    storage_scans: int = 0
+
+
 class EventWindow:
-    """Stored event ids by UTC hour: recent hours in memory, older hours asked of storage.
+    """Stored event ids by UTC hour: the newest hour(s) exact in memory, older hours of the
+    window as a compact filter in front of storage, hours older than the window asked of storage.
+
+    Tiers (docs/architecture.md, "The dedupe window at national density"):
+
+    * **exact** (:class:`HourIds`, 24 bytes an id): an hour until the newest event seen is
+      ``filter_after_minutes`` past the hour's end. Duplicates are common here (re-sends of the
+      last minutes), and every answer is exact, with the value fingerprint.
+    * **filtered** (:class:`FilteredHour`, ``filter_bits_per_id`` bits an id, 12 = 1.5 bytes):
+      the rest of the window. "Certainly new" is final; an id the overflow holds is answered
+      exactly; a "maybe" is looked up in storage for that hour and id only, through the batch's
+      pinned checkpoint (files SHA-256 verified), which gives the verdict and the stored copy's
+      fingerprint (a re-send with other values is still a conflict).
+    * **storage**: hours older than the window, as the filtered tier's "maybe".
 
     Storage is read through the ``files`` a lookup is given: the pipeline passes its batch's
     checkpoint, so a lookup never reads (or moves) any version but the one the batch pinned.
+    ``build_filter`` makes a filter from an hour's ``(hi, lo)`` ids, given in parts with their
+    count (a parameter so tests can force false positives).
     """
 
-    def __init__(self, store: Store, window_hours: int = 2):
+    def __init__(
+        self,
+        store: Store,
+        window_hours: int = 2,
+        filter_after_minutes: int = 10,
+        filter_bits_per_id: int = 12,
+        build_filter: Callable[[Iterator[tuple[np.ndarray, np.ndarray]], int], MaybeFilter] | None = None,
+    ):
         if window_hours < 1:
             raise ValueError("window_hours must be at least 1")
+        if filter_after_minutes < 0:
+            raise ValueError("filter_after_minutes must not be negative")
         self._store = store
         self._window = timedelta(hours=window_hours)
-        self._hours: dict[datetime, HourIds] = {}
-        self._newest: datetime | None = None
+        self._exact_for = _HOUR + timedelta(minutes=filter_after_minutes)
+        self._build_filter = build_filter or (lambda parts, count: IdFilter.build_from(parts, count, filter_bits_per_id))
+        self._hours: dict[datetime, HourIds | FilteredHour] = {}
+        self._newest: datetime | None = None  # the newest hour seen
+        self._newest_start: datetime | None = None  # the newest interval_start seen
+        self.stats = WindowStats()
 
     @property
     def ids_held(self) -> int:
-        """Ids held in memory now (the dedupe window's size, for metrics and benchmarks)."""
+        """Ids the window remembers now, in either tier (for metrics and benchmarks)."""
         return sum(h.size for h in self._hours.values())
+
+    @property
+    def bytes_held(self) -> int:
+        """Bytes of the window's arrays: 24 an exact id, the filters' bit arrays."""
+        return sum(24 * h.size if isinstance(h, HourIds) else h.nbytes for h in self._hours.values())
 
     @property
     def hours_held(self) -> int:
         return len(self._hours)
 
+    @property
+    def hours_filtered(self) -> int:
+        return sum(isinstance(h, FilteredHour) for h in self._hours.values())
+
     def clear(self) -> None:
+        """Forget every hour, exact and filtered (reloaded from storage when next touched)."""
         self._hours.clear()
 
     def seen_mask(self, interval_starts: pl.Series, event_ids: pl.Series) -> pl.Series:
@@ -188,7 +297,8 @@ class EventWindow:
     ) -> tuple[pl.Series, pl.Series]:
         """(stored, conflicting) per row of ``rows`` (``interval_start``, ``event_id``):
         ``conflicting`` where the stored copy of the id has other values (a fingerprint differs).
-        Hours not held are read from ``files`` (default: the store's newest version)."""
+        Hours not held, and a filtered hour's "maybe"s, are read from ``files`` (default: the
+        store's newest version)."""
         source: StoredFiles = files if files is not None else self._store
         n = rows.height
         seen = np.zeros(n, dtype=bool)
@@ -198,27 +308,33 @@ class EventWindow:
         frame = pl.DataFrame(
             {"t": rows["interval_start"], "id": rows["event_id"], "fp": fingerprints}
         ).with_row_index("row").with_columns(hour=pl.col("t").dt.truncate("1h"))
-        newest = frame["hour"].max()
+        newest, newest_start = frame["hour"].max(), frame["t"].max()
+        if self._newest_start is None or newest_start > self._newest_start:  # type: ignore[operator]
+            self._newest_start = newest_start  # type: ignore[assignment]
         if self._newest is None or newest > self._newest:  # type: ignore[operator]
             self._newest = newest  # type: ignore[assignment]
             self._evict()
+        self._freeze_due()
         for (hour,), part in frame.partition_by("hour", as_dict=True).items():
             index = part["row"].to_numpy()
             mine = part["fp"].to_numpy()
             if self._in_window(hour):
                 hi, lo = id_words(part["id"])
-                found, stored = self._hour(hour, source).lookup(hi, lo)
+                if self._filtered(hour):
+                    found, stored = self._filtered_lookup(hour, part["id"], hi, lo, source)
+                else:
+                    held = self._hours.get(hour)
+                    exact = held if isinstance(held, HourIds) else self._load_exact(hour, source)
+                    found, stored = exact.lookup(hi, lo)
             else:
-                stored_rows = self._stored_among(hour, part["id"], source)
-                joined = part.select("id").join(stored_rows, left_on="id", right_on="event_id", how="left")
-                found = joined["fp"].is_not_null().to_numpy()
-                stored = joined["fp"].fill_null(0).to_numpy()
+                found, stored = self._storage_lookup(hour, part["id"], source)
             seen[index] = found
             conflict[index] = found & (stored != mine) & (stored != 0) & (mine != 0)
         return pl.Series("seen", seen), pl.Series("conflicting", conflict)
 
     def add(self, interval_starts: pl.Series, event_ids: pl.Series, fingerprints: pl.Series | None = None) -> None:
-        """Remember ids as stored (call only after their batch committed)."""
+        """Remember ids as stored (call only after their batch committed). A filtered hour
+        takes them in its exact overflow; an hour not held is loaded from storage when needed."""
         if event_ids.len() == 0:
             return
         fps = fingerprints if fingerprints is not None else pl.Series("fp", np.zeros(event_ids.len(), dtype=np.uint64))
@@ -226,25 +342,63 @@ class EventWindow:
             hour=pl.col("t").dt.truncate("1h")
         )
         for (hour,), part in frame.partition_by("hour", as_dict=True).items():
-            if hour in self._hours:  # an hour not held is loaded from storage when needed
-                self._hours[hour].add(*id_words(part["id"]), part["fp"].to_numpy())
+            held = self._hours.get(hour)
+            if isinstance(held, FilteredHour):
+                held.overflow.add(*id_words(part["id"]), part["fp"].to_numpy())
+            elif held is not None:
+                held.add(*id_words(part["id"]), part["fp"].to_numpy())
 
     # -- internals -------------------------------------------------------------------------
     def _in_window(self, hour: datetime) -> bool:
         return self._newest is not None and hour > self._newest - self._window
 
+    def _filtered(self, hour: datetime) -> bool:
+        """Is the hour past the exact tier: the newest event is ``filter_after_minutes`` past its end?"""
+        return self._newest_start is not None and self._newest_start >= hour + self._exact_for
+
     def _evict(self) -> None:
         for hour in [h for h in self._hours if not self._in_window(h)]:
             del self._hours[hour]
 
-    def _hour(self, hour: datetime, source: StoredFiles) -> HourIds:
-        held = self._hours.get(hour)
-        if held is None:
-            held = HourIds()
-            stored = self._scan_hour(hour, source).select("event_id", fingerprint()).collect()
-            held.add(*id_words(stored["event_id"]), stored["fp"].to_numpy())
-            self._hours[hour] = held
+    def _freeze_due(self) -> None:
+        """Replace each exact hour now past the exact tier by a filter of its ids."""
+        for hour in [h for h, held in self._hours.items() if isinstance(held, HourIds) and self._filtered(h)]:
+            self._hours[hour] = FilteredHour.freeze(self._hours[hour], self._build_filter)  # type: ignore[arg-type]
+
+    def _load_exact(self, hour: datetime, source: StoredFiles) -> HourIds:
+        held = HourIds()
+        stored = self._scan_hour(hour, source).select("event_id", fingerprint()).collect()
+        held.add(*id_words(stored["event_id"]), stored["fp"].to_numpy())
+        self._hours[hour] = held
         return held
+
+    def _filtered_lookup(
+        self, hour: datetime, event_ids: pl.Series, hi: np.ndarray, lo: np.ndarray, source: StoredFiles
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact answers for a filtered hour: the overflow's, then storage's for every "maybe"."""
+        held = self._hours.get(hour)
+        if not isinstance(held, FilteredHour):  # first touch: straight from storage's ids into a filter
+            stored = self._scan_hour(hour, source).select("event_id").collect()
+            held = FilteredHour(self._build_filter(iter([id_words(stored["event_id"])]), stored.height))
+            del stored
+            self._hours[hour] = held
+        found, fps = held.overflow.lookup(hi, lo)
+        ask = ~found
+        ask[ask] = held.filter.maybe(hi[ask], lo[ask])
+        self.stats.filter_asked += int((~found).sum())
+        self.stats.filter_maybe += int(ask.sum())
+        if ask.any():
+            self.stats.storage_scans += 1
+            in_storage, stored_fps = self._storage_lookup(hour, event_ids.filter(pl.Series(ask)), source)
+            found[ask] = in_storage
+            fps[ask] = stored_fps
+        return found, fps
+
+    def _storage_lookup(self, hour: datetime, event_ids: pl.Series, source: StoredFiles) -> tuple[np.ndarray, np.ndarray]:
+        """(found, stored fingerprint) of each id of ``event_ids`` in ``raw``'s hour."""
+        stored_rows = self._stored_among(hour, event_ids, source)
+        joined = pl.DataFrame({"id": event_ids}).join(stored_rows, left_on="id", right_on="event_id", how="left")
+        return joined["fp"].is_not_null().to_numpy(), joined["fp"].fill_null(0).to_numpy()
 
     def _stored_among(self, hour: datetime, event_ids: pl.Series, source: StoredFiles) -> pl.DataFrame:
         """(event_id, fp) of the stored rows among ``event_ids`` (only those are read)."""

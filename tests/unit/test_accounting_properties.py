@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from acct_given import golden_registry, ledger, usage, write_usage
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from accounting.close import close_month
@@ -141,20 +141,31 @@ gpu_hour_rows = st.lists(
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(gpu_hour_rows)
+# two devices of one GPU-hour: 121 µs over the hour (past the 120 µs slack of 120 events: a
+# breach, billed the hour) and 1 µs over (within the slack: billed as reported, no breach)
+@example([(1, 0, 0, 1_841_870_761), (1, 0, 1, 1_758_129_360)])
+@example([(1, 0, 0, 1_841_870_759), (1, 0, 1, 1_758_129_242)])
 def test_wall_clock_check_finds_exactly_the_oversubscribed_gpu_hours(spec: list[tuple]) -> None:
     """Invariant 2: the hash-and-sort check of the close agrees with a plain sum per GPU-hour."""
     from accounting.usage import scan_month
 
     rows = []
     expected: dict[tuple[int, int], int] = defaultdict(int)
+    events: dict[tuple[int, int], int] = defaultdict(int)
     for gpu, hour, device, micro in spec:
         stamp = (datetime(2026, 10, 31, 15, tzinfo=UTC) + timedelta(hours=hour)).strftime("%Y-%m-%dT%H:%M")
-        rows.append(usage(stamp, "gov", "snu-llm", "NVIDIA B200", f"GPU-{gpu}", gpu_us=micro, device_uuid=f"MIG-{gpu}-{device}"))
+        row = usage(stamp, "gov", "snu-llm", "NVIDIA B200", f"GPU-{gpu}", gpu_us=micro, device_uuid=f"MIG-{gpu}-{device}")
+        rows.append(row)
         expected[(gpu, hour)] += micro
-    over = sum(1 for micro in expected.values() if micro > 3_600_000_000)
+        events[(gpu, hour)] += row["events"]
+    # the rule, plainly: a GPU-hour over the hour by more than the rounding slack (one µs per
+    # event) is a breach and is billed exactly the hour; within the slack it is billed as reported
+    breached = {key for key, micro in expected.items() if micro > 3_600_000_000 + events[key]}
+    over = len(breached)
+    billed = sum(3_600_000_000 if key in breached else micro for key, micro in expected.items())
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(tmp)
         write_usage(store, rows, "b1")
         hourly, oversubscribed = scan_month(store, "2026-11")
         assert int(oversubscribed["oversubscribed_gpu_hours"].sum() or 0) == over
-        assert int(hourly["gpu_microseconds"].sum()) == sum(expected.values())
+        assert int(hourly["gpu_microseconds"].sum()) == billed

@@ -174,6 +174,23 @@ def test_an_hour_over_the_hour_without_raw_rows_is_capped_at_the_hour(tmp_path: 
     assert "gpu_oversubscribed" in compliance(store, "gov")["breaches"]
 
 
+def test_one_row_over_the_hour_is_capped_at_the_hour(tmp_path: Path) -> None:
+    # given only usage_hourly: gov's GPU-2 has ONE row claiming 70 minutes of one hour (60 events,
+    #   so 3,600,000,060 µs is the most the rounding slack allows), beside an honest full hour
+    from acct_given import usage
+
+    store = Store(tmp_path)
+    write_usage(store, [
+        usage("2026-11-07T03:00", "gov", "snu-llm", B200, "GPU-2", gpu_us=4_200_000_000),
+        usage("2026-11-07T03:00", "gov", "snu-llm", B200, "GPU-3"),
+    ], "b1")
+    # when closed
+    close_month(store, golden_registry(), "2026-11")
+    # then GPU-2 is billed one hour, not seventy minutes (the screen must let a lone row through)
+    assert billed(store)[("gov", "snu-llm")][0] == 2 * 3_600_000_000
+    assert "gpu_oversubscribed" in compliance(store, "gov")["breaches"]
+
+
 def test_a_late_over_report_of_a_closed_month_is_capped_in_the_correction_too(tmp_path: Path) -> None:
     # given November closed with GPU-C reported once (one minute, 75 KRW)
     store = Store(tmp_path)
