@@ -10,11 +10,16 @@ it bills; breaches as sentences.
 
 from __future__ import annotations
 
+import io
+
 from decimal import Decimal
 from typing import Any
 
 from rich import box
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from accounting.export import BILLING_DIR, COMPLIANCE_DIR, read_ledger
 from accounting.figures import EntityFigures, entity_figures, hours_text, is_simulated, pct, shown_billed_hours, won_text
@@ -63,7 +68,7 @@ def print_close_summary(store: Store, period: str, result: Any = None, *, regist
             _h(f.billed_hours_shown),
             won_text(f.amount_krw),
         )
-    out.print(usage)
+    _print_whole(usage)
     out.print(
         "reported = busy + idle; unreported = capacity − reported (down or silent);\n"
         "coverage = reported ÷ capacity; util. = busy ÷ reported.",
@@ -71,7 +76,7 @@ def print_close_summary(store: Store, period: str, result: Any = None, *, regist
         highlight=False,
     )
     out.print()
-    out.print(billing)
+    _print_whole(billing)
     out.print(
         "reported = attributed + unattributed. ¹unattributed: no job found, counted but never billed.\n"
         "billed h = attributed usage + corrections; amount = Σ of the billing ledger's lines (whole won).\n"
@@ -123,6 +128,21 @@ def _print_corrections(billing: Any) -> None:  # noqa: ANN401 - a polars frame, 
             soft_wrap=True,
             highlight=False,
         )
+
+
+def _print_whole(table: Table) -> None:
+    """Print a table at its full width: a figure is never cut to "16,252.…" to fit a narrow
+    terminal or a log (80 columns when not a tty); a wide table wraps in the viewer instead."""
+    width = Measurement.get(out, out.options.update_width(10_000), table).maximum
+    if width <= out.width:
+        out.print(table)
+        return
+    # rich clamps a print's width to its console's: render on a console as wide as the table,
+    # then print the lines unwrapped and uncropped through ``out`` (so its capture still sees them)
+    wide = Console(file=io.StringIO(), width=width, color_system=out.color_system, force_terminal=out.is_terminal)
+    with wide.capture() as captured:
+        wide.print(table)
+    out.print(Text.from_ansi(captured.get().rstrip("\n")), soft_wrap=True, highlight=False)
 
 
 def _table(title: str, columns: tuple[str, ...]) -> Table:

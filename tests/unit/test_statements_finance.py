@@ -235,3 +235,23 @@ def test_a_sealed_month_speaks_with_the_parties_of_its_sealed_registry(tmp_path:
     assert "101-82-00013" in text and "305-82-00070" in text and "한국은행 국고" in text
     sub = pdf_text(finance / "sub-accounts" / "statement-gov-kaist-vision.pdf")
     assert "한국과학기술원 (KAIST)" in sub and "314-82-00093" in sub and "대전광역시 유성구 대학로 291 (sample)" in sub
+
+
+def test_the_cli_summary_never_cuts_a_figure_to_fit_a_narrow_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuledger.cli_common import out
+    from gpuledger.summary import print_close_summary
+
+    # given the hand-worked month, and a terminal (or a log) far narrower than the tables
+    store = build_month(tmp_path / "data")
+    registry = load_registry(REPO / "examples" / "registry.toml")
+    monkeypatch.setattr(out, "width", 40)
+    # when the close summary is printed
+    with out.capture() as captured:
+        print_close_summary(store, PERIOD, registry=registry)
+    text = captured.get()
+    # then no heading or figure is cut to "…": a wide table is printed whole (the viewer wraps it)
+    assert "…" not in text, text
+    heading = next(line for line in text.splitlines() if line.startswith("entity") and "coverage" in line)
+    assert heading.split() == ["entity", "capacity", "reported", "coverage", "busy", "idle", "util.", "unreported"]
+    samsung = [line.split() for line in text.splitlines() if line.startswith("samsung")]
+    assert samsung[-1][-2:] == ["0.28", "925"]
