@@ -106,6 +106,16 @@ def write_atomic(location: Location, data: bytes, s3_options: Mapping[str, str] 
             out.write(data)
         return
     target = Path(location.url)
+    tmp = _complete_temp_beside(target, data)
+    try:
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _complete_temp_beside(target: Path, data: bytes) -> Path:
+    """``data`` written and fsynced to a temporary file in ``target``'s directory (made if
+    missing), ready to be renamed or linked into place; deleted again if the write fails."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -113,9 +123,10 @@ def write_atomic(location: Location, data: bytes, s3_options: Mapping[str, str] 
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, target)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def create_new(location: Location, data: bytes, s3_options: Mapping[str, str] | None = None) -> bool:
@@ -136,13 +147,8 @@ def create_new(location: Location, data: bytes, s3_options: Mapping[str, str] | 
             out.write(data)
         return True
     target = Path(location.url)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = _complete_temp_beside(target, data)
     try:
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
         try:
             os.link(tmp, target)  # atomic create-if-absent of a complete file
         except FileExistsError:
