@@ -101,20 +101,12 @@ def _columns(rows: list[Any], schema: pa.Schema) -> Columns:
         array = struct.field(index)
         kind = _PYTHON_TYPES[field.type]
         if kind is str:
-            absent = pc.fill_null(pc.equal(array, _ABSENT_TEXT), False)
-            present = ~absent.to_numpy(zero_copy_only=False)
-            quotes += 2 * present + 2 * (present & array.is_valid().to_numpy(zero_copy_only=False))
-            if not present.all():
-                array = pc.if_else(absent, pa.scalar(None, pa.string()), array)
+            array, named = _text_column(array)
+            quotes += named
         elif kind is float:
-            absent_values = pc.fill_null(pc.is_nan(array), False)
-            absent = absent_values.to_numpy(zero_copy_only=False)
-            quotes += 2 * ~absent
-            if absent.any():
-                array = pc.if_else(absent_values, pa.scalar(None, pa.float64()), array)
-            numbers = array.to_numpy(zero_copy_only=False)  # null: NaN
-            with np.errstate(invalid="ignore"):
-                doubtful |= array.is_valid().to_numpy(zero_copy_only=False) & ~(np.abs(numbers) < _FLOAT_EXACT_BELOW)
+            array, named, inexact = _float_column(array)
+            quotes += named
+            doubtful |= inexact
         elif kind is int:  # None: not named (or named null, which then leaves two quotes uncounted)
             quotes += 2 * array.is_valid().to_numpy(zero_copy_only=False)
         else:  # flags: a list of strings; absent: the list of the one absent text
@@ -129,6 +121,31 @@ def _columns(rows: list[Any], schema: pa.Schema) -> Columns:
     return Columns(arrays, quotes, doubtful)
 
 
+def _text_column(array: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """A text field's column (the absent marker made null) and the quotes each row's line
+    spent on it: 2 for the key when named, 2 more for a string value (none for ``null``)."""
+    absent = pc.fill_null(pc.equal(array, _ABSENT_TEXT), False)
+    present = ~absent.to_numpy(zero_copy_only=False)
+    quotes = 2 * present + 2 * (present & array.is_valid().to_numpy(zero_copy_only=False))
+    if not present.all():
+        array = pc.if_else(absent, pa.scalar(None, pa.string()), array)
+    return array, quotes
+
+
+def _float_column(array: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """A number field's column (the absent marker, NaN, made null), the quotes of its key per
+    row, and the rows whose value is too large to be read the same by both decoders."""
+    absent_values = pc.fill_null(pc.is_nan(array), False)
+    absent = absent_values.to_numpy(zero_copy_only=False)
+    quotes = 2 * ~absent
+    if absent.any():
+        array = pc.if_else(absent_values, pa.scalar(None, pa.float64()), array)
+    numbers = array.to_numpy(zero_copy_only=False)  # null: NaN
+    with np.errstate(invalid="ignore"):
+        inexact = array.is_valid().to_numpy(zero_copy_only=False) & ~(np.abs(numbers) < _FLOAT_EXACT_BELOW)
+    return array, quotes, inexact
+
+
 def _columns_by_value(rows: list[Any], schema: pa.Schema) -> Columns:
     """:func:`_columns` value by value: an integer past 64 bits marks its row doubtful (the
     reference decoder refuses it) and its value null here."""
@@ -140,22 +157,12 @@ def _columns_by_value(rows: list[Any], schema: pa.Schema) -> Columns:
     for field, values in zip(schema, values_by_field, strict=True):
         kind = _PYTHON_TYPES[field.type]
         if kind is str:
-            array = pa.array(values, type=pa.string())
-            absent = pc.fill_null(pc.equal(array, _ABSENT_TEXT), False)
-            present = ~absent.to_numpy(zero_copy_only=False)
-            quotes += 2 * present + 2 * (present & array.is_valid().to_numpy(zero_copy_only=False))
-            if not present.all():
-                array = pc.if_else(absent, pa.scalar(None, pa.string()), array)
+            array, named = _text_column(pa.array(values, type=pa.string()))
+            quotes += named
         elif kind is float:
-            array = pa.array(values, type=pa.float64())
-            absent_values = pc.fill_null(pc.is_nan(array), False)
-            absent = absent_values.to_numpy(zero_copy_only=False)
-            quotes += 2 * ~absent
-            if absent.any():
-                array = pc.if_else(absent_values, pa.scalar(None, pa.float64()), array)
-            numbers = array.to_numpy(zero_copy_only=False)  # null: NaN
-            with np.errstate(invalid="ignore"):
-                doubtful |= array.is_valid().to_numpy(zero_copy_only=False) & ~(np.abs(numbers) < _FLOAT_EXACT_BELOW)
+            array, named, inexact = _float_column(pa.array(values, type=pa.float64()))
+            quotes += named
+            doubtful |= inexact
         elif kind is int:
             held = list(values)
             quotes += 2 * np.fromiter((v is not None for v in held), dtype=bool, count=n)
